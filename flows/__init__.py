@@ -1,0 +1,1 @@
+"""Prefect flows: scheduling, retries and notifications around DVC; no stage logic lives here."""

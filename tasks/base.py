@@ -1,0 +1,115 @@
+"""Typed, frozen stage parameters and their strict loading from YAML files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class ParamsError(ValueError):
+    """A params file or override is invalid; the message is one line naming file, field, value."""
+
+
+class StageParams(BaseModel):
+    """Base of every stage's parameters: frozen so a run cannot drift from what was logged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    stage: ClassVar[str] = ""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Self:
+        """Load a YAML file, apply dotted overrides on top, validate; ParamsError on any fault."""
+        path = Path(path)
+        data = read_yaml_mapping(path)
+        for key, value in (overrides or {}).items():
+            set_dotted(data, key, value)
+        return cls.validate_mapping(data, source=str(path))
+
+    @classmethod
+    def validate_mapping(cls, data: dict[str, Any], source: str) -> Self:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ParamsError(describe_validation_error(source, exc, data)) from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a params YAML file into a dict, turning every fault into a one-line ParamsError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ParamsError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ParamsError(f"{path}: malformed YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParamsError(
+            f"{path}: top level must be a mapping of field: value, got {type(data).__name__}"
+        )
+    return data
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` inside nested dicts, creating intermediate mappings as needed."""
+    parts = key.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with the value read as YAML (so `3`, `true`, `[a, b]` get their types)."""
+    if "=" not in text:
+        raise ParamsError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ParamsError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
+    node = data
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return node
+
+
+def describe_validation_error(source: str, exc: ValidationError, data: dict[str, Any]) -> str:
+    """One line per the contract: file, field, offending value, what was expected."""
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        value = err.get("input", _lookup(data, err["loc"]))
+        if err["type"] == "extra_forbidden":
+            problems.append(f"unknown field {field!r} (value {value!r})")
+        else:
+            problems.append(f"field {field!r} = {value!r}: {err['msg']}")
+    return f"{source}: " + "; ".join(problems)

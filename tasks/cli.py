@@ -1,0 +1,93 @@
+"""The `clipmill` command line: one door onto the stage runner (and a few helpers)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from tasks.base import ParamsError
+from tasks.registry import STAGES, UnknownStageError, get_stage
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clipmill", description="Turn raw web data into CLIP models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run one stage")
+    run.add_argument("stage", help=f"one of: {', '.join(STAGES)}")
+    run.add_argument("-p", "--params", help="params YAML (default: params/STAGE.yaml)")
+    run.add_argument(
+        "-s", "--set", action="append", default=[], metavar="KEY=VALUE", help="override a param"
+    )
+    run.add_argument(
+        "--door", default="cli", choices=["cli", "dvc", "prefect", "python"], help=argparse.SUPPRESS
+    )
+
+    params = sub.add_parser("params", help="inspect and validate parameters")
+    psub = params.add_subparsers(dest="params_command", required=True)
+    show = psub.add_parser("show", help="print the effective values of a stage's params")
+    show.add_argument("stage")
+    show.add_argument("-p", "--params")
+    show.add_argument("-s", "--set", action="append", default=[], metavar="KEY=VALUE")
+    psub.add_parser("check", help="validate every params file")
+
+    sub.add_parser("stages", help="list the stages in pipeline order")
+
+    serve = sub.add_parser("serve-sample", help="serve the sample website on 127.0.0.1")
+    serve.add_argument("--port", type=int, default=0, help="0 = a free port")
+    serve.add_argument("--dir", default=None, help="site folder (default: from params/sample.yaml)")
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tasks.runner import run_stage
+
+    metrics = run_stage(args.stage, args.params, args.set, door=args.door)
+    print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def _cmd_params(args: argparse.Namespace) -> int:
+    from tasks.runner import load_stage_params
+
+    if args.params_command == "check":
+        for name, spec in STAGES.items():
+            load_stage_params(spec)
+            print(f"{name}: {spec.params_file.name} ok")
+        return 0
+    params = load_stage_params(get_stage(args.stage), args.params, args.set)
+    print(params.to_yaml(), end="")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from tasks.sample.serve import serve_forever
+
+    serve_forever(args.dir, args.port)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "params":
+            return _cmd_params(args)
+        if args.command == "stages":
+            print("\n".join(STAGES))
+            return 0
+        if args.command == "serve-sample":
+            return _cmd_serve(args)
+    except (ParamsError, UnknownStageError) as exc:
+        print(f"clipmill: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

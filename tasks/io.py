@@ -1,0 +1,58 @@
+"""Storage helpers shared by stages: atomic writes and completion markers over fsspec URIs."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary sibling then rename, so readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def put_atomic(uri: str, data: bytes) -> None:
+    """Atomic-enough write to any fsspec URI: local files are renamed, object stores are atomic per put."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol:
+        atomic_write_bytes(path, data)
+        return
+    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+    fs.pipe_file(tmp, data)
+    fs.mv(tmp, path)
+
+
+def done_marker(uri: str) -> str:
+    return f"{uri.rstrip('/')}.done"
+
+
+def is_done(uri: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(done_marker(uri))
+    return fs.exists(path)
+
+
+def mark_done(uri: str, info: dict[str, Any] | None = None) -> None:
+    put_atomic(done_marker(uri), json.dumps(info or {}, default=str).encode())

@@ -1,0 +1,71 @@
+"""Stage name -> (params model, run function, params file), in pipeline order.
+
+Entries name their code by import path so that listing stages or validating params never
+imports torch, Ray or a stage's heavy dependencies.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tasks.base import StageParams
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What the runner, the CLI, dvc.yaml and the flow need to know about one stage."""
+
+    name: str
+    params_model: str  # "module:Class", a StageParams subclass
+    run_function: str  # "module:function", run(params) -> metrics dict
+    code: tuple[str, ...]  # source paths (relative to the root) this stage depends on
+    uses_ray: bool = True  # the runner starts or joins Ray around the stage
+    upstream: tuple[str, ...] = field(default=())  # stages whose outputs this one reads
+
+    @property
+    def params_file(self) -> Path:
+        from tasks.settings import get_settings
+
+        return get_settings().root / "params" / f"{self.name}.yaml"
+
+    def model(self) -> type[StageParams]:
+        return _import(self.params_model)
+
+    def run_callable(self) -> Callable[[Any], dict[str, Any]]:
+        return _import(self.run_function)
+
+
+def _import(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+_COMMON = ("tasks/base.py", "tasks/runner.py", "tasks/tracking.py", "tasks/io.py")
+
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec
+    for spec in [
+        StageSpec(
+            name="sample",
+            params_model="tasks.sample.params:SampleParams",
+            run_function="tasks.sample.stage:run",
+            code=("tasks/sample", *_COMMON),
+        ),
+    ]
+}
+
+
+class UnknownStageError(KeyError):
+    def __str__(self) -> str:
+        return f"unknown stage {self.args[0]!r}; known stages: {', '.join(STAGES)}"
+
+
+def get_stage(name: str) -> StageSpec:
+    try:
+        return STAGES[name]
+    except KeyError:
+        raise UnknownStageError(name) from None

@@ -1,0 +1,79 @@
+"""Where things run (Ray, MLflow, storage, credentials): from the environment, never from params.
+
+Priority: explicit environment variables > a `.env` file in the working directory > defaults.
+These values never enter DVC's hashes, so moving from a laptop to a cluster re-runs nothing.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tasks import PROJECT_ROOT
+
+
+def _default_cache_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "clipmill"
+
+
+class Settings(BaseSettings):
+    """Embedded engines by default; a cluster, a server or S3 by setting the variables below."""
+
+    model_config = SettingsConfigDict(env_prefix="CLIPMILL_", env_file=".env", extra="ignore")
+
+    root: Path = Field(default=PROJECT_ROOT)  # project root: relative paths resolve here
+    ray_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("CLIPMILL_RAY_ADDRESS", "RAY_ADDRESS")
+    )  # None = start a local Ray; "auto" or ray://host:10001 = join a cluster
+    ray_num_cpus: int | None = None  # CPUs for a local Ray (None = all)
+    ray_object_store_mb: int = 1024  # object store of a local Ray, MiB
+    mlflow_tracking_uri: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CLIPMILL_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI"),
+    )  # None = sqlite:///<root>/mlflow.db; http://host:5000 = an MLflow server
+    mlflow_experiment: str = "clipmill"  # experiment every stage run goes to
+    mlflow_artifact_root: str | None = None  # None = <root>/mlartifacts; s3://bucket/prefix works
+    data_root: str | None = None  # None = <root>/data; s3://bucket/prefix for shared storage
+    lancedb_uri: str | None = (
+        None  # None = <data_root>/lancedb; s3://... or db:// for LanceDB Cloud
+    )
+    cache_dir: Path = Field(default_factory=_default_cache_dir)  # downloads (Debian packages)
+    door: str = "python"  # which entry point started this run: cli, dvc, prefect, python
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> str:
+        return self.mlflow_artifact_root or (self.root / "mlartifacts").as_uri()
+
+    @property
+    def data_uri(self) -> str:
+        return self.data_root or str(self.root / "data")
+
+    @property
+    def lance_uri(self) -> str:
+        return self.lancedb_uri or join_uri(self.data_uri, "lancedb")
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join path parts onto a local path or a URI (s3://...) alike."""
+    return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A params path: absolute as given, relative ones under the project root."""
+    p = Path(path)
+    return p if p.is_absolute() else get_settings().root / p

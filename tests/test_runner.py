@@ -1,0 +1,153 @@
+"""The shared runner: params validation, MLflow run contents, metrics file, nesting."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tasks.base import ParamsError, StageParams
+from tasks.registry import STAGES, StageSpec
+
+
+@pytest.fixture()
+def toy_project(tmp_path, monkeypatch, mlflow_store):
+    """A throwaway project root holding the toy stage's params file."""
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "toy.yaml").write_text(
+        "out_file: data/toy/out.txt\ncount: 4\nlabel: hi\n"
+    )
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.setenv("CLIPMILL_ROOT", str(tmp_path))
+    from tasks.settings import get_settings
+
+    get_settings.cache_clear()
+    spec = StageSpec(
+        name="toy",
+        params_model="toy_stage:ToyParams",
+        run_function="toy_stage:run",
+        code=(),
+        uses_ray=False,
+    )
+    monkeypatch.setitem(STAGES, "toy", spec)
+    monkeypatch.setattr(
+        StageSpec, "params_file", property(lambda self: tmp_path / "params" / f"{self.name}.yaml")
+    )
+    return tmp_path
+
+
+def test_run_logs_params_metrics_artifacts_and_tags(toy_project, mlflow_store):
+    import mlflow
+
+    from tasks.runner import run_stage
+
+    metrics = run_stage("toy", overrides=["count=5"], door="python")
+    assert metrics["lines"] == 5
+    assert (toy_project / "data/toy/out.txt").read_text().count("\n") == 5
+    written = json.loads((toy_project / "metrics/toy.json").read_text())
+    assert written["lines"] == 5 and written["nested"]["ratio@1"] == 0.5
+
+    mlflow.set_tracking_uri(mlflow_store)
+    runs = mlflow.search_runs(
+        experiment_names=["clipmill"], filter_string="tags.`clipmill.stage` = 'toy'"
+    )
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["params.toy.count"] == "5" and row["params.toy.label"] == "hi"
+    assert row["metrics.lines"] == 5 and row["metrics.nested.ratio_at_1"] == 0.5
+    assert row["tags.clipmill.door"] == "python"
+    assert row["tags.clipmill.git_commit"]
+    assert len(row["tags.clipmill.dvc_stage_hash"]) == 32
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(row.run_id, "plots")}
+    assert "plots/toy.png" in artifacts
+    assert [a.path for a in mlflow.MlflowClient().list_artifacts(row.run_id, "metrics")] == [
+        "metrics/toy.json"
+    ]
+
+
+def test_stage_run_nests_under_pipeline_run(toy_project, mlflow_store, monkeypatch):
+    import mlflow
+
+    from tasks.runner import run_stage
+    from tasks.tracking import PARENT_RUN_ENV, configure_mlflow
+
+    exp = configure_mlflow()
+    with mlflow.start_run(experiment_id=exp, run_name="pipeline") as parent:
+        parent_id = parent.info.run_id
+    monkeypatch.setenv(PARENT_RUN_ENV, parent_id)
+    child = run_stage("toy")
+    run = mlflow.get_run(child["_mlflow_run_id"])
+    assert run.data.tags["mlflow.parentRunId"] == parent_id
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("count: 4\nbogus: 1\n", "unknown field 'bogus' (value 1)"),
+        ("count: many\n", "field 'count' = 'many'"),
+        ("count: 1000\n", "field 'count' = 1000: Input should be less than or equal to 100"),
+        ("count: [1\n", "malformed YAML at line"),
+        ("- 1\n- 2\n", "top level must be a mapping"),
+    ],
+)
+def test_bad_params_file_fails_before_work_with_one_line(toy_project, content, expected):
+    from tasks.runner import run_stage
+
+    bad = toy_project / "bad.yaml"
+    bad.write_text(content)
+    with pytest.raises(ParamsError) as info:
+        run_stage("toy", params_file=bad)
+    message = str(info.value)
+    assert message.startswith(str(bad)) and expected in message
+    assert "\n" not in message
+    assert not (toy_project / "data").exists() and not (toy_project / "metrics").exists()
+
+
+def test_override_values_are_typed_from_yaml(toy_project):
+    from tasks.runner import load_stage_params
+
+    params = load_stage_params(STAGES["toy"], overrides=["count=7", "label=x y"])
+    assert params.count == 7 and params.label == "x y"
+    with pytest.raises(ParamsError, match="expected key=value"):
+        load_stage_params(STAGES["toy"], overrides=["count"])
+
+
+def test_params_are_frozen():
+    from toy_stage import ToyParams
+
+    params = ToyParams()
+    with pytest.raises(Exception, match="frozen"):
+        params.count = 9  # type: ignore[misc]
+    assert isinstance(params, StageParams)
+
+
+def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tasks", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_cli_bad_params_exit_2_one_line(tmp_path):
+    from tasks import PROJECT_ROOT
+
+    bad = tmp_path / "sample.yaml"
+    bad.write_text("seed: [oops\n")
+    proc = _cli("run", "sample", "-p", str(bad), cwd=PROJECT_ROOT)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "malformed YAML" in lines[0]
+    proc = _cli("run", "sample", "-s", "no_such_field=3", cwd=PROJECT_ROOT)
+    assert proc.returncode == 2
+    assert "unknown field 'no_such_field' (value 3)" in proc.stderr
+    proc = _cli("run", "nope", cwd=PROJECT_ROOT)
+    assert proc.returncode == 2 and "unknown stage 'nope'" in proc.stderr
+
+
+def test_cli_params_show_prints_effective_values():
+    from tasks import PROJECT_ROOT
+
+    proc = _cli("params", "show", "sample", "-s", "seed=42", cwd=PROJECT_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "seed: 42" in proc.stdout.splitlines()

@@ -1,0 +1,32 @@
+"""A toy stage for testing the runner without any real stage's data."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from tasks.base import StageParams
+from tasks.settings import resolve_path
+
+
+class ToyParams(StageParams):
+    out_file: str = "data/toy/out.txt"  # where the toy writes its output
+    count: int = Field(default=3, ge=1, le=100)  # how many lines to write
+    label: str = "toy"  # text written on every line
+
+
+def run(params: ToyParams) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tasks.io import atomic_write_text
+    from tasks.tracking import log_figure
+
+    out = resolve_path(params.out_file)
+    atomic_write_text(out, "".join(f"{params.label} {i}\n" for i in range(params.count)))
+    fig, ax = plt.subplots()
+    ax.bar(["lines"], [params.count])
+    log_figure(fig, "toy.png")
+    plt.close(fig)
+    return {"lines": params.count, "nested": {"ratio@1": 0.5}}
