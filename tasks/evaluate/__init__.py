@@ -1,0 +1,1 @@
+"""The `evaluate` stage: zero-shot, retrieval, probe, PerceptionCLIP, robustness, membership audit."""

@@ -1,0 +1,162 @@
+"""Parameters of the `evaluate` stage: which models, which sets, which tasks and their knobs."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.base import StageParams
+
+LOCAL_SETS = (
+    "fashion_mnist",
+    "emoji_groups",
+    "emoji_subgroups",
+    "tuxpaint_categories",
+    "openclipart_categories",
+    "retrieval",
+)
+CLASSIFICATION_SETS = LOCAL_SETS[:-1]
+
+
+class _Section(BaseModel):
+    """A nested block of params: frozen and strict like the stage model itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class EmbedParams(_Section):
+    """How image embeddings are computed: in process for small sets, a Ray Data actor pool for large."""
+
+    batch_size: int = Field(default=64, ge=1, le=4096)  # images per forward pass
+    ray_min_samples: int = Field(default=5000, ge=0)  # sets with at least this many images use Ray
+    actors: int = Field(
+        default=1, ge=1, le=64
+    )  # size of the Ray Data actor pool (keep small on 2 CPUs)
+    cpus_per_actor: float = Field(default=1.0, gt=0.0, le=64.0)  # CPUs reserved by each actor
+    num_blocks: int = Field(
+        default=8, ge=1, le=10000
+    )  # Ray Data blocks the image list is split into
+    amp: bool = False  # bf16/fp16 autocast; off = fp32 (CLIP_benchmark's --no_amp)
+    decode_threads: int = Field(
+        default=1, ge=0, le=64
+    )  # threads decoding the next batches while the model runs (0 = none)
+
+
+class ProbeParams(_Section):
+    """Linear probe: logistic regression on frozen image features, C chosen on a validation split."""
+
+    enabled: bool = True  # run the probe at all
+    datasets: list[str] = Field(
+        default_factory=lambda: list(CLASSIFICATION_SETS)
+    )  # classification sets probed
+    train_split: str = "train"  # split the probe trains on when the set has it
+    fallback_train_fraction: float = Field(
+        default=0.5, gt=0.0, lt=1.0
+    )  # no train split: this share of the test split (stratified) trains, the rest tests
+    val_proportion: float = Field(
+        default=0.2, gt=0.0, lt=1.0
+    )  # share of the probe-train data held out to choose C
+    c_grid: list[float] = Field(
+        default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0], min_length=1
+    )  # inverse L2 strengths tried
+    max_iter: int = Field(default=1000, ge=10)  # L-BFGS iterations
+    seed: int = Field(default=0, ge=0)  # splits
+
+
+class PerceptionParams(_Section):
+    """PerceptionCLIP: infer contextual attributes zero-shot, then classify conditioned on them."""
+
+    enabled: bool = True  # run PerceptionCLIP at all
+    datasets: list[str] = Field(
+        default_factory=lambda: list(CLASSIFICATION_SETS)
+    )  # classification sets used
+    attributes: dict[str, list[str]] = Field(
+        default_factory=lambda: {
+            "background": ["on a plain background", "in a busy scene"],
+            "style": ["a photo", "a drawing", "an icon"],
+        }
+    )  # attribute name -> its value descriptions, appended to each class prompt
+    max_templates: int = Field(
+        default=4, ge=1
+    )  # first N templates of the set combined with attributes
+
+
+class RobustnessParams(_Section):
+    """Accuracy under corrupted patches and under a PGD-optimised adversarial patch."""
+
+    enabled: bool = True  # run the robustness checks at all
+    datasets: list[str] = Field(
+        default_factory=lambda: ["fashion_mnist", "emoji_groups"]
+    )  # classification sets used
+    max_samples: int = Field(default=256, ge=2)  # images used per set (first N)
+    grid: int = Field(default=4, ge=1, le=64)  # image split into grid x grid patches
+    fractions: list[float] = Field(
+        default_factory=lambda: [0.25, 0.5]
+    )  # share of patches corrupted
+    corruptions: list[Literal["noise", "blur", "occlusion"]] = Field(
+        default_factory=lambda: ["noise", "blur", "occlusion"]
+    )  # corruption kinds
+    noise_std: float = Field(default=0.5, ge=0.0)  # Gaussian noise std, in [0, 1] pixel units
+    blur_kernel: int = Field(default=7, ge=3)  # box-blur kernel size, pixels (odd)
+    adversarial: bool = True  # also optimise and test an adversarial patch
+    adv_patch_side: float = Field(
+        default=0.25, gt=0.0, le=1.0
+    )  # patch side as a share of the image side
+    adv_steps: int = Field(default=20, ge=1, le=10000)  # PGD steps
+    adv_step_size: float = Field(
+        default=0.05, gt=0.0
+    )  # PGD step on [0, 1] pixels (signed gradient)
+    adv_holdout_fraction: float = Field(
+        default=0.5, gt=0.0, lt=1.0
+    )  # share of images the patch is optimised on; tested on the rest
+    seed: int = Field(default=0, ge=0)  # patch choice and initialisation
+
+
+class MembershipParams(_Section):
+    """LeakyCLIP-style audit: can training pairs be told from held-out pairs by similarity or loss?"""
+
+    enabled: bool = True  # run the audit at all
+    models: list[str] = Field(
+        default_factory=lambda: ["data/models/train"]
+    )  # models audited (folders or models:/ URIs; loaded again unless among `models`)
+    members: str = "data/curate/shards"  # the audited model's training pairs (webdataset folder, .txt captions)
+    non_members: str = "data/sample/eval/retrieval"  # held-out pairs never trained on (wds folder)
+    max_pairs: int = Field(default=512, ge=4)  # pairs drawn from each side
+    loss_batch: int = Field(default=32, ge=2)  # pairs per contrastive batch when scoring the loss
+    seed: int = Field(default=0, ge=0)  # sampling and batching
+
+
+class EvaluateParams(StageParams):
+    """Evaluate checkpoints on the sample stage's sets (and public benchmarks when present)."""
+
+    stage: ClassVar[str] = "evaluate"
+
+    models: list[str] = Field(
+        default_factory=lambda: ["data/models/train", "data/models/teacher"], min_length=1
+    )  # model folders (docs/CONTRACTS.md) or MLflow URIs models:/name/version
+    eval_root: str = "data/sample/eval"  # local sets in CLIP_benchmark webdataset layout
+    datasets: list[str] = Field(
+        default_factory=lambda: list(LOCAL_SETS)
+    )  # local set names (folders of eval_root)
+    public_root: str = "data/benchmarks"  # public benchmarks, wds layout (<name>/ or wds_<name>/)
+    public_datasets: list[str] = Field(
+        default_factory=list
+    )  # public benchmark names (imagenet1k, flickr30k, ...)
+    public_required: bool = False  # True = an absent public set fails, else it is skipped
+    split: str = "test"  # split evaluated
+    language: str = "en"  # recorded in the CLIP_benchmark JSON
+    recall_k: list[int] = Field(
+        default_factory=lambda: [1, 5, 10], min_length=1
+    )  # retrieval recall@k
+    main_metrics: dict[str, str] = Field(
+        default_factory=dict
+    )  # dataset -> scoreboard metric (default acc1 / mean_recall@1)
+    output_dir: str = "data/evaluate"  # results JSON, scoreboard and plots
+    embed: EmbedParams = Field(default_factory=EmbedParams)  # embedding computation
+    probe: ProbeParams = Field(default_factory=ProbeParams)  # linear probe
+    perception: PerceptionParams = Field(default_factory=PerceptionParams)  # PerceptionCLIP
+    robustness: RobustnessParams = Field(default_factory=RobustnessParams)  # patch robustness
+    membership: MembershipParams = Field(
+        default_factory=MembershipParams
+    )  # membership-inference audit

@@ -1,0 +1,126 @@
+"""The evaluate stage: every model on every set, every task; scoreboard, audit, records and plots."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from tasks.evaluate.datasets import (
+    CLASSIFICATION,
+    EvalSet,
+    PublicBenchmarkMissing,
+    load_set,
+    resolve,
+)
+from tasks.evaluate.loading import LoadedModel, load_model
+from tasks.evaluate.params import EvaluateParams
+from tasks.evaluate.scoreboard import Row
+
+log = logging.getLogger(__name__)
+
+
+def load_sets(params: EvaluateParams) -> tuple[dict[str, EvalSet], list[str]]:
+    """Local sets must exist; an absent public benchmark is skipped with a message unless required."""
+    sets: dict[str, EvalSet] = {}
+    skipped: list[str] = []
+    for name in [*params.datasets, *params.public_datasets]:
+        try:
+            sets[name] = load_set(name, params.eval_root, params.public_root, params.split)
+        except PublicBenchmarkMissing as exc:
+            if params.public_required or name in params.datasets:
+                raise
+            log.warning("skipping: %s", exc)
+            print(f"evaluate: skipping {exc}")
+            skipped.append(name)
+    return sets, skipped
+
+
+def evaluate_model(
+    loaded: LoadedModel, sets: dict[str, EvalSet], params: EvaluateParams, out: Path
+) -> tuple[dict[str, Any], list[Row]]:
+    """Embed each set once, then run the tasks that apply to it."""
+    from tasks.evaluate import suite
+    from tasks.evaluate.embed import encode_images
+    from tasks.evaluate.scoreboard import main_metric, main_value
+
+    metrics: dict[str, Any] = {}
+    rows: list[Row] = []
+    n_images, seconds = 0, 0.0
+    for name, s in sets.items():
+        started = time.perf_counter()
+        img = encode_images(loaded, s.images, params.embed)
+        seconds += time.perf_counter() - started
+        n_images += len(s)
+        if s.task == CLASSIFICATION:
+            m = suite.zeroshot_task(loaded, s, img, params, out)
+        else:
+            m = suite.retrieval_task(loaded, s, img, params, out)
+        metric = main_metric(s.task, name, params.main_metrics)
+        rows.append(Row(loaded.name, name, s.task, metric, main_value(m, metric)))
+        m = {
+            k: v for k, v in m.items() if v == v
+        }  # NaN (acc5 below 5 classes) stays in the JSON only
+        m.update(_extras(loaded, s, img, params, out, m))
+        metrics[name] = m
+    metrics["images_per_s"] = n_images / seconds if seconds else 0.0
+    return metrics, rows
+
+
+def _extras(
+    loaded: LoadedModel,
+    s: EvalSet,
+    img: Any,
+    params: EvaluateParams,
+    out: Path,
+    base: dict[str, float],
+) -> dict[str, Any]:
+    """Probe, PerceptionCLIP and robustness, for the classification sets their params name."""
+    from tasks.evaluate import perception, robustness, suite
+
+    extra: dict[str, Any] = {}
+    if s.task != CLASSIFICATION:
+        return extra
+    if params.probe.enabled and s.name in params.probe.datasets:
+        extra.update(suite.probe_task(loaded, s, img, params, out))
+    if params.perception.enabled and s.name in params.perception.datasets:
+        extra["perception"] = perception.evaluate(loaded, s, img, params.perception, base["acc1"])
+    if params.robustness.enabled and s.name in params.robustness.datasets:
+        extra["robustness"] = robustness.evaluate(loaded, s, params.robustness, params.embed.amp)
+    return extra
+
+
+def run(params: EvaluateParams) -> dict[str, Any]:
+    """Evaluate `params.models`; return per-model metrics and the scoreboard means."""
+    from tasks.evaluate import scoreboard
+    from tasks.io import atomic_write_json
+
+    out = resolve(params.output_dir)
+    sets, skipped = load_sets(params)
+    if not sets:
+        raise ValueError(
+            "evaluate: no dataset to evaluate (params.datasets and public_datasets are empty or absent)"
+        )
+    metrics: dict[str, Any] = {"skipped_public_datasets": len(skipped)}
+    rows: list[Row] = []
+    loaded_models: dict[str, LoadedModel] = {}
+    for ref in params.models:
+        loaded = load_model(ref)
+        loaded_models[ref] = loaded
+        metrics[loaded.name], model_rows = evaluate_model(loaded, sets, params, out)
+        rows.extend(model_rows)
+    for model, mean in scoreboard.means(rows).items():
+        metrics[model]["scoreboard_mean"] = mean
+    atomic_write_json(out / "scoreboard.json", scoreboard.as_table(rows))
+    scoreboard.log_table(rows)
+    if params.membership.enabled:
+        from tasks.evaluate import membership
+
+        for ref in params.membership.models:
+            loaded = loaded_models.get(ref) or load_model(ref)
+            metrics.setdefault(loaded.name, {})["membership"] = membership.audit(
+                loaded, params.membership, out, params.embed
+            )
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics

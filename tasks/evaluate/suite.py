@@ -1,0 +1,122 @@
+"""One model on one set: embed once, then every task that applies, each writing its JSON record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.evaluate import plots, results
+from tasks.evaluate.datasets import CLASSIFICATION, RETRIEVAL, EvalSet, load_set
+from tasks.evaluate.embed import decode_image, encode_images, encode_texts
+from tasks.evaluate.loading import LoadedModel
+from tasks.evaluate.params import EvaluateParams
+
+
+def text_encoder(loaded: LoadedModel, amp: bool = False) -> Any:
+    return lambda texts: encode_texts(loaded.model, loaded.tokenizer, texts, amp=amp)
+
+
+def zeroshot_task(
+    loaded: LoadedModel, s: EvalSet, img: Any, params: EvaluateParams, out: Path
+) -> dict[str, float]:
+    """Zero-shot metrics, confusion matrix and per-class recall plots, CLIP_benchmark JSON."""
+    import torch
+
+    from tasks.evaluate import zeroshot
+
+    classifier = zeroshot.zeroshot_classifier(
+        text_encoder(loaded, params.embed.amp), s.classnames, s.templates
+    )
+    scores = zeroshot.logits(img, classifier)
+    target = torch.as_tensor(s.labels)
+    metrics = zeroshot.classification_metrics(scores, target, len(s.classnames))
+    _write(out, loaded, s.name, CLASSIFICATION, metrics, params.language)
+    matrix = zeroshot.confusion(target.numpy(), scores.argmax(dim=1).numpy(), len(s.classnames))
+    title = f"{loaded.name} on {s.name}: zero-shot"
+    plots.save(
+        plots.confusion_figure(matrix, s.classnames, title),
+        out,
+        f"{loaded.name}/{s.name}_confusion.png",
+    )
+    recall = zeroshot.per_class_recall(matrix)
+    plots.save(
+        plots.recall_figure(recall, s.classnames, title),
+        out,
+        f"{loaded.name}/{s.name}_per_class_recall.png",
+    )
+    return metrics
+
+
+def retrieval_task(
+    loaded: LoadedModel, s: EvalSet, img: Any, params: EvaluateParams, out: Path
+) -> dict[str, float]:
+    """Recall@k both directions (any-positive rule), a figure of example image queries, JSON."""
+    from tasks.evaluate import retrieval
+
+    texts, owner = retrieval.flatten_captions(s.captions)
+    txt = encode_texts(loaded.model, loaded.tokenizer, texts, amp=params.embed.amp)
+    metrics = retrieval.recall_at_k(img, txt, owner, params.recall_k)
+    _write(out, loaded, s.name, RETRIEVAL, metrics, params.language)
+    shown = list(range(min(4, len(s))))
+    top = (img[shown] @ txt.T).topk(min(3, len(texts)), dim=1)[1]
+    examples = [
+        [(texts[j], owner[j] == i) for j in top[row].tolist()] for row, i in enumerate(shown)
+    ]
+    fig = plots.retrieval_figure(
+        [decode_image(s.images[i]) for i in shown],
+        examples,
+        f"{loaded.name} on {s.name}: image -> text",
+    )
+    plots.save(fig, out, f"{loaded.name}/{s.name}_retrieval_examples.png")
+    return metrics
+
+
+def probe_task(
+    loaded: LoadedModel, s: EvalSet, img: Any, params: EvaluateParams, out: Path
+) -> dict[str, float]:
+    """The probe trains on the set's train split when it has one, else on a stratified half of the test split."""
+    from tasks.evaluate.datasets import has_split
+    from tasks.evaluate.linear_probe import probe, stratified_split
+
+    p = params.probe
+    test_x, test_y = img.numpy(), np.asarray(s.labels)
+    if p.train_split != s.split and has_split(
+        s.name, params.eval_root, params.public_root, p.train_split
+    ):
+        train = load_set(s.name, params.eval_root, params.public_root, p.train_split)
+        train_x, train_y, source = (
+            encode_images(loaded, train.images, params.embed).numpy(),
+            np.asarray(train.labels),
+            p.train_split,
+        )
+    else:
+        tr, te = stratified_split(test_y, p.fallback_train_fraction, p.seed)
+        train_x, train_y, test_x, test_y = test_x[tr], test_y[tr], test_x[te], test_y[te]
+        source = f"{p.fallback_train_fraction:.0%} of {s.split}"
+    result = probe(
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        len(s.classnames),
+        p.c_grid,
+        p.val_proportion,
+        p.max_iter,
+        p.seed,
+    )
+    rec = results.record(
+        s.name, loaded.arch, loaded.ref, "linear_probe", result.metrics, params.language
+    )
+    rec["probe_train"] = source
+    results.write_record(out, loaded.name, rec)
+    return result.metrics
+
+
+def _write(
+    out: Path, loaded: LoadedModel, dataset: str, task: str, metrics: dict[str, Any], language: str
+) -> None:
+    results.write_record(
+        out, loaded.name, results.record(dataset, loaded.arch, loaded.ref, task, metrics, language)
+    )

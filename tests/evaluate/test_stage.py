@@ -1,0 +1,163 @@
+"""The evaluate stage end to end on a tiny random model and hand-made sets, through the runner."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from tasks.evaluate.params import EmbedParams, EvaluateParams
+
+from .sets import make_retrieval
+
+
+def _params(tmp_path, tiny_model, eval_root, **extra) -> dict:
+    members = tmp_path / "members"
+    make_retrieval(members, n=16, seed=5)
+    base = {
+        "models": [str(tiny_model)],
+        "eval_root": str(eval_root),
+        "datasets": ["colours", "retrieval"],
+        "output_dir": str(tmp_path / "out"),
+        "embed": {"batch_size": 8},
+        "probe": {"datasets": ["colours"], "c_grid": [0.1, 10.0]},
+        "perception": {
+            "datasets": ["colours"],
+            "max_templates": 1,
+            "attributes": {"style": ["a photo", "a drawing"]},
+        },
+        "robustness": {
+            "datasets": ["colours"],
+            "max_samples": 12,
+            "fractions": [0.5],
+            "adv_steps": 2,
+        },
+        "membership": {
+            "models": [str(tiny_model)],
+            "members": str(members),
+            "non_members": str(eval_root / "retrieval"),
+            "max_pairs": 8,
+            "loss_batch": 4,
+        },
+    }
+    base.update(extra)
+    return base
+
+
+def test_stage_through_runner(tmp_path, tiny_model, eval_root, mlflow_store, ray_session):
+    from tasks.runner import run_stage
+
+    params_file = tmp_path / "evaluate.yaml"
+    params_file.write_text(yaml.safe_dump(_params(tmp_path, tiny_model, eval_root)))
+    metrics = run_stage("evaluate", params_file)
+    m = metrics["tiny"]
+    assert set(m["colours"]) >= {
+        "acc1",
+        "mean_per_class_recall",
+        "acc5",
+        "lp_acc1",
+        "perception",
+        "robustness",
+    }
+    assert 0.0 <= m["colours"]["acc1"] <= 1.0
+    assert m["retrieval"]["image_retrieval_recall@10"] >= m["retrieval"]["image_retrieval_recall@1"]
+    assert m["scoreboard_mean"] == pytest.approx(
+        (
+            m["colours"]["acc1"]
+            + (
+                m["retrieval"]["image_retrieval_recall@1"]
+                + m["retrieval"]["text_retrieval_recall@1"]
+            )
+            / 2
+        )
+        / 2
+    )
+    assert {"similarity_auc", "loss_auc", "similarity_tpr_at_1pct_fpr"} <= set(m["membership"])
+    out = tmp_path / "out"
+    rec = json.loads((out / "tiny" / "colours_zeroshot_classification.json").read_text())
+    assert set(rec) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
+    assert rec["dataset"] == "wds/colours" and rec["task"] == "zeroshot_classification"
+    assert set(rec["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
+    assert (out / "tiny" / "retrieval_zeroshot_retrieval.json").exists()
+    assert (out / "tiny" / "colours_linear_probe.json").exists()
+    for plot in (
+        "colours_confusion.png",
+        "colours_per_class_recall.png",
+        "retrieval_examples.png",
+        "membership_roc.png",
+    ):
+        assert any(p.name.endswith(plot) for p in (out / "plots" / "tiny").iterdir()), plot
+    board = json.loads((out / "scoreboard.json").read_text())
+    assert board["dataset"][-1] == "average"
+
+    import mlflow
+
+    run = mlflow.get_run(metrics["_mlflow_run_id"])
+    assert "tiny.colours.acc1" in run.data.metrics
+    assert "tiny.retrieval.image_retrieval_recall_at_1" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert "scoreboard.json" in artifacts and "plots" in artifacts
+
+
+def test_ray_actor_pool_gives_the_same_embeddings(tiny_model, eval_root, ray_session):
+    from tasks.evaluate.datasets import load_set
+    from tasks.evaluate.embed import encode_images, encode_images_local
+    from tasks.evaluate.loading import load_model
+
+    loaded = load_model(str(tiny_model))
+    s = load_set("colours", eval_root, eval_root)
+    via_ray = encode_images(
+        loaded, s.images, EmbedParams(ray_min_samples=0, batch_size=5, num_blocks=3)
+    )
+    local = encode_images_local(loaded.model, loaded.preprocess, s.images, 8)
+    assert via_ray.shape == local.shape
+    assert np.allclose(via_ray.numpy(), local.numpy(), atol=1e-5)
+
+
+def test_checkpoint_that_does_not_match_its_config(tmp_path, tiny_model):
+    import shutil
+
+    from tasks.evaluate.loading import ModelLoadError, load_model
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    cfg = json.loads((bad / "open_clip_config.json").read_text())
+    cfg["model_cfg"]["embed_dim"] = 48
+    (bad / "open_clip_config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="bad"):
+        load_model(str(bad))
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_model(str(tmp_path / "absent"))
+
+
+def test_unknown_dataset_fails_before_any_model_work(tmp_path, tiny_model, eval_root):
+    from tasks.evaluate.datasets import DatasetError
+    from tasks.evaluate.stage import run
+
+    params = EvaluateParams.model_validate(
+        _params(tmp_path, tiny_model, eval_root, datasets=["colours", "cifar11"])
+    )
+    with pytest.raises(DatasetError, match="unknown dataset 'cifar11'"):
+        run(params)
+
+
+def test_absent_public_benchmark_is_skipped_with_a_message(tmp_path, tiny_model, eval_root, capsys):
+    from tasks.evaluate.stage import load_sets
+
+    params = EvaluateParams.model_validate(
+        _params(
+            tmp_path,
+            tiny_model,
+            eval_root,
+            public_datasets=["imagenet1k"],
+            public_root=str(tmp_path / "pub"),
+        )
+    )
+    sets, skipped = load_sets(params)
+    assert skipped == ["imagenet1k"] and "imagenet1k" not in sets
+    assert "not present under" in capsys.readouterr().out
+    strict = params.model_copy(update={"public_required": True})
+    with pytest.raises(ValueError, match="imagenet1k"):
+        load_sets(strict)
