@@ -1,0 +1,1 @@
+"""curate stage: MetaCLIP matching/balancing, DataComp filters, dedup, decontamination over the pool."""

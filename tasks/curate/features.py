@@ -1,0 +1,183 @@
+"""Per-image features on Ray Data: sha256, pHash, dHash (tasks), CLIP embeddings (actor pool).
+
+Shards are read where they are processed; the model is built once per actor (`__init__`), never
+shipped from the driver. Undecodable images come back with a reason, not as missing rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+
+def hash_hex(h: Any) -> str:
+    return str(h)
+
+
+def hex_to_u64(values: list[str | None]) -> np.ndarray:
+    """Hex hashes -> uint64 (0 where missing; callers mask missing rows themselves)."""
+    return np.array([int(v, 16) if v else 0 for v in values], dtype=np.uint64)
+
+
+def _read_shard(item: dict[str, Any]) -> list[dict[str, Any]]:
+    from tasks.curate.images import read_samples
+
+    texts = dict(zip(item["uids"], item["texts"], strict=True))
+    prefix = item.get("prefix", "")
+    rows = [
+        {"uid": prefix + uid, "image": data, "text": texts.get(uid) or ""}
+        for uid, data, _ in read_samples(item["shard"], set(item["uids"]))
+    ]
+    missing = set(item["uids"]) - {r["uid"].removeprefix(prefix) for r in rows}
+    rows.extend(
+        {"uid": prefix + uid, "image": b"", "text": texts.get(uid) or ""} for uid in sorted(missing)
+    )
+    return rows
+
+
+def hash_batch(batch: pa.Table) -> pa.Table:
+    """sha256 of the stored bytes + pHash + dHash (64-bit, hex); a reason when the image is bad."""
+    import imagehash
+
+    from tasks.curate.images import decode_rgb
+
+    sha, ph, dh, reasons = [], [], [], []
+    for data in batch.column("image").to_pylist():
+        if not data:
+            sha.append(None), ph.append(None), dh.append(None), reasons.append("image_missing")
+            continue
+        sha.append(hashlib.sha256(data).hexdigest())
+        try:
+            img = decode_rgb(data)
+        except Exception:
+            ph.append(None), dh.append(None), reasons.append("image_undecodable")
+            continue
+        ph.append(hash_hex(imagehash.phash(img)))
+        dh.append(hash_hex(imagehash.dhash(img)))
+        reasons.append(None)
+    return (
+        batch.append_column("image_sha256", pa.array(sha, pa.string()))
+        .append_column("phash", pa.array(ph, pa.string()))
+        .append_column("dhash", pa.array(dh, pa.string()))
+        .append_column("image_reason", pa.array(reasons, pa.string()))
+    )
+
+
+class Embedder:
+    """Ray Data callable class: one CLIP model per actor; L2-normalised image and text embeddings."""
+
+    def __init__(self, model_ref: str, threads: int = 1) -> None:
+        import torch
+
+        from tasks.curate.clipmodel import load_model
+
+        torch.set_num_threads(max(1, threads))
+        self.model, self.preprocess, self.tokenizer = load_model(model_ref)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return embed_table(batch, self.model, self.preprocess, self.tokenizer)
+
+
+def embed_table(batch: pa.Table, model: Any, preprocess: Any, tokenizer: Any) -> pa.Table:
+    """The one embedding code path (actors and driver alike): rows with an image_reason get nulls."""
+    import torch
+
+    from tasks.curate.images import decode_rgb
+
+    n = batch.num_rows
+    ok = [r is None for r in batch.column("image_reason").to_pylist()]
+    idx = [i for i in range(n) if ok[i]]
+    img_emb: list[Any] = [None] * n
+    txt_emb: list[Any] = [None] * n
+    if idx:
+        images = batch.column("image").to_pylist()
+        texts = batch.column("text").to_pylist()
+        with torch.no_grad():
+            pixels = torch.stack([preprocess(decode_rgb(images[i])) for i in idx])
+            iv = torch.nn.functional.normalize(model.encode_image(pixels).float(), dim=-1).numpy()
+            tv = torch.nn.functional.normalize(
+                model.encode_text(tokenizer([texts[i] or "" for i in idx])).float(), dim=-1
+            ).numpy()
+        for j, i in enumerate(idx):
+            img_emb[i], txt_emb[i] = iv[j].astype(np.float32), tv[j].astype(np.float32)
+    typ = pa.list_(pa.float32())  # fixed width is set once all batches are in (fix_vectors)
+    return (
+        batch.drop_columns(["image"])
+        .append_column("image_emb", pa.array(img_emb, typ))
+        .append_column("text_emb", pa.array(txt_emb, typ))
+    )
+
+
+def compute_features(
+    shard_rows: dict[str, list[tuple[str, str]]],
+    model_ref: str | None,
+    embed_workers: int,
+    embed_batch_size: int,
+    cpus_per_worker: float,
+    prefixes: dict[str, str] | None = None,
+) -> pa.Table:
+    """Features of every (uid, text) listed per shard path: uid, image_sha256, phash, dhash,
+    image_reason, and with a model image_emb / text_emb. Runs on the current Ray.
+    `prefixes` (shard -> text) makes uids unique when shards reuse keys (eval sets do)."""
+    import ray
+
+    items = [
+        {
+            "shard": str(shard),
+            "uids": [u for u, _ in rows],
+            "texts": [t for _, t in rows],
+            "prefix": (prefixes or {}).get(str(shard), ""),
+        }
+        for shard, rows in sorted(shard_rows.items())
+    ]
+    if not items:
+        return pa.table({"uid": pa.array([], pa.string())})
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.flat_map(_read_shard).map_batches(hash_batch, batch_format="pyarrow", batch_size=256)
+    if model_ref is not None:
+        ds = ds.map_batches(
+            Embedder,
+            fn_constructor_args=(model_ref, max(1, int(cpus_per_worker))),
+            compute=ray.data.ActorPoolStrategy(size=embed_workers),
+            batch_size=embed_batch_size,
+            batch_format="pyarrow",
+            num_cpus=cpus_per_worker,
+        )
+    else:
+        ds = ds.map_batches(lambda b: b.drop_columns(["image"]), batch_format="pyarrow")
+    parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    return fix_vectors(pa.concat_tables(parts, promote_options="permissive"))
+
+
+def fix_vectors(table: pa.Table) -> pa.Table:
+    """Embedding columns as fixed_size_list<float32>[dim] (what LanceDB stores as vectors).
+
+    Built from a dense matrix plus a validity mask: nulls keep a zero slot of full width, which
+    LanceDB's vector checks and parquet both require.
+    """
+    for name in ("image_emb", "text_emb"):
+        if name not in table.column_names:
+            continue
+        values = table.column(name).to_pylist()
+        dim = next((len(v) for v in values if v is not None), 0)
+        if not dim:
+            continue
+        dense = np.zeros((len(values), dim), dtype=np.float32)
+        valid = np.array([v is not None for v in values], dtype=bool)
+        if valid.any():
+            dense[valid] = np.array([v for v in values if v is not None], dtype=np.float32)
+        arr = pa.FixedSizeListArray.from_arrays(pa.array(dense.ravel()), dim, mask=pa.array(~valid))
+        table = table.set_column(table.column_names.index(name), name, arr)
+    return table
+
+
+def existing_shard(crawl_dir: Path, shard: str | None) -> Path | None:
+    """The crawl tar holding a row's image, or None when the pool names none or it is gone."""
+    if not shard:
+        return None
+    path = Path(shard) if Path(shard).is_absolute() else crawl_dir / shard
+    return path if path.exists() else None

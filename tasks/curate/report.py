@@ -1,0 +1,121 @@
+"""The curate report: funnel, entry-count histogram before/after balancing, kept/dropped grids."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tasks.io import atomic_write_json
+
+
+def _save(fig: Any, out_dir: Path, name: str) -> Path:
+    from tasks.tracking import log_artifact, log_figure
+
+    path = out_dir / name
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    log_figure(fig, f"curate_{name}")
+    log_artifact(path, "report")
+    return path
+
+
+def funnel_figure(funnel: list[dict[str, Any]]) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.5 + 0.5 * len(funnel)))
+    names = [f["step"] for f in funnel]
+    ax.barh(names[::-1], [f["left"] for f in funnel][::-1], color="tab:blue")
+    for y, f in enumerate(funnel[::-1]):
+        top = sorted(f["dropped"].items(), key=lambda kv: -kv[1])[:3]
+        ax.text(
+            f["left"], y, "  " + ", ".join(f"-{v} {k}" for k, v in top), va="center", fontsize=8
+        )
+    ax.set_xlabel("pairs left after the step")
+    ax.set_title("curation funnel (drops by reason)")
+    return fig
+
+
+def histogram_figure(before: np.ndarray, after: np.ndarray, t: int) -> Any:
+    """Number of entries with a given match count, log-log: the head is flattened at t."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    top = max(int(before.max(initial=1)), 2)
+    bins = np.unique(np.logspace(0, np.log10(top + 1), 40).astype(int))
+    ax.hist(before[before > 0], bins=bins, histtype="step", label="before", log=True)
+    ax.hist(after[after > 0], bins=bins, histtype="step", label="after", log=True)
+    ax.axvline(t, color="k", linestyle="--", label=f"t = {t}")
+    ax.set_xscale("log")
+    ax.set_xlabel("texts matching the entry")
+    ax.set_ylabel("entries")
+    ax.legend()
+    ax.set_title("MetaCLIP entry counts before / after balancing")
+    return fig
+
+
+def grid_figure(images: list[tuple[bytes, str]], title: str) -> Any:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    cols = 4
+    rows = max(1, -(-len(images) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.2, rows * 2.4), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (data, caption) in zip(axes.ravel(), images, strict=False):
+        try:
+            ax.imshow(Image.open(io.BytesIO(data)).convert("RGB"))
+        except Exception:
+            ax.text(0.5, 0.5, "undecodable", ha="center")
+        ax.set_title(" ".join(caption.split())[:28], fontsize=7)
+    fig.suptitle(title)
+    return fig
+
+
+def example_groups(
+    reasons: list[str], uids: list[str], per_group: int, seed: int
+) -> dict[str, list[str]]:
+    """uids to show: up to `per_group` kept, and per step up to `per_group` it dropped."""
+    groups: dict[str, list[str]] = {}
+    for uid, r in zip(uids, reasons, strict=True):
+        groups.setdefault("kept" if r == "kept" else f"dropped_{r.split(':')[0]}", []).append(uid)
+    rng = random.Random(seed)
+    return {g: rng.sample(sorted(v), min(per_group, len(v))) for g, v in sorted(groups.items())}
+
+
+def write_report(
+    out_dir: Path,
+    funnel: list[dict[str, Any]],
+    counts: tuple[np.ndarray, np.ndarray] | None,
+    t: int | None,
+    grids: dict[str, list[tuple[bytes, str]]],
+) -> list[Path]:
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / "funnel.json", funnel)
+    written = [_save(funnel_figure(funnel), out_dir, "funnel.png")]
+    if counts is not None and t is not None:
+        written.append(
+            _save(histogram_figure(counts[0], counts[1], t), out_dir, "entry_counts.png")
+        )
+    for name, images in grids.items():
+        if images:
+            written.append(_save(grid_figure(images, name), out_dir, f"grid_{name}.png"))
+    plt.close("all")
+    (out_dir / "index.json").write_text(json.dumps([p.name for p in written]))
+    return written

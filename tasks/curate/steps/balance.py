@@ -1,0 +1,59 @@
+"""MetaCLIP balancing as a step: global counts over the rows that reached it, then t_min < t."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tasks.curate import balancing as bal
+from tasks.curate.steps.base import StepContext, StepResult
+
+
+def write_match_parts(rows: pa.Table, out_dir: Path, rows_per_part: int) -> list[Path]:
+    """Store (uid, entry_ids) of the rows to balance as parquet parts: the shards of the map steps."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("part-*.parquet"):
+        old.unlink()
+    paths = []
+    for k, start in enumerate(range(0, max(rows.num_rows, 1), rows_per_part)):
+        part = rows.select(["uid", "entry_ids"]).slice(start, rows_per_part)
+        path = out_dir / f"part-{k:05d}.parquet"
+        pq.write_table(part, path)
+        paths.append(path)
+    return paths
+
+
+def balance(rows: pa.Table, ctx: StepContext) -> StepResult:
+    p = ctx.params
+    if ctx.n_entries <= 0:
+        raise ValueError(
+            "balance: no metadata entries (set wordnet_metadata and/or extra_metadata)"
+        )
+    parts = write_match_parts(rows, ctx.out_dir / "matches", p.rows_per_block)
+    counts, tmin_paths = bal.balance_files(parts, ctx.out_dir / "balance", ctx.n_entries, p.seed)
+    tmin_table = pa.concat_tables([pq.read_table(x) for x in tmin_paths])
+    by_uid = dict(
+        zip(tmin_table.column("uid").to_pylist(), tmin_table.column("tmin").to_numpy(), strict=True)
+    )
+    tmin = np.array([by_uid[u] for u in rows.column("uid").to_pylist()], dtype=np.float64)
+    t = bal.find_t(tmin, p.balance_target_size) if p.balance_target_size else p.balance_t
+    keep = bal.keep_mask(tmin, t)
+    after = bal.count_entries(rows.column("entry_ids").filter(pa.array(keep)), ctx.n_entries)
+    ctx.cache["entry_counts"] = (counts, after)
+    reasons = [
+        None if k else ("no_metadata_match" if np.isinf(v) else "balanced_out")
+        for k, v in zip(keep, tmin, strict=True)
+    ]
+    metrics = {
+        "balance_t": int(t),
+        "entries_matched": int(np.count_nonzero(counts)),
+        "entries_above_t": int(np.count_nonzero(counts > t)),
+        "max_entry_count_before": int(counts.max(initial=0)),
+        "max_entry_count_after": int(after.max(initial=0)),
+    }
+    return StepResult(
+        keep=keep, reason=reasons, score=np.where(np.isinf(tmin), np.nan, tmin), metrics=metrics
+    )

@@ -1,0 +1,48 @@
+"""DataComp's basic filter: language, word and character counts, minimum side, aspect ratio."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from tasks.curate.steps.base import StepContext, StepResult
+
+
+def detect_language(text: str) -> str:
+    """py3langid's ISO 639-1 code; used when the crawl left the language column empty."""
+    import py3langid
+
+    return py3langid.classify(text)[0]
+
+
+def _size(rows: pa.Table, name: str, i: int) -> int | None:
+    for col in (f"original_{name}", name):
+        if col in rows.column_names:
+            value = rows.column(col)[i].as_py()
+            if value is not None:
+                return int(value)
+    return None
+
+
+def _reason(rows: pa.Table, i: int, text: str, ctx: StepContext) -> str | None:
+    p = ctx.params
+    if p.basic_languages:
+        lang = rows.column("language")[i].as_py() if "language" in rows.column_names else None
+        if (lang or detect_language(text)) not in p.basic_languages:
+            return "language"
+    if len(text.split()) < p.basic_min_words:
+        return "too_few_words"
+    if len(text) < p.basic_min_chars:
+        return "too_few_chars"
+    w, h = _size(rows, "width", i), _size(rows, "height", i)
+    if w is None or h is None or min(w, h) <= 0:
+        return "image_size_unknown"
+    if min(w, h) < p.basic_min_side:
+        return "image_too_small"
+    if max(w, h) / min(w, h) > p.basic_max_aspect:
+        return "aspect_ratio"
+    return None
+
+
+def basic(rows: pa.Table, ctx: StepContext) -> StepResult:
+    texts = rows.column("text").to_pylist()
+    return StepResult.from_reasons([_reason(rows, i, t or "", ctx) for i, t in enumerate(texts)])

@@ -1,0 +1,188 @@
+"""Filters and dedup on hand-made rows: decisions, reasons, global thresholds, twins recorded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.curate.params import CurateParams
+from tasks.curate.steps.base import StepContext
+
+
+def ctx(tmp_path: Path, **kw) -> StepContext:
+    kw.setdefault("clip_model", "random:clipmill-tiny")
+    return StepContext(params=CurateParams(**kw), out_dir=tmp_path)
+
+
+def vectors(rows: list[list[float] | None]) -> pa.Array:
+    dim = len(next(r for r in rows if r is not None))
+    return pa.array(
+        [None if r is None else np.asarray(r, np.float32) / np.linalg.norm(r) for r in rows],
+        pa.list_(pa.float32(), dim),
+    )
+
+
+def test_basic_filter_reasons(tmp_path):
+    from tasks.curate.steps.basic import basic
+
+    rows = pa.table(
+        {
+            "text": [
+                "a big red barn",
+                "a big red barn",
+                "two words",
+                "abc d e",
+                "a big red barn",
+                "a big red barn",
+                "un grand chien noir",
+            ],
+            "language": ["en", "en", "en", "en", "en", "en", None],
+            "original_width": [300, 199, 300, 300, 900, 300, 300],
+            "original_height": [300, 300, 300, 300, 300, None, 300],
+            "width": [256] * 7,
+            "height": [256] * 7,
+        }
+    )
+    got = basic(rows, ctx(tmp_path))
+    assert got.reason == [None, "image_too_small", "too_few_words", None, None, None, "language"]
+    # a missing original size falls back to the stored size (256 x 256)
+    assert got.keep.tolist() == [True, False, False, True, True, True, False]
+    strict = basic(rows.slice(3, 2), ctx(tmp_path, basic_min_chars=8, basic_max_aspect=2.0))
+    assert strict.reason == ["too_few_chars", "aspect_ratio"]
+
+
+def test_clip_score_global_top_fraction_and_fixed_threshold(tmp_path):
+    from tasks.curate.steps.clip_score import clip_score, top_fraction_threshold
+
+    scores = np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0])
+    assert (
+        top_fraction_threshold(scores, 0.3) == 0.6
+    )  # rank int(10 * 0.3) = 3 of the descending list
+    img = [[1.0, 0.0]] * 5 + [None]
+    txt = [
+        [1.0, 0.0],
+        [0.0, 1.0],
+        [1.0, 1.0],
+        [1.0, 0.2],
+        [1.0, -2.0],
+        [1.0, 0.0],
+    ]  # cos 1, 0, .71, .98, .45
+    rows = pa.table({"image_emb": vectors(img), "text_emb": vectors(txt)})
+    got = clip_score(rows, ctx(tmp_path, clip_score_fraction=0.4))
+    assert got.reason[5] == "no_embedding" and np.isnan(got.score[5])
+    assert got.keep.tolist() == [
+        True,
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]  # top 40% of 5: threshold = rank 2 = .71
+    fixed = clip_score(rows, ctx(tmp_path, clip_score_fraction=None, clip_score_threshold=0.8))
+    assert fixed.keep.tolist() == [True, False, False, True, False, False]
+
+
+def test_text_based_first_synset(tmp_path):
+    from tasks.curate.steps.text_based import text_based
+
+    wn = tmp_path / "wn.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "synset_id": ["v1", "n1", "n2", "n3"],
+                "pos": ["v", "n", "n", "n"],
+                "lemmas": [["dog"], ["dog", "domestic_dog"], ["dog", "frump"], ["cherry"]],
+                "in_imagenet21k": [False, True, False, False],
+            }
+        ),
+        wn,
+    )
+    rows = pa.table(
+        {
+            "text": ["two dogs outside", "a cherry tree", "a frump", "deux chiens"],
+            "language": ["en", "en", "en", "fr"],
+        }
+    )
+    got = text_based(rows, ctx(tmp_path, wordnet_metadata=str(wn)))
+    # "dog": first NOUN synset n1 is in 21k (the verb sense does not count); "frump"'s first synset is not
+    assert got.reason == [None, "no_imagenet21k_word", "no_imagenet21k_word", "language"]
+
+
+def test_image_based_keeps_clusters_nearest_to_targets(tmp_path):
+    from tasks.curate.steps.image_based import image_based
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(4)[:3]
+    pts = np.concatenate([c + 0.05 * rng.standard_normal((20, 4)) for c in centres])
+    rows = pa.table({"image_emb": vectors([*pts.tolist(), None])})
+    c = ctx(tmp_path, image_kmeans_k=3, steps=["image_based"], image_target_dir="x")
+    c.cache["target_image_emb"] = np.array([[1.0, 0.02, 0.0, 0.0]], np.float32)
+    got = image_based(rows, c)
+    assert got.keep[:20].all() and not got.keep[20:60].any() and got.reason[60] == "no_embedding"
+    assert set(got.reason[20:60]) == {"cluster_not_near_target"}
+
+
+def test_exact_and_perceptual_dedup(tmp_path):
+    from tasks.curate.steps.dedup import exact_dedup, perceptual_dedup
+
+    rows = pa.table(
+        {
+            "uid": ["c", "a", "b", "d"],
+            "sha256": ["x", "x", None, "y"],
+            "image_sha256": ["x", "x", None, "z"],
+        }
+    )
+    got = exact_dedup(rows, ctx(tmp_path))
+    assert got.reason == ["duplicate_sha256", None, "no_sha256", None] and got.ref[0] == "a"
+    ph = ["ffff0000ffff0000", "ffff0000ffff0001", "0000ffff0000ffff", "ffff0000ffff0003", None]
+    dh = ["0f0f0f0f0f0f0f0f", "0f0f0f0f0f0f0f0f", "0f0f0f0f0f0f0f0f", "f0f0f0f0f0f0f0f0", None]
+    rows = pa.table({"uid": ["u1", "u2", "u3", "u4", "u5"], "phash": ph, "dhash": dh})
+    got = perceptual_dedup(rows, ctx(tmp_path, phash_max_distance=2))
+    # u2 is 1 bit from u1 in both hashes; u4 is 2 bits away in pHash but far in dHash: kept
+    assert got.reason == [None, "duplicate_phash", None, None, "no_image_hash"]
+    assert got.ref[1] == "u1" and got.score[1] == 1
+
+
+def _near_dup_cloud(n: int, dups: int, dim: int, seed: int) -> tuple[np.ndarray, set[int]]:
+    rng = np.random.default_rng(seed)
+    base = rng.standard_normal((n, dim)).astype(np.float32)
+    twins = rng.choice(n, dups, replace=False)
+    extra = base[twins] + 0.001 * rng.standard_normal((dups, dim)).astype(np.float32)
+    x = np.concatenate([base, extra])
+    return x / np.linalg.norm(x, axis=1, keepdims=True), set(range(n, n + dups))
+
+
+@pytest.mark.parametrize("ann_min_rows", [10**9, 1])  # exact matrix path, LanceDB ANN path
+def test_semdedup_finds_planted_twins(tmp_path, ann_min_rows):
+    from tasks.curate.steps.semdedup import semantic_dedup
+
+    x, planted = _near_dup_cloud(600, 40, 32, seed=1)
+    rows = pa.table(
+        {
+            "uid": [f"u{i:04d}" for i in range(len(x))],
+            "image_emb": pa.array(list(x), pa.list_(pa.float32(), 32)),
+        }
+    )
+    got = semantic_dedup(
+        rows,
+        ctx(tmp_path, semdedup_clusters=4, semdedup_eps=0.01, semdedup_ann_min_rows=ann_min_rows),
+    )
+    dropped = set(np.flatnonzero(~got.keep).tolist())
+    # each twin pair loses exactly one member, and it names the other one
+    assert len(dropped) == 40
+    for i in dropped:
+        j = int(got.ref[i][1:])
+        assert {i, j} & planted and abs(i - j) != 0 and float(x[i] @ x[j]) > 0.99
+    assert got.metrics["semdedup_ann_clusters"] == (4 if ann_min_rows == 1 else 0)
+
+
+def test_semdedup_flags_rows_without_embeddings(tmp_path):
+    from tasks.curate.steps.semdedup import semantic_dedup
+
+    rows = pa.table({"uid": ["a", "b", "c"], "image_emb": vectors([[1.0, 0.0], None, [0.0, 1.0]])})
+    got = semantic_dedup(rows, ctx(tmp_path, semdedup_clusters=1))
+    assert got.reason == [None, "no_embedding", None]
