@@ -1,0 +1,54 @@
+"""Error classes of the crawl: every failed URL is counted under exactly one of these names."""
+
+from __future__ import annotations
+
+SUCCESS = "success"
+
+# Error class -> what it means. Stats, parquet `status` and the pool use these names.
+ERROR_CLASSES: dict[str, str] = {
+    "bad_url": "not a parseable absolute URL",
+    "scheme_refused": "scheme other than http/https",
+    "dns_error": "the host name did not resolve",
+    "address_refused": "host resolves to a private, loopback, link-local or metadata address",
+    "connection_error": "connection refused or reset",
+    "timeout": "connect, read or total timeout",
+    "too_many_redirects": "redirect limit reached or a redirect loop",
+    "bad_redirect": "redirect without a usable Location",
+    "http_4xx": "client error status (other than 404 / 429)",
+    "http_404": "not found",
+    "http_429": "rate limited, still 429 after the retries",
+    "http_5xx": "server error, still failing after the retries",
+    "robots_disallowed": "robots.txt disallows the URL for our user agent",
+    "robots_noai": "X-Robots-Tag forbids AI use (noai / noimageai)",
+    "content_type": "the response's content type is not an image",
+    "body_too_large": "the body exceeded the size limit while streaming",
+    "empty_body": "zero-byte response",
+    "not_an_image": "the bytes do not start with a known image signature",
+    "unsupported_format": "a real image format this crawler does not rasterise (SVG)",
+    "decompression_bomb": "the declared pixel count exceeds the limit",
+    "decode_error": "the image is truncated or corrupt",
+    "image_too_small": "smaller than the minimum size",
+    "unexpected_error": "a bug in the crawler; the URL is kept and counted, the shard goes on",
+}
+
+
+class CrawlError(Exception):
+    """A per-URL failure with its error class; the crawl records it and moves on."""
+
+    def __init__(self, error_class: str, detail: str = "") -> None:
+        if error_class not in ERROR_CLASSES:
+            raise ValueError(f"unknown crawl error class {error_class!r}")
+        super().__init__(f"{error_class}: {detail}" if detail else error_class)
+        self.error_class = error_class
+        self.detail = detail
+
+
+def http_error_class(status: int) -> str:
+    """Map a final HTTP status to an error class (only called for non-2xx)."""
+    if status == 404:
+        return "http_404"
+    if status == 429:
+        return "http_429"
+    if status >= 500:
+        return "http_5xx"
+    return "http_4xx"

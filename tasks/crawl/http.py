@@ -1,0 +1,174 @@
+"""One HTTP GET done right: guarded redirects, streamed size limit, retries for transient errors only."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urljoin
+
+from tasks.crawl.errors import CrawlError, http_error_class
+from tasks.crawl.security import UrlGuard
+
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+TRANSIENT = frozenset({"timeout", "connection_error", "http_5xx", "http_429"})
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """Picklable fetch settings (built from CrawlParams on the driver, used inside workers)."""
+
+    user_agent: str
+    connections: int = 32
+    connections_per_host: int = 16
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0
+    total_timeout_s: float = 30.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_retry_after_s: float = 30.0
+    max_redirects: int = 5
+    max_body_bytes: int = 20_000_000
+
+
+@dataclass
+class Response:
+    """A complete 2xx response: where it ended up, its headers and the whole body."""
+
+    url: str
+    final_url: str
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    attempts: int = 1
+
+
+class _Transient(CrawlError):
+    def __init__(self, error_class: str, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(error_class, detail)
+        self.retry_after = retry_after
+
+
+def make_session(cfg: HttpConfig, guard: UrlGuard) -> Any:
+    """A session whose connector resolves through the guard; proxies from the environment ignored."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(
+        limit=cfg.connections,
+        limit_per_host=cfg.connections_per_host,
+        resolver=guard,
+        use_dns_cache=False,  # the guard caches; the connector must always ask it
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=cfg.total_timeout_s, sock_connect=cfg.connect_timeout_s, sock_read=cfg.read_timeout_s
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        headers={"User-Agent": cfg.user_agent},
+        trust_env=False,
+        auto_decompress=True,
+    )
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Retry-After as seconds (delta or HTTP date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+async def _read_limited(resp: Any, limit: int, url: str) -> bytes:
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise CrawlError("body_too_large", f"{url}: Content-Length {declared} > {limit}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise CrawlError("body_too_large", f"{url}: more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _fetch_once(session: Any, guard: UrlGuard, url: str, cfg: HttpConfig) -> Response:
+    current, seen = url, {url}
+    for _hop in range(cfg.max_redirects + 1):
+        await guard.check(current)  # repeated on every hop: a redirect may point anywhere
+        async with session.get(current, allow_redirects=False) as resp:
+            if resp.status in REDIRECTS:
+                location = resp.headers.get("Location")
+                if not location:
+                    raise CrawlError("bad_redirect", f"{current}: {resp.status} without Location")
+                nxt = urljoin(current, location)
+                if nxt in seen:
+                    raise CrawlError("too_many_redirects", f"{url}: redirect loop at {nxt}")
+                seen.add(nxt)
+                current = nxt
+                continue
+            if resp.status >= 400:
+                cls = http_error_class(resp.status)
+                detail = f"{current}: HTTP {resp.status}"
+                if cls in TRANSIENT:
+                    raise _Transient(
+                        cls, detail, retry_after_seconds(resp.headers.get("Retry-After"))
+                    )
+                raise CrawlError(cls, detail)
+            body = await _read_limited(resp, cfg.max_body_bytes, current)
+            return Response(url, current, resp.status, dict(resp.headers), body)
+    raise CrawlError("too_many_redirects", f"{url}: more than {cfg.max_redirects} redirects")
+
+
+def _classify(exc: BaseException, url: str) -> CrawlError:
+    """aiohttp / asyncio exceptions -> error classes (transient ones are retried)."""
+    import aiohttp
+
+    if isinstance(exc, CrawlError):
+        return exc
+    cause = exc.__cause__
+    while cause is not None:  # the guard's refusal surfaces wrapped by the connector
+        if isinstance(cause, CrawlError):
+            return cause
+        cause = cause.__cause__
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return _Transient("timeout", f"{url}: {type(exc).__name__}")
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return CrawlError("dns_error", f"{url}: {exc}")
+    if isinstance(exc, aiohttp.InvalidURL | ValueError):
+        return CrawlError("bad_url", f"{url}: {exc}")
+    return _Transient("connection_error", f"{url}: {type(exc).__name__}: {exc}")
+
+
+async def fetch(session: Any, guard: UrlGuard, url: str, cfg: HttpConfig) -> Response:
+    """GET with retries and exponential backoff for transient failures; CrawlError when it fails."""
+    import aiohttp
+
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            resp = await _fetch_once(session, guard, url, cfg)
+            resp.attempts = attempt
+            return resp
+        except (TimeoutError, CrawlError, aiohttp.ClientError, OSError, ValueError) as exc:
+            err = _classify(exc, url)
+        if not isinstance(err, _Transient) or attempt > cfg.retries:
+            raise CrawlError(err.error_class, err.detail)
+        delay = cfg.backoff_s * (2 ** (attempt - 1))
+        if err.retry_after is not None:
+            if err.retry_after > cfg.max_retry_after_s:
+                raise CrawlError(
+                    err.error_class, f"{err.detail} (Retry-After {err.retry_after:.0f}s too long)"
+                )
+            delay = max(delay, err.retry_after)
+        await asyncio.sleep(delay)

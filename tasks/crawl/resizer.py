@@ -1,0 +1,217 @@
+"""Decode safely, normalise to RGB and resize/encode with img2dataset's modes and conventions.
+
+Safety: the pixel count is read from the header and checked before any pixel is decoded, so a
+tiny file declaring 50,000 x 50,000 pixels never allocates gigabytes. JPEGs are decoded with
+libjpeg's DCT scaling ("draft") straight to the smallest power-of-two size still >= the target,
+which is the main reason this resizer is cheaper than decode-everything-then-shrink.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.crawl.errors import CrawlError
+
+MAGIC: tuple[tuple[bytes, int, str], ...] = (  # (signature, offset, format)
+    (b"\xff\xd8\xff", 0, "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", 0, "png"),
+    (b"GIF87a", 0, "gif"),
+    (b"GIF89a", 0, "gif"),
+    (b"WEBP", 8, "webp"),
+    (b"BM", 0, "bmp"),
+    (b"II*\x00", 0, "tiff"),
+    (b"MM\x00*", 0, "tiff"),
+    (b"\x00\x00\x01\x00", 0, "ico"),
+)
+WHITE = (255, 255, 255)  # img2dataset pads borders and flattens alpha onto white
+
+
+@dataclass(frozen=True)
+class ResizeConfig:
+    """Picklable resize / encode settings."""
+
+    image_size: int = 256
+    resize_mode: str = "border"
+    resize_only_if_bigger: bool = False
+    encode_format: str = "jpg"
+    encode_quality: int = 95
+    max_image_pixels: int = 120_000_000
+    min_image_size: int = 0
+
+
+@dataclass
+class Processed:
+    """The encoded output image and the sizes before and after."""
+
+    data: bytes
+    width: int
+    height: int
+    original_width: int
+    original_height: int
+    source_format: str
+
+
+def sniff(body: bytes) -> str | None:
+    """Image format from the first bytes, None when they are not a known image signature."""
+    for sig, offset, fmt in MAGIC:
+        if body[offset : offset + len(sig)] == sig:
+            return fmt if fmt != "webp" or body[:4] == b"RIFF" else None
+    return None
+
+
+def to_rgb(img: Any) -> Any:
+    """Any Pillow mode -> RGB: alpha flattened on white, 16-bit scaled, CMYK/palette converted."""
+    from PIL import Image
+
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype("uint8"), "L")
+    elif img.mode == "F":
+        img = img.convert("L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGB", rgba.size, WHITE)
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def target_size(w: int, h: int, cfg: ResizeConfig) -> tuple[int, int]:
+    """Size before padding/cropping: smallest side (keep_ratio, center_crop) or largest side = size."""
+    s = cfg.image_size
+    if cfg.resize_mode == "no":
+        return w, h
+    side = min(w, h) if cfg.resize_mode in ("keep_ratio", "center_crop") else max(w, h)
+    if cfg.resize_only_if_bigger and side <= s:
+        return w, h
+    scale = s / side
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _open_checked(body: bytes, cfg: ResizeConfig) -> Any:
+    from PIL import Image
+
+    fmt = sniff(body)
+    if fmt is None:
+        head = body[:512].lstrip().lower()
+        if head.startswith((b"<svg", b"<?xml")) and b"<svg" in body[:4096].lower():
+            raise CrawlError("unsupported_format", "SVG (vector) image")
+        raise CrawlError("not_an_image", f"first bytes {body[:8]!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(body))
+        except Image.DecompressionBombError as exc:
+            raise CrawlError("decompression_bomb", str(exc)) from None
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise CrawlError("decode_error", f"{type(exc).__name__}: {exc}") from None
+    w, h = img.size
+    if w * h > cfg.max_image_pixels:
+        raise CrawlError("decompression_bomb", f"{w}x{h} = {w * h} px > {cfg.max_image_pixels}")
+    if min(w, h) < max(1, cfg.min_image_size):
+        raise CrawlError("image_too_small", f"{w}x{h} < {cfg.min_image_size}")
+    return img
+
+
+SHRINKABLE = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "1"})
+
+
+def _shrink_native(img: Any, cfg: ResizeConfig) -> Any:
+    """Integer box-reduce a large image in its own mode before any RGB conversion.
+
+    Converting a 10000 x 10000 image to RGB first would allocate 300 MB per decode thread;
+    reducing by the largest integer factor that keeps both sides >= the target costs a fraction.
+    """
+    if cfg.resize_mode == "no" or img.mode not in SHRINKABLE:
+        return img
+    w, h = img.size
+    tw, th = target_size(w, h, cfg)
+    factor = min(w // max(tw, 1), h // max(th, 1))
+    if factor < 2:
+        return img
+    if img.mode == "1":
+        img = img.convert("L")
+    return img.reduce(factor)
+
+
+def decode(body: bytes, cfg: ResizeConfig) -> tuple[Any, int, int, str]:
+    """Bytes -> (RGB image upright, original width, original height, source format)."""
+    from PIL import Image, ImageOps
+
+    img = _open_checked(body, cfg)
+    ow, oh = img.size
+    fmt = (img.format or "").lower()
+    prev = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = None  # our own limit was checked above
+        if fmt == "jpeg" and cfg.resize_mode != "no":
+            tw, th = target_size(ow, oh, cfg)
+            side = min(tw, th)  # both sides stay >= the target whatever the EXIF rotation
+            img.draft("RGB", (side, side))
+        if getattr(img, "is_animated", False):
+            img.seek(0)  # animated GIF / WebP / APNG: the first frame
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        img = to_rgb(_shrink_native(img, cfg))
+    except CrawlError:
+        raise
+    except Exception as exc:  # truncated data, bad chunks, unsupported codecs
+        raise CrawlError("decode_error", f"{type(exc).__name__}: {exc}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = prev
+    return img, ow, oh, fmt
+
+
+def resize(img: Any, cfg: ResizeConfig) -> Any:
+    """img2dataset's modes: no, keep_ratio, keep_ratio_largest, center_crop, border (white pad)."""
+    from PIL import Image
+
+    w, h = img.size
+    tw, th = target_size(w, h, cfg)
+    if (tw, th) != (w, h):
+        method = Image.Resampling.BOX if tw * th < w * h else Image.Resampling.LANCZOS
+        img = img.resize(
+            (tw, th), method, reducing_gap=3.0 if method == Image.Resampling.BOX else None
+        )
+    s = cfg.image_size
+    if cfg.resize_mode == "center_crop" and (tw > s or th > s):
+        left, top = (tw - s) // 2, (th - s) // 2
+        img = img.crop((left, top, left + min(s, tw), top + min(s, th)))
+    elif cfg.resize_mode == "border" and (tw, th) != (s, s) and tw <= s and th <= s:
+        canvas = Image.new("RGB", (s, s), WHITE)
+        canvas.paste(img, ((s - tw) // 2, (s - th) // 2))
+        img = canvas
+    return img
+
+
+_ENCODERS: dict[str, tuple[str, Any]] = {  # our format name -> (Pillow format, save kwargs builder)
+    "jpg": ("JPEG", lambda q: {"quality": q}),
+    "webp": ("WEBP", lambda q: {"quality": q, "method": 4}),
+    "png": ("PNG", lambda q: {"compress_level": min(9, q // 10)}),
+}
+
+
+def encode(img: Any, cfg: ResizeConfig) -> bytes:
+    fmt, kwargs = _ENCODERS[cfg.encode_format]
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs(cfg.encode_quality))
+    return buf.getvalue()
+
+
+def process_image(body: bytes, cfg: ResizeConfig) -> Processed:
+    """Bytes of a downloaded image -> the encoded, resized output (CrawlError on any fault)."""
+    img, ow, oh, fmt = decode(body, cfg)
+    out = resize(img, cfg)
+    try:
+        data = encode(out, cfg)
+    except (OSError, ValueError) as exc:
+        raise CrawlError("decode_error", f"encode: {type(exc).__name__}: {exc}") from None
+    return Processed(data, out.size[0], out.size[1], ow, oh, fmt)

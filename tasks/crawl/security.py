@@ -1,0 +1,183 @@
+"""SSRF guard: only http(s) to public addresses (plus an explicit allow-list), checked on every hop.
+
+The guard is also the aiohttp resolver, so the connector connects to exactly the addresses that
+were checked (no second lookup an attacker's DNS could answer differently). IP literals skip the
+resolver inside aiohttp, which is why `check()` runs before every request and redirect hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+
+from tasks.crawl.errors import CrawlError
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# Cloud metadata endpoints that are not all covered by "not global" (kept explicit for clarity).
+METADATA_ADDRESSES = frozenset(
+    ipaddress.ip_address(a)
+    for a in ("169.254.169.254", "169.254.170.2", "100.100.100.200", "192.0.0.192", "fd00:ec2::254")
+)
+
+
+class BaseResolver(Protocol):
+    """Name -> addresses; the system resolver in production, a stub in tests."""
+
+    async def lookup(self, host: str) -> list[str]: ...
+
+
+class SystemResolver:
+    """getaddrinfo in the event loop's thread pool (what aiohttp's ThreadedResolver does)."""
+
+    async def lookup(self, host: str) -> list[str]:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+class StubResolver:
+    """A fixed name -> addresses table, so tests never resolve a real name; records every lookup."""
+
+    def __init__(self, table: Mapping[str, Iterable[str]]) -> None:
+        self.table = {k.lower(): list(v) for k, v in table.items()}
+        self.lookups: list[str] = []
+
+    async def lookup(self, host: str) -> list[str]:
+        self.lookups.append(host)
+        try:
+            return self.table[host.lower().rstrip(".")]
+        except KeyError:
+            raise socket.gaierror(
+                socket.EAI_NONAME, f"stub resolver: unknown host {host}"
+            ) from None
+
+
+def parse_networks(entries: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Allow-list entries: single addresses or CIDRs; a bad entry is an error naming it."""
+    nets = []
+    for entry in entries:
+        try:
+            nets.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"allow_addresses: {entry!r} is not an IP address or CIDR") from None
+    return nets
+
+
+def refusal_reason(ip: IPAddress) -> str | None:
+    """Why an address must not be contacted, or None when it is a public unicast address."""
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        return refusal_reason(ip.ipv4_mapped)
+    if ip in METADATA_ADDRESSES:
+        return "cloud metadata"
+    for label, flag in (
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("unspecified", ip.is_unspecified),
+        ("multicast", ip.is_multicast),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+    ):
+        if flag:
+            return label
+    return None if ip.is_global else "non-global"
+
+
+class UrlGuard(AbstractResolver):
+    """Checks URLs and resolves hosts with a TTL cache, returning only allowed addresses."""
+
+    def __init__(
+        self,
+        allow: Iterable[str] = (),
+        base: BaseResolver | None = None,
+        ttl_s: float = 300.0,
+    ) -> None:
+        self.allow = parse_networks(allow)
+        self.base = base or SystemResolver()
+        self.ttl_s = ttl_s
+        self._cache: dict[str, tuple[float, list[str]]] = {}
+        self.refused: int = 0
+
+    def allowed(self, ip: IPAddress) -> str | None:
+        """None when the address may be contacted, else the refusal reason."""
+        if any(ip in net for net in self.allow):
+            return None
+        return refusal_reason(ip)
+
+    async def addresses(self, host: str) -> list[str]:
+        """Allowed addresses of `host` (cached); CrawlError dns_error / address_refused otherwise."""
+        host = host.lower().rstrip(".")
+        try:
+            literal: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            literal = None
+        if literal is not None:
+            addrs = [str(literal)]
+        else:
+            cached = self._cache.get(host)
+            if cached and cached[0] > time.monotonic():
+                addrs = cached[1]
+            else:
+                try:
+                    addrs = await self.base.lookup(host)
+                except (OSError, UnicodeError) as exc:
+                    raise CrawlError("dns_error", f"{host}: {exc}") from None
+                self._cache[host] = (time.monotonic() + self.ttl_s, addrs)
+        ok = [a for a in addrs if self.allowed(ipaddress.ip_address(a)) is None]
+        if not ok:
+            self.refused += 1
+            reasons = {a: self.allowed(ipaddress.ip_address(a)) for a in addrs}
+            raise CrawlError("address_refused", f"{host} -> {reasons}")
+        return ok
+
+    async def check(self, url: str) -> None:
+        """Refuse anything but http(s) to an allowed address; run before every request and hop."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+            _ = parts.port  # raises on a bad port
+        except ValueError as exc:
+            raise CrawlError("bad_url", f"{url!r}: {exc}") from None
+        if parts.scheme not in ("http", "https"):
+            raise CrawlError("scheme_refused", f"{url!r}")
+        if not host:
+            raise CrawlError("bad_url", f"{url!r}: no host")
+        await self.addresses(host)
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        """aiohttp's hook: the connector connects only to what this returns."""
+        try:
+            addrs = await self.addresses(host)
+        except CrawlError as exc:
+            raise OSError(f"clipmill guard: {exc}") from exc
+        out: list[ResolveResult] = []
+        for addr in addrs:
+            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
+            out.append(
+                {
+                    "hostname": host,
+                    "host": addr,
+                    "port": port,
+                    "family": fam,
+                    "proto": 0,
+                    "flags": socket.AI_NUMERICHOST,
+                }
+            )
+        return out
+
+    async def close(self) -> None:
+        return None
+
+
+def guard_from(
+    allow: Iterable[str], stub: Mapping[str, Iterable[str]] | None = None, **kw: Any
+) -> UrlGuard:
+    """Build a guard inside the worker (resolvers hold loop state, so they are never pickled)."""
+    return UrlGuard(allow, StubResolver(stub) if stub is not None else None, **kw)

@@ -1,0 +1,207 @@
+"""The crawl stage: sources -> plan -> Ray shard downloads -> img2dataset layout + LanceDB pool."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from tasks.crawl.context import CrawlContext, build_context
+from tasks.crawl.errors import ERROR_CLASSES
+from tasks.crawl.params import CrawlParams
+from tasks.settings import join_uri
+
+log = logging.getLogger(__name__)
+INPUT_FIELDS = (
+    "sources",
+    "sample_site_dir",
+    "archives_index",
+    "wat_files",
+    "warc_files",
+    "url_lists",
+    "url_col",
+    "caption_col",
+    "max_images",
+    "seeds",
+    "allowed_hosts",
+    "max_depth",
+    "max_pages",
+    "respect_robots_txt",
+    "shard_size",
+)
+
+
+def _open_pool(p: CrawlParams) -> Any:
+    if not p.write_pool:
+        return None
+    from tasks.pool import open_pool
+
+    return open_pool(p.lancedb_uri or None, create=True)
+
+
+def _existing_shards(output_dir: str) -> list[str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(join_uri(output_dir, "shards"))
+    if not fs.exists(path):
+        return []
+    return sorted(p for p in fs.glob(f"{path}/*.done") if p.rsplit("/", 1)[-1][:-5].isdigit())
+
+
+def _clear(output_dir: str) -> None:
+    import fsspec
+
+    for part in ("shards", "_plan"):
+        fs, path = fsspec.core.url_to_fs(join_uri(output_dir, part))
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def ensure_plan(p: CrawlParams, ctx: CrawlContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Load the saved plan of these inputs, or gather the sources and save a new one."""
+    from tasks.crawl.inputs import gather_refs
+    from tasks.crawl.plan import PlanMismatchError, fingerprint, load_plan, plan_rows, save_plan
+
+    inputs = {k: getattr(p, k) for k in INPUT_FIELDS}
+    fp = fingerprint(inputs)
+    found = load_plan(ctx.output_dir)
+    if found and found[0].get("fingerprint") == fp:
+        return found[1], {**found[0].get("gather", {}), "plan_reused": 1}
+    if found or _existing_shards(ctx.output_dir):
+        if not p.overwrite:
+            old = found[0].get("inputs") if found else "unknown (no plan)"
+            raise PlanMismatchError(
+                f"{ctx.output_dir} holds a crawl of other inputs ({old}); set overwrite=true to replace it "
+                "or choose another output_dir"
+            )
+        _clear(ctx.output_dir)
+    gathered = gather_refs(p, ctx)
+    for detail in gathered.details[:20]:
+        log.warning("input problem: %s", detail)
+    rows = plan_rows(gathered.refs, p.shard_size, p.max_images)
+    gather = {**gathered.metrics, **{f"input_error_{k}": v for k, v in gathered.errors.items()}}
+    save_plan(
+        ctx.output_dir,
+        rows,
+        {"fingerprint": fp, "inputs": inputs, "rows": len(rows), "gather": gather},
+    )
+    return rows, {**gather, "plan_reused": 0}
+
+
+def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
+    from tasks.crawl.distributor import run_shard_jobs
+    from tasks.crawl.plan import by_shard
+    from tasks.crawl.poolsync import sync_shard
+    from tasks.crawl.shardtask import download_and_write
+    from tasks.crawl.writer import shard_uri
+    from tasks.io import is_done
+
+    rows, metrics = ensure_plan(p, ctx)
+    shards = by_shard(rows)
+    todo = [i for i in sorted(shards) if not is_done(shard_uri(ctx.output_dir, i))]
+    table = _open_pool(p)
+    ran: list[dict[str, Any]] = []
+
+    def on_done(stats: dict[str, Any]) -> None:
+        ran.append(stats)
+        if table is not None:
+            sync_shard(table, ctx.output_dir, stats["index"])
+
+    jobs = [
+        (i, download_and_write, (shards[i], ctx.download, ctx.output_dir, ctx.url_map))
+        for i in todo
+    ]
+    seconds = run_shard_jobs(
+        jobs,
+        p.shards_in_flight,
+        p.cpus_per_shard,
+        sum(len(shards[i]) for i in todo),
+        on_done,
+        p.progress,
+    )
+    if table is not None:  # shards finished by a killed run before their pool upsert
+        for i in sorted(shards):
+            if is_done(shard_uri(ctx.output_dir, i)):
+                sync_shard(table, ctx.output_dir, i)
+    done_now = sum(s["count"] for s in ran)
+    ok_now = sum(s["successes"] for s in ran)
+    metrics.update(
+        {
+            "shards_planned": len(shards),
+            "shards_run": len(ran),
+            "shards_skipped": len(shards) - len(todo),
+            "download_seconds": round(seconds, 3),
+            "urls_per_s": round(done_now / seconds, 2) if seconds and done_now else 0.0,
+            "images_per_s": round(ok_now / seconds, 2) if seconds and ok_now else 0.0,
+        }
+    )
+    return metrics
+
+
+def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
+    """Re-download only the failures of the chosen classes and merge them into their shards."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from tasks.crawl.distributor import run_shard_jobs
+    from tasks.crawl.plan import load_plan
+    from tasks.crawl.poolsync import sync_shard
+    from tasks.crawl.shardtask import retry_and_merge
+    from tasks.crawl.writer import shard_uri
+
+    unknown = sorted(set(p.retry_error_classes) - set(ERROR_CLASSES))
+    if unknown:
+        raise ValueError(
+            f"retry_error_classes: unknown {unknown}; known: {', '.join(ERROR_CLASSES)}"
+        )
+    if load_plan(ctx.output_dir) is None:
+        raise FileNotFoundError(
+            f"retry_failed=true but {ctx.output_dir} holds no crawl (no _plan/plan.json)"
+        )
+    classes = tuple(p.retry_error_classes)
+    jobs, total = [], 0
+    for marker in _existing_shards(ctx.output_dir):
+        index = int(marker.rsplit("/", 1)[-1].split(".")[0])
+        with fsspec.open(f"{shard_uri(ctx.output_dir, index)}.parquet", "rb") as fh:
+            status = pq.read_table(fh, columns=["status"]).column("status").to_pylist()
+        n = sum(s in classes for s in status)
+        if n:
+            total += n
+            jobs.append(
+                (index, retry_and_merge, (classes, ctx.download, ctx.output_dir, ctx.url_map))
+            )
+    table = _open_pool(p)
+    ran: list[dict[str, Any]] = []
+
+    def on_done(stats: dict[str, Any]) -> None:
+        ran.append(stats)
+        if table is not None:
+            sync_shard(table, ctx.output_dir, stats["index"], force=True)
+
+    seconds = run_shard_jobs(
+        jobs, p.shards_in_flight, p.cpus_per_shard, total, on_done, p.progress, "retry"
+    )
+    return {
+        "retry_shards": len(jobs),
+        "retried": sum(s.get("retried", 0) for s in ran),
+        "recovered": sum(s.get("recovered", 0) for s in ran),
+        "retry_seconds": round(seconds, 3),
+    }
+
+
+def run(params: CrawlParams) -> dict[str, Any]:
+    """Crawl (or retry the failures of) the configured inputs; return metrics for MLflow / DVC."""
+    from tasks.crawl.stats import error_histogram, read_all_stats, summarize
+    from tasks.tracking import log_figure
+
+    with contextlib.ExitStack() as stack:
+        ctx = build_context(params, stack)
+        metrics = _retry(params, ctx) if params.retry_failed else _crawl(params, ctx)
+    summary = summarize(read_all_stats(ctx.output_dir))
+    metrics.update(summary)
+    fig = error_histogram(summary)
+    log_figure(fig, "crawl_error_classes.png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return metrics

@@ -1,0 +1,150 @@
+"""Write one shard in img2dataset's layout: NNNNN.tar (webdataset), NNNNN.parquet, NNNNN_stats.json.
+
+Each file is written atomically and the shard's `.done` marker comes last, so a shard is either
+complete or redone from scratch; rewriting a shard (retry_failed) replaces it as a whole.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from collections import Counter
+from typing import Any
+
+from tasks.crawl.errors import SUCCESS
+from tasks.io import mark_done, put_atomic
+from tasks.settings import join_uri
+
+RESIZE_FAILURES = frozenset(
+    {"decode_error", "decompression_bomb", "not_an_image", "image_too_small"}
+)
+PARQUET_COLUMNS = (  # img2dataset's names first, then ours
+    "key",
+    "url",
+    "caption",
+    "status",
+    "error_message",
+    "width",
+    "height",
+    "original_width",
+    "original_height",
+    "sha256",
+    "uid",
+    "texts",
+    "page_url",
+    "language",
+    "source",
+    "fetch_url",
+    "bytes",
+    "seconds",
+)
+_INT_COLUMNS = ("width", "height", "original_width", "original_height", "bytes")
+
+
+def shard_name(index: int) -> str:
+    return f"{index:05d}"
+
+
+def shard_uri(output_dir: str, index: int) -> str:
+    return join_uri(output_dir, "shards", shard_name(index))
+
+
+def sample_meta(row: dict[str, Any]) -> dict[str, Any]:
+    """The per-sample JSON beside the image (img2dataset's keys plus our texts and page)."""
+    return {k: row.get(k) for k in PARQUET_COLUMNS if k not in ("seconds", "fetch_url")}
+
+
+def build_tar(rows: list[dict[str, Any]], ext: str) -> bytes:
+    """webdataset tar of the successes: uid.<ext>, uid.txt, uid.json, in row order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for row in rows:
+            if row["status"] != SUCCESS or row.get("image") is None:
+                continue
+            meta = json.dumps(sample_meta(row), ensure_ascii=False, default=str).encode()
+            for suffix, data in (
+                (ext, row["image"]),
+                ("txt", (row.get("caption") or "").encode()),
+                ("json", meta),
+            ):
+                info = tarfile.TarInfo(f"{row['uid']}.{suffix}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def build_parquet(rows: list[dict[str, Any]]) -> bytes:
+    """Every input URL of the shard with its status, without image bytes."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    cols: dict[str, list[Any]] = {c: [] for c in PARQUET_COLUMNS}
+    for row in rows:
+        for c in PARQUET_COLUMNS:
+            value = row.get(c)
+            if c in _INT_COLUMNS:
+                value = int(value) if value is not None else None
+            cols[c].append(value)
+    types = {c: pa.int64() for c in _INT_COLUMNS} | {
+        "texts": pa.list_(pa.string()),
+        "seconds": pa.float64(),
+    }
+    table = pa.table({c: pa.array(v, type=types.get(c, pa.string())) for c, v in cols.items()})
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def shard_stats(
+    rows: list[dict[str, Any]], started: float, ended: float, tar_bytes: int
+) -> dict[str, Any]:
+    """img2dataset's _stats.json fields plus bytes and timing."""
+    status = Counter(r["status"] for r in rows)
+    ok = status.get(SUCCESS, 0)
+    resize_failed = sum(n for s, n in status.items() if s in RESIZE_FAILURES)
+    return {
+        "count": len(rows),
+        "successes": ok,
+        "failed_to_download": len(rows) - ok - resize_failed,
+        "failed_to_resize": resize_failed,
+        "duration": round(ended - started, 3),
+        "start_time": started,
+        "end_time": ended,
+        "status_dict": dict(sorted(status.items())),
+        "bytes_downloaded": int(sum(r.get("bytes") or 0 for r in rows)),
+        "bytes_written": tar_bytes,
+        "fetch_seconds_total": round(sum(r.get("seconds") or 0.0 for r in rows), 3),
+    }
+
+
+def write_shard(
+    output_dir: str, index: int, rows: list[dict[str, Any]], ext: str, started: float
+) -> dict[str, Any]:
+    """Write tar, parquet and stats atomically, then the done marker; return the stats."""
+    base = shard_uri(output_dir, index)
+    tar = build_tar(rows, ext)
+    put_atomic(f"{base}.tar", tar)
+    put_atomic(f"{base}.parquet", build_parquet(rows))
+    stats = shard_stats(rows, started, time.time(), len(tar))
+    put_atomic(f"{base}_stats.json", json.dumps(stats, indent=2).encode())
+    mark_done(base, {"count": stats["count"], "successes": stats["successes"]})
+    return stats
+
+
+def read_shard(output_dir: str, index: int) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """(parquet rows, tar members by name) of a written shard, for retry_failed merges."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    base = shard_uri(output_dir, index)
+    with fsspec.open(f"{base}.parquet", "rb") as fh:
+        rows = pq.read_table(fh).to_pylist()
+    members: dict[str, bytes] = {}
+    with fsspec.open(f"{base}.tar", "rb") as fh, tarfile.open(fileobj=io.BytesIO(fh.read())) as tar:
+        for info in tar.getmembers():
+            extracted = tar.extractfile(info)
+            if extracted is not None:
+                members[info.name] = extracted.read()
+    return rows, members
