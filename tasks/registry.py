@@ -55,6 +55,41 @@ STAGES: dict[str, StageSpec] = {
             run_function="tasks.sample.stage:run",
             code=("tasks/sample", *_COMMON),
         ),
+        StageSpec(
+            name="crawl",
+            params_model="tasks.crawl.params:CrawlParams",
+            run_function="tasks.crawl.stage:run",
+            code=("tasks/crawl", "tasks/pool.py", *_COMMON),
+            upstream=("sample",),
+        ),
+        StageSpec(
+            name="teacher",
+            params_model="tasks.train.params:TrainParams",
+            run_function="tasks.train.stage:run",
+            code=("tasks/train", "tasks/models.py", *_COMMON),
+            upstream=("crawl",),
+        ),
+        StageSpec(
+            name="curate",
+            params_model="tasks.curate.params:CurateParams",
+            run_function="tasks.curate.stage:run",
+            code=("tasks/curate", "tasks/pool.py", *_COMMON),
+            upstream=("crawl", "teacher"),
+        ),
+        StageSpec(
+            name="train",
+            params_model="tasks.train.params:TrainParams",
+            run_function="tasks.train.stage:run",
+            code=("tasks/train", "tasks/models.py", *_COMMON),
+            upstream=("curate", "teacher"),
+        ),
+        StageSpec(
+            name="evaluate",
+            params_model="tasks.evaluate.params:EvaluateParams",
+            run_function="tasks.evaluate.stage:run",
+            code=("tasks/evaluate", "tasks/models.py", *_COMMON),
+            upstream=("sample", "teacher", "train"),
+        ),
     ]
 }
 

@@ -1,0 +1,214 @@
+"""Streaming training data: webdataset shards -> a seeded, resumable stream of global batches.
+
+Every worker reads the same global sample stream and keeps its slice of each global batch, so
+N workers see exactly the batches one worker would (the equivalence the tests check), and a
+resumed run skips the consumed batches without decoding them (exact resume).
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import random
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from tasks import PROJECT_ROOT
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+class DataError(ValueError):
+    """The training shards are missing, empty or unusable; the message names them."""
+
+
+def resolve(path: str) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def list_shards(spec: str) -> list[str]:
+    """A folder of *.tar shards or a glob -> sorted shard paths; a clear error when there are none."""
+    root = resolve(spec)
+    shards = (
+        sorted(str(p) for p in root.glob("*.tar"))
+        if root.is_dir()
+        else sorted(glob.glob(str(root)))
+    )
+    if not shards:
+        where = (
+            "folder does not exist"
+            if not root.exists() and not any(c in spec for c in "*?[")
+            else "no *.tar files"
+        )
+        raise DataError(f"shards {spec!r}: {where} ({root}); run the upstream stage first")
+    empty = [s for s in shards if Path(s).stat().st_size == 0]
+    if empty:
+        raise DataError(f"shards {spec!r}: empty shard file(s): {', '.join(empty[:5])}")
+    return shards
+
+
+def _key_ext(name: str) -> tuple[str, str]:
+    base = name.rsplit("/", 1)[-1]
+    key, _, ext = base.partition(".")
+    return key, ext.lower()
+
+
+def count_samples(shards: list[str]) -> int:
+    """Samples with an image, from tar headers only (no decoding), to check batch sizes up front."""
+    total = 0
+    for shard in shards:
+        try:
+            with tarfile.open(shard, "r:") as tar:
+                keys = {
+                    _key_ext(m.name)[0]
+                    for m in tar
+                    if m.isreg() and _key_ext(m.name)[1] in IMAGE_KEYS
+                }
+        except (tarfile.TarError, OSError) as exc:
+            raise DataError(f"shard {shard}: not a readable tar file ({exc})") from None
+        total += len(keys)
+    return total
+
+
+def _shard_samples(shard: str) -> Iterator[dict[str, Any]]:
+    import webdataset as wds
+
+    yield from wds.tariterators.tarfile_samples([{"url": shard}])
+
+
+def raw_stream(shards: list[str], seed: int, resample: bool) -> Iterator[dict[str, Any]]:
+    """Endless raw samples (bytes, undecoded): shards drawn with replacement or in seeded epochs."""
+    rng = random.Random(seed)
+    while True:
+        order = (
+            [rng.choice(shards) for _ in shards] if resample else rng.sample(shards, len(shards))
+        )
+        for shard in order:
+            for sample in _shard_samples(shard):
+                if any(k in sample for k in IMAGE_KEYS):
+                    yield sample
+
+
+def shuffled(stream: Iterator[dict[str, Any]], size: int, seed: int) -> Iterator[dict[str, Any]]:
+    """A seeded shuffle buffer: the same seed always gives the same order."""
+    rng = random.Random(seed + 1)
+    buf: list[dict[str, Any]] = []
+    for sample in stream:
+        if len(buf) < size:
+            buf.append(sample)
+            continue
+        i = rng.randrange(size)
+        buf[i], sample = sample, buf[i]
+        yield sample
+
+
+def global_batches(
+    shards: list[str], batch_size: int, seed: int, resample: bool, buffer: int
+) -> Iterator[list[dict[str, Any]]]:
+    """Global batches of raw samples, each sample tagged with its global index in the stream."""
+    stream = shuffled(raw_stream(shards, seed, resample), buffer, seed)
+    index = 0
+    while True:
+        batch = []
+        for _ in range(batch_size):
+            sample = next(stream)
+            sample["__index__"] = index
+            index += 1
+            batch.append(sample)
+        yield batch
+
+
+def sample_seed(seed: int, index: int) -> int:
+    return (seed * 1_000_003 + index) % (2**63)
+
+
+def pick_caption(sample: dict[str, Any], fields: dict[str, float], rng: random.Random) -> str:
+    """Choose a caption field with the given probabilities among the fields this sample has."""
+    meta: dict[str, Any] = {}
+    if "json" in sample:
+        try:
+            meta = json.loads(sample["json"])
+        except (ValueError, TypeError):
+            meta = {}
+    present: dict[str, str] = {}
+    for name in fields:
+        value = sample.get(name)
+        value = (
+            value.decode("utf-8", "replace") if isinstance(value, bytes) else meta.get(name, value)
+        )
+        if isinstance(value, list):  # several recaptions in one field: pick one
+            value = rng.choice(value) if value else None
+        if isinstance(value, str) and value.strip():
+            present[name] = value.strip()
+    weights = [fields[n] for n in present]
+    if not present or sum(weights) <= 0:
+        txt = sample.get("txt", b"")
+        return txt.decode("utf-8", "replace").strip() if isinstance(txt, bytes) else str(txt)
+    return present[rng.choices(list(present), weights=weights)[0]]
+
+
+def decode_image(sample: dict[str, Any], transform: Any, seed: int | None) -> Any:
+    """Bytes -> tensor; augmentation randomness comes from the sample's own seed (resume-exact)."""
+    import torch
+    from PIL import Image
+
+    key = next(k for k in IMAGE_KEYS if k in sample)
+    try:
+        image = Image.open(io.BytesIO(sample[key])).convert("RGB")
+    except Exception as exc:
+        raise DataError(
+            f"sample {sample.get('__key__')} in {sample.get('__url__')}: bad image ({exc})"
+        ) from None
+    if seed is None:  # a deterministic transform needs no RNG of its own
+        return transform(image)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)
+
+
+def decode_batch(
+    samples: list[dict[str, Any]],
+    transform: Any,
+    tokenizer: Any,
+    fields: dict[str, float],
+    seed: int,
+    augment: bool = True,
+) -> tuple[Any, Any]:
+    """Raw samples -> (images, tokens) tensors; `augment` = the transform draws random numbers."""
+    import torch
+
+    images, texts = [], []
+    for s in samples:
+        sseed = sample_seed(seed, s["__index__"])
+        texts.append(pick_caption(s, fields, random.Random(sseed)))
+        images.append(decode_image(s, transform, sseed if augment else None))
+    return torch.stack(images), tokenizer(texts)
+
+
+def worker_batches(
+    shards: list[str],
+    *,
+    batch_size: int,
+    rank: int,
+    world: int,
+    seed: int,
+    resample: bool,
+    buffer: int,
+    transform: Any,
+    tokenizer: Any,
+    fields: dict[str, float],
+    start_step: int = 0,
+    augment: bool = True,
+) -> Iterator[tuple[Any, Any]]:
+    """This worker's slice of every global batch from `start_step` on, decoded."""
+    local = batch_size // world
+    for step, batch in enumerate(global_batches(shards, batch_size, seed, resample, buffer)):
+        if step < start_step:
+            continue  # consumed before the checkpoint: skipped undecoded
+        yield decode_batch(
+            batch[rank * local : (rank + 1) * local], transform, tokenizer, fields, seed, augment
+        )

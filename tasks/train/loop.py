@@ -1,0 +1,236 @@
+"""The training loop on open_clip's library: losses, AdamW groups, cosine LR, accumulation, AMP.
+
+One loop serves the in-process local mode and every Ray Train worker; all randomness is derived
+from (seed, step, rank), so a resumed run and an uninterrupted one compute the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.train.params import TrainParams
+
+MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learnable temperature here
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the last good checkpoint is kept and named in the message."""
+
+
+def _no_decay(name: str, param: Any) -> bool:
+    """open_clip's rule: no weight decay on gains, biases, norms, embeddings-like 1-d tensors, logit scale."""
+    return param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+
+def make_optimizer(model: Any, p: TrainParams) -> Any:
+    import torch
+
+    named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
+    if not named:
+        raise ValueError(
+            f"model {p.model!r}: every parameter is locked; unlock a tower or some layers"
+        )
+    groups = [
+        {"params": [q for n, q in named if _no_decay(n, q)], "weight_decay": 0.0},
+        {"params": [q for n, q in named if not _no_decay(n, q)], "weight_decay": p.weight_decay},
+    ]
+    return torch.optim.AdamW(groups, lr=p.lr, betas=(p.beta1, p.beta2), eps=p.eps)
+
+
+def lr_at(step: int, p: TrainParams) -> float:
+    """Linear warmup then cosine decay to 0 (open_clip_train.scheduler.cosine_lr)."""
+    if step < p.warmup_steps:
+        return p.lr * (step + 1) / p.warmup_steps
+    span = max(p.steps - p.warmup_steps, 1)
+    return 0.5 * (1 + math.cos(math.pi * (step - p.warmup_steps) / span)) * p.lr
+
+
+def _clip_loss(p: TrainParams, rank: int, world: int) -> Any:
+    from open_clip.loss import ClipLoss
+
+    return ClipLoss(
+        local_loss=p.local_loss,
+        gather_with_grad=p.gather_with_grad,
+        cache_labels=True,
+        rank=rank,
+        world_size=world,
+    )
+
+
+def _siglip_loss(p: TrainParams, rank: int, world: int) -> Any:
+    from open_clip.loss import SigLipLoss
+
+    return SigLipLoss(rank=rank, world_size=world)
+
+
+LOSSES: dict[str, Callable[[TrainParams, int, int], Any]] = {
+    "clip": _clip_loss,
+    "siglip": _siglip_loss,
+}
+
+
+def model_kwargs_for_loss(loss: str) -> dict[str, Any]:
+    """SigLIP starts from its paper's temperature and bias; CLIP from open_clip's defaults."""
+    return {"init_logit_scale": math.log(10), "init_logit_bias": -10.0} if loss == "siglip" else {}
+
+
+def apply_locks(model: Any, p: TrainParams) -> None:
+    """LiT: freeze towers (or all but their last groups/layers) as the params say."""
+    if p.lock_image:
+        model.lock_image_tower(unlocked_groups=p.lock_image_unlocked_groups, freeze_bn_stats=False)
+    if p.lock_text:
+        model.lock_text_tower(
+            unlocked_layers=p.lock_text_unlocked_layers,
+            freeze_layer_norm=p.lock_text_freeze_layer_norm,
+        )
+
+
+def set_train_mode(model: Any, p: TrainParams) -> None:
+    """Train mode, except fully locked towers (no dropout) and frozen BatchNorm statistics."""
+    import torch
+
+    model.train()
+    if p.lock_image and not p.lock_image_unlocked_groups:
+        model.visual.eval()
+    elif p.lock_image and p.lock_image_freeze_bn:
+        for m in model.visual.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    if p.lock_text and not p.lock_text_unlocked_layers:
+        model.text.eval() if hasattr(model, "text") else None
+
+
+def autocast(p: TrainParams, device: Any) -> Any:
+    import torch
+
+    use_bf16 = p.precision == "bf16" or (p.precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+
+def _loss_of(loss_fn: Any, out: dict[str, Any]) -> Any:
+    args = [out["image_features"], out["text_features"], out["logit_scale"]]
+    if "logit_bias" in out:
+        args.append(out["logit_bias"])
+    return loss_fn(*args)
+
+
+def forward_backward(
+    model: Any, loss_fn: Any, images: Any, texts: Any, accum: int, amp: Any
+) -> Any:
+    """Loss over the whole (local) batch; with accumulation, open_clip's feature caching keeps the
+    contrastive loss over the full batch (all negatives), recomputing one micro-batch at a time."""
+    import torch
+
+    if accum == 1:
+        with amp:
+            loss = _loss_of(loss_fn, model(images, texts))
+        loss.backward()
+        return loss.detach()
+    imgs, txts = images.chunk(accum), texts.chunk(accum)
+    with torch.no_grad(), amp:
+        cached = [model(i, t) for i, t in zip(imgs, txts, strict=True)]
+    loss = None
+    for j, (i, t) in enumerate(zip(imgs, txts, strict=True)):
+        with amp:
+            out = model(i, t)
+            feats = {
+                k: torch.cat([out[k] if m == j else c[k] for m, c in enumerate(cached)])
+                for k in ("image_features", "text_features")
+            }
+            feats["logit_scale"] = out["logit_scale"]
+            if "logit_bias" in out:
+                feats["logit_bias"] = out["logit_bias"]
+            loss = _loss_of(loss_fn, feats)
+        loss.backward()
+    return loss.detach()
+
+
+def average_gradients(model: Any, world: int) -> None:
+    """All-reduce (mean) every gradient in one flat buffer: exact, and locked params cost nothing."""
+    import torch
+    import torch.distributed as dist
+
+    if world == 1:
+        return
+    grads = [q.grad for q in model.parameters() if q.requires_grad and q.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def mean_across(value: Any, world: int) -> float:
+    import torch.distributed as dist
+
+    if world > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+@dataclass
+class StepResult:
+    step: int
+    loss: float
+    lr: float
+    logit_scale: float
+    samples_per_s: float
+
+
+def train_steps(
+    model: Any,
+    optimizer: Any,
+    loss_fn: Any,
+    batches: Iterator[tuple[Any, Any]],
+    p: TrainParams,
+    *,
+    start_step: int,
+    rank: int,
+    world: int,
+    device: Any,
+    on_step: Callable[[StepResult], None],
+    last_good: Callable[[], str],
+) -> None:
+    """Run optimizer steps start_step..steps-1; `on_step` logs and checkpoints after each."""
+    import torch
+
+    from tasks.train.data import sample_seed
+
+    amp = autocast(p, device)
+    trainable = [q for q in model.parameters() if q.requires_grad]
+    for step in range(start_step, p.steps):
+        t0 = time.perf_counter()
+        torch.manual_seed(sample_seed(p.seed, 10**15 + step * 4096 + rank))
+        lr = lr_at(step, p)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        images, texts = next(batches)
+        images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss = mean_across(
+            forward_backward(model, loss_fn, images, texts, p.accum_steps, amp), world
+        )
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(
+                f"step {step}: loss is {loss}; training stopped, no checkpoint written after the divergence; "
+                f"last good checkpoint: {last_good() or 'none yet'} (lower lr or raise warmup_steps)"
+            )
+        average_gradients(model, world)
+        if p.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(trainable, p.grad_clip_norm)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        dt = time.perf_counter() - t0
+        on_step(
+            StepResult(step, loss, lr, float(model.logit_scale.detach().exp()), p.batch_size / dt)
+        )

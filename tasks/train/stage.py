@@ -1,0 +1,177 @@
+"""The train stage: validate inputs, run the loop on Ray Train (or in-process), track and register.
+
+Serves two registry stages with two params files: `teacher` (LiT from pretrained towers on the
+crawled pool) and `train` (a student from scratch on the curated shards).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tasks.train.params import TrainParams
+
+
+class TrainError(RuntimeError):
+    """A training run failed on a worker; the message carries the worker's error."""
+
+
+def preflight(p: TrainParams) -> tuple[list[str], int]:
+    """Every input problem found before any worker starts: shards, data size, model name, tower file."""
+    from tasks.train.data import DataError, count_samples, list_shards
+    from tasks.train.towers import resolve_pkg_path
+    from tasks.train.zoo import model_config
+
+    shards = list_shards(p.shards)
+    n = count_samples(shards)
+    if n == 0:
+        raise DataError(f"shards {p.shards!r}: {len(shards)} shard(s) hold no image samples")
+    if p.batch_size > n:
+        raise DataError(f"batch_size {p.batch_size} is larger than the {n} samples in {p.shards!r}")
+    model_config(p.model)
+    src = p.pretrained_image
+    if src.startswith("pkg:"):
+        resolve_pkg_path(src)
+    elif (
+        src
+        and src != "timm"
+        and not src.startswith(("http://", "https://"))
+        and not Path(src).is_file()
+    ):
+        from tasks.train.towers import TowerWeightsError
+
+        raise TowerWeightsError(f"pretrained_image {src!r}: file not found")
+    return shards, n
+
+
+def run_directory(p: TrainParams, name: str) -> tuple[Path, str]:
+    """One folder per distinct computation: only an identical run resumes from it."""
+    from tasks.train.data import resolve
+
+    fingerprint = hashlib.sha256(
+        json.dumps(p.fingerprint_fields(), sort_keys=True).encode()
+    ).hexdigest()[:12]
+    return resolve(p.run_root) / f"{name}-{fingerprint}", fingerprint
+
+
+def launch(p: TrainParams, config: dict[str, Any], run_dir: Path) -> None:
+    """TorchTrainer: `num_workers=0` runs in this process (local mode), N > 0 on Ray workers."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    scaling = ScalingConfig(
+        num_workers=p.num_workers,
+        use_gpu=p.use_gpu,
+        resources_per_worker=None if p.num_workers == 0 else {"CPU": p.cpus_per_worker},
+    )
+    run_config = RunConfig(
+        name=run_dir.name,
+        storage_path=str(run_dir.parent),
+        failure_config=FailureConfig(max_failures=p.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
+    )
+    from tasks.train.worker import train_worker
+
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config=config,
+        scaling_config=scaling,
+        run_config=run_config,
+        torch_config=TorchConfig(backend="nccl" if p.use_gpu else "gloo"),
+    )
+    try:
+        trainer.fit()
+    except Exception as exc:
+        if p.num_workers == 0:
+            raise
+        raise TrainError(f"training {run_dir.name} failed on a Ray Train worker: {exc}") from exc
+
+
+def _mlflow_context() -> tuple[str | None, str | None]:
+    import mlflow
+
+    from tasks.settings import get_settings
+
+    run = mlflow.active_run()
+    return (get_settings().tracking_uri, run.info.run_id) if run else (None, None)
+
+
+def run(params: TrainParams) -> dict[str, Any]:
+    """Train, export the model folder, log the loss curve, register the model; return metrics."""
+    import time
+
+    from tasks.train.data import resolve
+
+    shards, n_samples = preflight(params)
+    out_dir = resolve(params.output_dir)
+    run_dir, fingerprint = run_directory(params, out_dir.name)
+    if not params.resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "summary.json").unlink(missing_ok=True)
+    tracking_uri, run_id = _mlflow_context()
+    config = {
+        "params": params.model_dump(mode="json"),
+        "run_dir": str(run_dir),
+        "local_mode": params.num_workers == 0,
+        "output_dir": str(out_dir),
+        "params_yaml": params.to_yaml(),
+        "fingerprint": fingerprint,
+        "tracking_uri": tracking_uri,
+        "run_id": run_id,
+    }
+    started = time.perf_counter()
+    launch(params, config, run_dir)
+    seconds = time.perf_counter() - started
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return finish(params, summary, shards, n_samples, out_dir, seconds)
+
+
+def finish(
+    p: TrainParams,
+    summary: dict[str, Any],
+    shards: list[str],
+    n: int,
+    out_dir: Path,
+    seconds: float,
+) -> dict[str, Any]:
+    """Tag the data version, plot, log the model folder, register it; build the metrics dict."""
+    import mlflow
+
+    from tasks.train.tracking import data_version, log_loss_plot, register_model
+
+    history = summary["history"]
+    losses = [loss for _, loss in history]
+    k = max(1, min(5, len(losses) // 4))
+    metrics: dict[str, Any] = {
+        "steps": p.steps,
+        "resumed_from_step": summary["start_step"],
+        "samples_seen": p.steps * p.batch_size,
+        "train_samples": n,
+        "loss_first": sum(losses[:k]) / k,
+        "loss_last": sum(losses[-k:]) / k,
+        "samples_per_s": summary["samples_per_s"],
+        "train_seconds": round(seconds, 3),
+        "world_size": summary["world_size"],
+        "trainable_params": summary["trainable_params"],
+        "total_params": summary["total_params"],
+    }
+    if mlflow.active_run():
+        mlflow.set_tags(
+            {
+                "clipmill.data_version": data_version(shards),
+                "clipmill.data_shards": p.shards,
+                "clipmill.model_dir": str(out_dir),
+            }
+        )
+        log_loss_plot(history, out_dir.name)
+        version = register_model(out_dir, p.registered_model_name)
+        if version:
+            metrics["registered_version"] = int(version)
+            mlflow.set_tag(
+                "clipmill.registered_model", f"models:/{p.registered_model_name}/{version}"
+            )
+    return metrics

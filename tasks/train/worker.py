@@ -1,0 +1,231 @@
+"""What every Ray Train worker (or the in-process local mode) runs: build, restore, train, save."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tasks.train.params import TrainParams
+
+
+def _context() -> tuple[int, int]:
+    import ray.train
+
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def _device(p: TrainParams, rank: int) -> Any:
+    import torch
+
+    if p.use_gpu and torch.cuda.is_available():
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
+def _broadcast_weights(model: Any, world: int) -> None:
+    """Same seed gives the same init everywhere; broadcasting from rank 0 makes it certain."""
+    import torch.distributed as dist
+
+    if world > 1:
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(tensor.data, src=0)
+
+
+class Checkpointer:
+    """Saves train state every `checkpoint_every` steps: itself in local mode, through Ray Train otherwise."""
+
+    def __init__(
+        self, p: TrainParams, run_dir: Path, rank: int, world: int, local_mode: bool
+    ) -> None:
+        self.p, self.run_dir, self.rank, self.world, self.local_mode = (
+            p,
+            run_dir,
+            rank,
+            world,
+            local_mode,
+        )
+        self.last_path = ""
+
+    def restore(self, model: Any, optimizer: Any) -> dict[str, Any]:
+        """Latest checkpoint of this run (Ray's on a worker restart, else the newest complete folder)."""
+        from tasks.train.checkpoints import complete_checkpoints, load_train_state
+
+        if not self.p.resume:
+            return {"step": 0, "history": []}
+        import ray.train
+
+        ckpt = None if self.local_mode else ray.train.get_checkpoint()
+        if ckpt is not None:
+            with ckpt.as_directory() as d:
+                state = load_train_state(Path(d), model, optimizer)
+                self.last_path = str(ckpt.path)
+                return state
+        found = complete_checkpoints(self.run_dir)
+        if not found:
+            return {"step": 0, "history": []}
+        self.last_path = str(found[-1])
+        return load_train_state(found[-1], model, optimizer)
+
+    def save(
+        self,
+        step: int,
+        model: Any,
+        optimizer: Any,
+        state: dict[str, Any],
+        metrics: dict[str, float],
+    ) -> None:
+        from tasks.train.checkpoints import save_local_checkpoint, write_train_state
+
+        if self.local_mode:
+            self.last_path = str(
+                save_local_checkpoint(
+                    self.run_dir, step, model, optimizer, state, self.p.keep_checkpoints
+                )
+            )
+            return
+        import ray.train
+
+        tmp = Path(tempfile.mkdtemp(prefix="clipmill_ckpt_")) if self.rank == 0 else None
+        ckpt = None
+        if tmp is not None:
+            write_train_state(tmp, model, optimizer, state)
+            ckpt = ray.train.Checkpoint.from_directory(str(tmp))
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:08d}")
+        self.last_path = str(self.run_dir / f"checkpoint_{step:08d}")
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Entry point of TorchTrainer: the same function in local mode and on every worker."""
+    import torch
+
+    from tasks.train.checkpoints import export_model_folder
+    from tasks.train.data import list_shards, worker_batches
+    from tasks.train.loop import (
+        LOSSES,
+        StepResult,
+        apply_locks,
+        make_optimizer,
+        model_kwargs_for_loss,
+        set_train_mode,
+        train_steps,
+    )
+    from tasks.train.tracking import StepLogger
+    from tasks.train.zoo import build_model
+
+    p = TrainParams.model_validate(config["params"])
+    run_dir, local_mode = Path(config["run_dir"]), config["local_mode"]
+    rank, world = _context()
+    if not local_mode:
+        torch.set_num_threads(max(1, int(p.cpus_per_worker)))
+    device = _device(p, rank)
+    torch.manual_seed(p.seed)
+    built = build_model(
+        p.model,
+        pretrained=p.pretrained,
+        pretrained_image=p.pretrained_image,
+        pretrained_text=p.pretrained_text,
+        image_size=p.image_size,
+        model_kwargs=model_kwargs_for_loss(p.loss),
+    )
+    model = built.model.to(device)
+    model.output_dict = True
+    apply_locks(model, p)
+    if p.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    _broadcast_weights(model, world)
+    optimizer = make_optimizer(model, p)
+    ckpt = Checkpointer(p, run_dir, rank, world, local_mode)
+    state = ckpt.restore(model, optimizer)
+    start, history = int(state["step"]), [list(h) for h in state.get("history", [])]
+    if rank == 0 and start:
+        print(
+            f"[train] resuming {run_dir.name} at step {start}/{p.steps} from {ckpt.last_path}",
+            flush=True,
+        )
+    batches = worker_batches(
+        list_shards(p.shards),
+        batch_size=p.batch_size,
+        rank=rank,
+        world=world,
+        seed=p.seed,
+        resample=p.resample,
+        buffer=p.shuffle_buffer,
+        transform=built.preprocess_train if p.train_augment else built.preprocess_val,
+        tokenizer=built.tokenizer,
+        fields=p.caption_fields,
+        start_step=start,
+        augment=p.train_augment,
+    )
+    logger = (
+        StepLogger(config.get("tracking_uri"), config.get("run_id"))
+        if rank == 0
+        else StepLogger(None, None)
+    )
+    speeds: list[float] = []
+
+    def on_step(r: StepResult) -> None:
+        history.append([r.step, r.loss])
+        speeds.append(r.samples_per_s)
+        values = {
+            "loss": r.loss,
+            "lr": r.lr,
+            "logit_scale": r.logit_scale,
+            "samples_per_s": r.samples_per_s,
+        }
+        if r.step % p.log_every == 0 or r.step + 1 == p.steps:
+            logger.log(r.step, values)
+        if rank == 0 and (r.step % max(1, p.steps // 20) == 0 or r.step + 1 == p.steps):
+            print(
+                f"[train] step {r.step + 1}/{p.steps} loss {r.loss:.4f} lr {r.lr:.2e} "
+                f"scale {r.logit_scale:.2f} {r.samples_per_s:.1f} samples/s",
+                flush=True,
+            )
+        done = r.step + 1
+        if done % p.checkpoint_every == 0 or done == p.steps:
+            logger.flush()
+            state = {
+                "step": done,
+                "samples_seen": done * p.batch_size,
+                "history": history,
+                "fingerprint": config["fingerprint"],
+                "loss": r.loss,
+            }
+            ckpt.save(done, model, optimizer, state, {"step": done, "loss": r.loss})
+
+    set_train_mode(model, p)
+    train_steps(
+        model,
+        optimizer,
+        LOSSES[p.loss](p, rank, world),
+        batches,
+        p,
+        start_step=start,
+        rank=rank,
+        world=world,
+        device=device,
+        on_step=on_step,
+        last_good=lambda: ckpt.last_path,
+    )
+    logger.flush()
+    if rank == 0:
+        model.eval()
+        export_model_folder(Path(config["output_dir"]), built, config["params_yaml"], p.steps)
+        summary = {
+            "start_step": start,
+            "steps": p.steps,
+            "history": history,
+            "world_size": world,
+            "samples_per_s": statistics.median(speeds[1:] or speeds) if speeds else 0.0,
+            "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
+            "total_params": sum(q.numel() for q in model.parameters()),
+        }
+        (run_dir / "summary.json").write_text(json.dumps(summary))
