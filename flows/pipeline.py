@@ -68,12 +68,10 @@ def repro_stage(stage: str, parent_run_id: str, force: bool = False) -> dict[str
     }
     cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
     logger.info("running %s", " ".join(cmd))
-    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-    logger.info(proc.stdout[-4000:])
+    # The stage's own progress bars and logs go straight to the console, as they happen.
+    proc = subprocess.run(cmd, cwd=root, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"stage {stage!r} failed (dvc exit {proc.returncode}):\n{proc.stderr[-4000:]}"
-        )
+        raise RuntimeError(f"stage {stage!r} failed (dvc exit {proc.returncode}); its output is above")
     metrics_file = root / "metrics" / f"{stage}.json"
     return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -86,6 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ParamsError, UnknownStageError) as exc:
         print(f"clipmill: error: {exc}", file=sys.stderr)
         return 2
+    except (ValueError, FileNotFoundError) as exc:
+        # A stage refusing its input (missing shards, unknown model, corrupt checkpoint...):
+        # the message names the input; the traceback only helps when debugging clipmill itself.
+        if os.environ.get("CLIPMILL_DEBUG"):
+            raise
+        print(f"clipmill: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("clipmill: (set CLIPMILL_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
     return 1
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -123,9 +124,14 @@ def test_params_are_frozen():
     assert isinstance(params, StageParams)
 
 
-def _cli(*args: str, cwd) -> subprocess.CompletedProcess:
+def _cli(*args: str, cwd, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "tasks", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "tasks", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
     )
 
 
@@ -151,3 +157,24 @@ def test_cli_params_show_prints_effective_values():
     proc = _cli("params", "show", "sample", "-s", "seed=42", cwd=PROJECT_ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "seed: 42" in proc.stdout.splitlines()
+
+
+def test_cli_stage_input_error_is_reported_without_traceback(tmp_path):
+    from tasks import PROJECT_ROOT
+
+    isolated = {
+        "CLIPMILL_MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "CLIPMILL_MLFLOW_ARTIFACT_ROOT": (tmp_path / "artifacts").as_uri(),
+        "CLIPMILL_RAY_OBJECT_STORE_MB": "256",
+    }
+    proc = _cli(
+        "run",
+        "train",
+        "-s",
+        f"shards={tmp_path / 'no-such-shards'}",
+        cwd=PROJECT_ROOT,
+        env=isolated,
+    )
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "no-such-shards" in proc.stderr
+    assert "Traceback" not in proc.stderr
