@@ -18,6 +18,8 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER ?= 0
 export TOKENIZERS_PARALLELISM ?= false
 export PYTHONUNBUFFERED ?= 1
+# dvc.yaml stages call `clipmill`; use the project environment without activating it.
+export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
 .PHONY: setup demo test test-all lint format clean-data
 

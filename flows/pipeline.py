@@ -65,6 +65,8 @@ def repro_stage(stage: str, parent_run_id: str, force: bool = False) -> dict[str
         PARENT_RUN_ENV: parent_run_id,
         FLOW_RUN_ENV: str(flow_run.get_id() or ""),
         "CLIPMILL_ROOT": str(root),
+        # dvc.yaml calls `clipmill`: make sure it is this environment's, activated or not.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
     logger.info("running %s", " ".join(cmd))
