@@ -14,13 +14,36 @@ SAMPLE = PROJECT_ROOT / "data" / "sample"
 BASE_URL = "http://sample.clipmill.test/"
 
 
-def sample_available() -> bool:
-    return (SAMPLE / "metadata" / "site_images.parquet").exists() and (
-        SAMPLE / "eval" / "planted_near_duplicates.parquet"
+def sample_available(sample: Path = SAMPLE) -> bool:
+    return (sample / "metadata" / "site_images.parquet").exists() and (
+        sample / "eval" / "planted_near_duplicates.parquet"
     ).exists()
 
 
-def build_site_pool(root: Path, others: int | None, seed: int = 0, shard_size: int = 2000) -> str:
+def build_small_sample(out: Path) -> Path:
+    """A slice of the real sample data (the sample stage with caps), for a fresh checkout."""
+    from tasks.sample.params import SampleParams
+    from tasks.sample.stage import run
+
+    caps = dict(
+        openclipart_max_items=300,
+        emoji_max_items=300,
+        tuxpaint_max_items=150,
+        gimp_max_pages=20,
+        fashion_mnist_max_items=200,
+        planted_count=40,
+    )
+    run(SampleParams(out_dir=str(out), **caps))
+    return out
+
+
+def build_site_pool(
+    root: Path,
+    others: int | None,
+    seed: int = 0,
+    shard_size: int = 2000,
+    sample: Path = SAMPLE,
+) -> str:
     """LanceDB pool + webdataset shards of every planted site image plus `others` random site
     images (None = all of them). Returns the LanceDB URI."""
     import random
@@ -32,23 +55,23 @@ def build_site_pool(root: Path, others: int | None, seed: int = 0, shard_size: i
 
     from tasks.pool import POOL_SCHEMA
 
-    site = pq.read_table(SAMPLE / "metadata" / "site_images.parquet").to_pylist()
+    site = pq.read_table(sample / "metadata" / "site_images.parquet").to_pylist()
     planted = set(
-        pq.read_table(SAMPLE / "eval" / "planted_near_duplicates.parquet")
+        pq.read_table(sample / "eval" / "planted_near_duplicates.parquet")
         .column("site_path")
         .to_pylist()
     )
     by_path: dict[str, dict] = {}
     for r in site:
         by_path.setdefault(r["path"], r)
-    paths = sorted(p for p in by_path if (SAMPLE / "site" / p).exists())
+    paths = sorted(p for p in by_path if (sample / "site" / p).exists())
     rest = [p for p in paths if p not in planted]
     if others is not None:
         rest = random.Random(seed).sample(rest, min(others, len(rest)))
     chosen = sorted(planted & set(paths)) + sorted(rest)
     rows, shard_files = [], {}
     for i, path in enumerate(chosen):
-        data = (SAMPLE / "site" / path).read_bytes()
+        data = (sample / "site" / path).read_bytes()
         url = BASE_URL + path
         uid = hashlib.sha224(url.encode()).hexdigest()[:24]
         try:
