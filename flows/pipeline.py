@@ -73,9 +73,29 @@ def repro_stage(stage: str, parent_run_id: str, force: bool = False) -> dict[str
     # The stage's own progress bars and logs go straight to the console, as they happen.
     proc = subprocess.run(cmd, cwd=root, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"stage {stage!r} failed (dvc exit {proc.returncode}); its output is above")
+        raise RuntimeError(
+            f"stage {stage!r} failed (dvc exit {proc.returncode}); its output is above"
+        )
     metrics_file = root / "metrics" / f"{stage}.json"
     return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+
+
+@task(name="dvc-push", retries=2, retry_delay_seconds=10)
+def push_outputs() -> str:
+    """Send the DVC-tracked outputs to the remote: the local folder remote by default, or the
+    URL in $CLIPMILL_DVC_REMOTE_URL (s3://bucket/dvc, ...), registered in .dvc/config.local."""
+    root = get_settings().root
+    remote = "local"
+    url = os.environ.get("CLIPMILL_DVC_REMOTE_URL")
+    if url:
+        remote = "clipmill-env"
+        subprocess.run(
+            [_dvc(), "remote", "add", "--local", "--force", remote, url], cwd=root, check=True
+        )
+    proc = subprocess.run([_dvc(), "push", "-r", remote], cwd=root)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc push to remote {remote!r} failed (exit {proc.returncode})")
+    return remote
 
 
 def _dvc() -> str:
@@ -88,8 +108,10 @@ def pipeline(
     stages: list[str] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
     force: bool = False,
+    push: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """Run the selected stages (default: all, in pipeline order) under one MLflow parent run."""
+    """Run the selected stages (default: all, in pipeline order) under one MLflow parent run,
+    then optionally push the outputs to the DVC remote."""
     import mlflow
 
     selected = [s for s in STAGES if s in (stages or list(STAGES))]
@@ -112,6 +134,8 @@ def pipeline(
         mlflow.log_param("stages", ",".join(selected))
         for name in selected:
             results[name] = repro_stage(name, parent.info.run_id, force)
+        if push:
+            mlflow.set_tag("clipmill.dvc_remote", push_outputs())
     return results
 
 
@@ -122,6 +146,7 @@ def _parse_cli(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--force", action="store_true", help="re-run stages even if DVC says up to date"
     )
+    parser.add_argument("--push", action="store_true", help="dvc push the outputs afterwards")
     return parser.parse_args(argv)
 
 
@@ -135,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
             if not field:
                 raise ParamsError(f"override {text!r}: expected STAGE.KEY=VALUE")
             overrides.setdefault(stage, {})[field] = value
-        results = pipeline(stages=args.stages, overrides=overrides, force=args.force)
+        results = pipeline(
+            stages=args.stages, overrides=overrides, force=args.force, push=args.push
+        )
     except ParamsError as exc:
         print(f"clipmill pipeline: error: {exc}", file=sys.stderr)
         return 2

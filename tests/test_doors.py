@@ -51,6 +51,7 @@ def project(tmp_path_factory):
     env = _env(root)
     for cmd in (["git", "init", "-q"], [_bin("dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=root, env=env, check=True)
+    shutil.copy(PROJECT_ROOT / ".dvc" / "config", root / ".dvc" / "config")  # the local remote
     return root
 
 
@@ -108,7 +109,7 @@ _FLOW_SCRIPT = """
 from prefect.testing.utilities import prefect_test_harness
 from flows.pipeline import pipeline
 with prefect_test_harness(server_startup_timeout=180):
-    result = pipeline(stages=["sample"], overrides={"sample": {"seed": 0}}, force=True)
+    result = pipeline(stages=["sample"], overrides={"sample": {"seed": 0}}, force=True, push=True)
 assert "sample" in result, result
 """
 
@@ -118,6 +119,13 @@ def test_three_doors_give_identical_outputs(door_outputs):
     assert cli, "the CLI door produced nothing"
     assert any(name.startswith("site/") for name in cli)
     assert cli == dvc == prefect
+
+
+def test_flow_pushed_outputs_to_the_local_dvc_remote(door_outputs, project):
+    store = project / ".dvcstore"
+    assert store.is_dir() and sum(1 for p in store.rglob("*") if p.is_file()) > 10
+    status = _run([_bin("dvc"), "status", "--cloud"], project)
+    assert "in sync" in status.stdout.lower(), status.stdout
 
 
 def test_second_dvc_repro_does_nothing(door_outputs):

@@ -141,7 +141,7 @@ def finish(
     """Tag the data version, plot, log the model folder, register it; build the metrics dict."""
     import mlflow
 
-    from tasks.train.tracking import data_version, log_loss_plot, register_model
+    from tasks.train.tracking import data_lineage, data_version, log_loss_plot, register_model
 
     history = summary["history"]
     losses = [loss for _, loss in history]
@@ -165,6 +165,7 @@ def finish(
                 "clipmill.data_version": data_version(shards),
                 "clipmill.data_shards": p.shards,
                 "clipmill.model_dir": str(out_dir),
+                **data_lineage(p.shards),
             }
         )
         log_loss_plot(history, out_dir.name)

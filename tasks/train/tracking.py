@@ -51,6 +51,31 @@ def data_version(shards: list[str]) -> str:
     return digest.hexdigest()
 
 
+def data_lineage(shards_dir: str) -> dict[str, str]:
+    """Where the training data came from, as DVC and the curate stage recorded it: the md5 that
+    dvc.lock holds for the output containing the shards, and the hash of the curated uid list."""
+    import yaml
+
+    from tasks.settings import get_settings, resolve_path
+
+    tags: dict[str, str] = {}
+    root = get_settings().root
+    target = resolve_path(shards_dir).resolve()
+    lock = root / "dvc.lock"
+    if lock.exists():
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        for name, stage in stages.items():
+            for out in stage.get("outs", []):
+                out_path = (root / out["path"]).resolve()
+                if target == out_path or out_path in target.parents:
+                    tags["clipmill.data_dvc_stage"] = name
+                    tags["clipmill.data_dvc_md5"] = str(out.get("md5", ""))
+    uid_list = target.parent / "subset_uids.parquet"
+    if uid_list.exists():
+        tags["clipmill.data_uid_list_sha256"] = hashlib.sha256(uid_list.read_bytes()).hexdigest()
+    return tags
+
+
 def log_loss_plot(history: list[list[float]], name: str) -> None:
     """The result people look at: the loss curve, as a PNG in the run's plots/."""
     import matplotlib
