@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -20,7 +19,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-@pytest.mark.slow  # starts two Ray Train worker processes: ~25 s idle, minutes on a loaded machine
+# Not marked slow (~25 s idle): an acceptance test CI must run.
 def test_two_workers_equal_one_worker(tmp_path: Path, shards_dir: Path, ray_session) -> None:
     from tasks.train.stage import run
 
