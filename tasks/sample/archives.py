@@ -60,20 +60,7 @@ def write_warc(
         f"description: the clipmill sample web, {len(pages)} pages\r\n"
     ).encode()
     warcinfo_id = _record_id(seed, name, "warcinfo")
-    writer.write_record(
-        writer.create_warc_record(
-            "",
-            "warcinfo",
-            payload=io.BytesIO(info),
-            length=len(info),
-            warc_content_type="application/warc-fields",
-            warc_headers_dict={
-                "WARC-Date": _iso(start),
-                "WARC-Record-ID": warcinfo_id,
-                "WARC-Filename": name,
-            },
-        )
-    )
+    _write_warcinfo(writer, info, start, warcinfo_id, name)
     host = base_url.split("://", 1)[1].rstrip("/")
     for i, (path, body) in enumerate(pages):
         url, when = base_url + path, start + timedelta(seconds=i)
@@ -188,20 +175,7 @@ def write_wat(warc: bytes, warc_name: str, wat_name: str, start: datetime, seed:
     buf = io.BytesIO()
     writer = WARCWriter(buf, gzip=True, warc_version="1.0")
     info = f"software: clipmill sample stage (warcio)\r\nformat: WAT\r\nsource: {warc_name}\r\n".encode()
-    writer.write_record(
-        writer.create_warc_record(
-            "",
-            "warcinfo",
-            payload=io.BytesIO(info),
-            length=len(info),
-            warc_content_type="application/warc-fields",
-            warc_headers_dict={
-                "WARC-Date": _iso(start),
-                "WARC-Record-ID": _record_id(seed, wat_name, "warcinfo"),
-                "WARC-Filename": wat_name,
-            },
-        )
-    )
+    _write_warcinfo(writer, info, start, _record_id(seed, wat_name, "warcinfo"), wat_name)
     it = ArchiveIterator(io.BytesIO(warc))
     for record in it:
         body = record.content_stream().read()
@@ -254,3 +228,21 @@ def write_archive_pair(
     (out / warc_name).write_bytes(warc)
     (out / wat_name).write_bytes(wat)
     return {"warc": warc_name, "wat": wat_name, "pages": len(pages)}
+
+
+def _write_warcinfo(writer: Any, info: bytes, when: Any, record_id: str, filename: str) -> None:
+    """The leading warcinfo record every WARC and WAT file starts with, as Common Crawl's do."""
+    writer.write_record(
+        writer.create_warc_record(
+            "",
+            "warcinfo",
+            payload=io.BytesIO(info),
+            length=len(info),
+            warc_content_type="application/warc-fields",
+            warc_headers_dict={
+                "WARC-Date": _iso(when),
+                "WARC-Record-ID": record_id,
+                "WARC-Filename": filename,
+            },
+        )
+    )
