@@ -2,7 +2,8 @@
 
 Both run as the separate processes users run: `img2dataset` from its own venv
 (.venv-peers/img2dataset, created here from PyPI when missing) and `clipmill run crawl`. Both get
-the same parquet of URLs (the sample site's images, served on 127.0.0.1 by this script), resize
+the same parquet of URLs (every image of the sample site, served on 127.0.0.1 by nginx, see
+benchmarks/static_server.py; `--server python` uses the project's Python server instead), resize
 border 256, JPEG quality 95, the same number of processes (img2dataset processes_count = our
 shards in flight = Ray CPUs) and connections (thread_count = connections per shard), no retries.
 images/s = successfully written images / wall seconds of the whole command (start-up included).
@@ -101,7 +102,8 @@ def _too_big(site: Path, rel: str) -> bool:
 
 
 def url_list(archives: dict, n: int, served: str, site: Path, path: Path) -> tuple[int, int]:
-    """The first n image URLs (by uid) of the sample's WAT files, mapped onto the served site.
+    """The first n (0 = all) image URLs, by uid, of the sample's WAT files, mapped onto the
+    served site.
 
     Images over MAX_PIXELS are left out: img2dataset decodes them whole in up to 32 threads at
     once; on the sample's 105-623 MP openclipart renders one of its workers grew to
@@ -119,7 +121,7 @@ def url_list(archives: dict, n: int, served: str, site: Path, path: Path) -> tup
     refs = sorted((r for r in refs if r.url.startswith(base)), key=lambda r: r.uid)
     kept, dropped = [], 0
     for ref in refs:
-        if len(kept) >= n:
+        if n and len(kept) >= n:
             break
         if _too_big(site, ref.url[len(base) :]):
             dropped += 1
@@ -249,11 +251,14 @@ def run_clipmill(urls: Path, out: Path, a: argparse.Namespace) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sample-dir", default=str(ROOT / "data" / "sample"))
-    parser.add_argument("--n-urls", type=int, default=6000)
+    parser.add_argument("--n-urls", type=int, default=0, help="0 = every image of the site")
+    parser.add_argument("--server", choices=("nginx", "python"), default="nginx")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=1000)
     a = parser.parse_args()
+
+    from static_server import nginx_site
 
     from tasks.crawl.gather import archive_index
     from tasks.sample.serve import serve_site
@@ -264,7 +269,8 @@ def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     extraction = extraction_rates(archives)
-    with serve_site(sample / "site") as served:
+    serve = nginx_site if a.server == "nginx" else serve_site
+    with serve(sample / "site") as served:
         n, dropped = url_list(archives, a.n_urls, served, sample / "site", WORK / "urls.parquet")
         if n < 5000:
             print(
@@ -306,6 +312,7 @@ def main() -> None:
                 2.0,
                 urls=n,
                 left_out_over_16mp=dropped,
+                server=a.server,
                 processes=a.processes,
                 connections=a.connections,
                 clipmill=ours,

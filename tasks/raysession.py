@@ -1,17 +1,118 @@
-"""Start a local Ray or join a cluster (RAY_ADDRESS), once per process."""
+"""Start a local Ray or join a cluster (RAY_ADDRESS), once per process.
+
+A local Ray takes seconds to boot (GCS, raylet, worker processes), and so does opening the
+MLflow run (importing MLflow, opening its store). `ray_session(background=True)` boots Ray in a
+thread so the two overlap; `ray_ready()` is where a caller waits for it. Code that does not
+know about the background start cannot be hurt by it: the runner calls `ray_ready()` before a
+stage runs unless the stage says it calls it itself (StageSpec.waits_for_ray).
+"""
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
+import signal
+import sys
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 from tasks.settings import Settings, get_settings
 
+# Packages that ray.init shares with MLflow or a stage's driver code. They are imported once up front, in the
+# calling thread, so the two threads never import the same package at the same time (Python's
+# per-module import locks can deadlock on circular imports across threads).
+_SHARED_IMPORTS = (
+    "aiohttp",
+    "click",
+    "pkgutil",
+    "timeit",
+    "opentelemetry.trace",
+    "opentelemetry.metrics",
+    "opentelemetry.sdk.metrics",
+    "opentelemetry.sdk.resources",
+)
+
+
+class _Starter:
+    """The background ray.init: its thread, the error it raised, and the event ending the thread.
+
+    The thread lives until the session ends: Ray starts GCS and the raylet with a parent-death
+    signal, which on Linux fires when the *thread* that spawned them exits.
+    """
+
+    def __init__(self) -> None:
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self.booted = threading.Event()
+        self.release = threading.Event()
+
+
+_pending: _Starter | None = None
+
+
+def ray_ready() -> None:
+    """Block until a background Ray start has finished; raise its error if it failed."""
+    starter = _pending
+    if starter is None or starter.thread is None:
+        return
+    starter.booted.wait()
+    if starter.error is not None:
+        raise RuntimeError(f"Ray failed to start: {starter.error}") from starter.error
+
+
+def _init_kwargs(settings: Settings) -> dict:
+    kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "logging_level": "WARNING"}
+    if settings.ray_address:
+        kwargs["address"] = settings.ray_address
+    else:
+        kwargs["num_cpus"] = settings.ray_num_cpus
+        kwargs["object_store_memory"] = settings.ray_object_store_mb * 1024 * 1024
+    return kwargs
+
+
+class _NoThreadWarning(logging.Filter):
+    """ray.init off the main thread warns that it set no SIGTERM handler; we set it instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def _start_in_background(kwargs: dict) -> _Starter:
+    import ray
+
+    for name in _SHARED_IMPORTS:
+        with suppress(ImportError):
+            importlib.import_module(name)
+    if threading.current_thread() is threading.main_thread():
+        # What ray.init does on the main thread: SIGTERM exits, so `finally` blocks run.
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+    logging.getLogger("ray._private.worker").addFilter(_NoThreadWarning())
+    starter = _Starter()
+
+    def boot() -> None:
+        try:
+            ray.init(**kwargs)
+        except BaseException as exc:  # handed to ray_ready(), which raises it in the caller
+            starter.error = exc
+        finally:
+            starter.booted.set()
+        starter.release.wait()  # keep Ray's processes' parent thread alive until shutdown
+
+    starter.thread = threading.Thread(target=boot, name="ray-init", daemon=True)
+    starter.thread.start()
+    return starter
+
 
 @contextmanager
-def ray_session(settings: Settings | None = None) -> Iterator[None]:
-    """Join the Ray that is already up (tests, a driver on a cluster) or start one for this run."""
+def ray_session(settings: Settings | None = None, background: bool = False) -> Iterator[None]:
+    """Join the Ray that is already up (tests, a driver on a cluster) or start one for this run.
+
+    With `background=True` the start runs in a thread and the body must call `ray_ready()`
+    before its first Ray call.
+    """
+    global _pending
     settings = settings or get_settings()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -20,27 +121,37 @@ def ray_session(settings: Settings | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "logging_level": "WARNING"}
-    if settings.ray_address:
-        kwargs["address"] = settings.ray_address
+    kwargs = _init_kwargs(settings)
+    _quiet_ray_data()
+    if background:
+        _pending = _start_in_background(kwargs)
     else:
-        kwargs["num_cpus"] = settings.ray_num_cpus
-        kwargs["object_store_memory"] = settings.ray_object_store_mb * 1024 * 1024
-    ray.init(**kwargs)
+        ray.init(**kwargs)
     try:
-        _quiet_ray_data()
         yield
     finally:
-        ray.shutdown()
+        starter, _pending = _pending, None
+        if starter is not None:
+            starter.booted.wait()  # a failed start was already raised by ray_ready(), or unneeded
+        try:
+            if ray.is_initialized():
+                ray.shutdown()
+        finally:
+            if starter is not None and starter.thread is not None:
+                starter.release.set()
+                starter.thread.join()
 
 
 def _quiet_ray_data() -> None:
-    """Progress bars of Ray Data flood non-interactive logs (CI, DVC)."""
-    import sys
+    """Progress bars of Ray Data flood non-interactive logs (CI, DVC).
 
-    try:
-        from ray.data import DataContext
-    except ImportError:
+    Through the environment when Ray Data is not imported yet: importing it only to set a
+    flag would cost stages that never use it more than half a second.
+    """
+    quiet = not sys.stderr.isatty()
+    if "ray.data" not in sys.modules:
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1" if quiet else "0")
         return
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = sys.stderr.isatty()
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = not quiet

@@ -24,6 +24,7 @@ class StageSpec:
     run_function: str  # "module:function", run(params) -> metrics dict
     code: tuple[str, ...]  # source paths (relative to the root) this stage depends on
     uses_ray: bool = True  # the runner starts or joins Ray around the stage
+    waits_for_ray: bool = False  # the stage calls tasks.raysession.ray_ready() itself
     upstream: tuple[str, ...] = field(default=())  # stages whose outputs this one reads
 
     @property
@@ -61,6 +62,7 @@ STAGES: dict[str, StageSpec] = {
             run_function="tasks.crawl.stage:run",
             code=("tasks/crawl", "tasks/pool.py", *_COMMON),
             upstream=("sample",),
+            waits_for_ray=True,  # builds its plan and opens the pool while Ray boots
         ),
         StageSpec(
             name="teacher",

@@ -33,6 +33,10 @@ def load_stage_params(
     return spec.model().from_yaml(params_file or spec.params_file, overrides)
 
 
+def _nothing() -> None:
+    return None
+
+
 def entry_door(requested: str | None) -> str:
     """The door a person or scheduler came in by: Prefect (which calls DVC) > DVC > the caller's."""
     if os.environ.get("CLIPMILL_DOOR"):
@@ -63,16 +67,18 @@ def run_stage(
     }
     dump = params.model_dump(mode="json")
     metrics_dir = settings.root / "metrics"
-    with tracked_run(name, dump, tags) as run:
-        started = time.perf_counter()
-        if spec.uses_ray:
-            from tasks.raysession import ray_session
+    if spec.uses_ray:
+        from tasks.raysession import ray_ready, ray_session
 
-            ctx = ray_session(settings)
-        else:
-            ctx = nullcontext()
-        with ctx:
-            metrics = dict(spec.run_callable()(params))
+        # Ray boots in the background while the MLflow run opens; see tasks/raysession.py.
+        session, ready = ray_session(settings, background=True), ray_ready
+    else:
+        session, ready = nullcontext(), _nothing
+    with session, tracked_run(name, dump, tags) as run:
+        started = time.perf_counter()
+        if not spec.waits_for_ray:
+            ready()
+        metrics = dict(spec.run_callable()(params))
         metrics["stage_seconds"] = round(time.perf_counter() - started, 3)
         log_metrics(metrics)
         out = metrics_dir / f"{name}.json"

@@ -55,6 +55,9 @@ def extract_files(kind: str, files: list[str]) -> Gathered:
 
     from tasks.crawl.extract_warc import extract_warc
     from tasks.crawl.extract_wat import extract_wat
+    from tasks.raysession import ray_ready
+
+    ray_ready()
 
     fn: Callable[[str], ExtractResult] = {"wat": extract_wat, "warc": extract_warc}[kind]
     remote = ray.remote(num_cpus=1)(fn)

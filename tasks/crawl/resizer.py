@@ -121,6 +121,7 @@ def _open_checked(body: bytes, cfg: ResizeConfig) -> Any:
     return img
 
 
+EXIF_FORMATS = frozenset({"jpeg", "mpo", "webp", "tiff"})  # formats that carry orientation
 SHRINKABLE = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "1"})
 
 
@@ -159,7 +160,8 @@ def decode(body: bytes, cfg: ResizeConfig) -> tuple[Any, int, int, str]:
         if getattr(img, "is_animated", False):
             img.seek(0)  # animated GIF / WebP / APNG: the first frame
         img.load()
-        img = ImageOps.exif_transpose(img) or img
+        if fmt in EXIF_FORMATS or "exif" in img.info:  # skip the EXIF parse where none can be
+            img = ImageOps.exif_transpose(img) or img
         img = to_rgb(_shrink_native(img, cfg))
     except CrawlError:
         raise

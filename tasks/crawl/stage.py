@@ -95,6 +95,7 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
     from tasks.crawl.shardtask import download_and_write
     from tasks.crawl.writer import shard_uri
     from tasks.io import is_done
+    from tasks.raysession import ray_ready
 
     rows, metrics = ensure_plan(p, ctx)
     shards = by_shard(rows)
@@ -111,6 +112,7 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         (i, download_and_write, (shards[i], ctx.download, ctx.output_dir, ctx.url_map))
         for i in todo
     ]
+    ray_ready()  # the plan and the pool were opened while Ray was booting
     seconds = run_shard_jobs(
         jobs,
         p.shards_in_flight,
@@ -148,6 +150,7 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
     from tasks.crawl.poolsync import sync_shard
     from tasks.crawl.shardtask import retry_and_merge
     from tasks.crawl.writer import shard_uri
+    from tasks.raysession import ray_ready
 
     unknown = sorted(set(p.retry_error_classes) - set(ERROR_CLASSES))
     if unknown:
@@ -178,6 +181,7 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         if table is not None:
             sync_shard(table, ctx.output_dir, stats["index"], force=True)
 
+    ray_ready()
     seconds = run_shard_jobs(
         jobs, p.shards_in_flight, p.cpus_per_shard, total, on_done, p.progress, "retry"
     )

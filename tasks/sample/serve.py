@@ -15,7 +15,13 @@ class SiteMissingError(FileNotFoundError):
 
 
 class _QuietHandler(SimpleHTTPRequestHandler):
-    """Static files only; no per-request log lines (a crawl makes thousands)."""
+    """Static files only; no per-request log lines (a crawl makes thousands).
+
+    HTTP/1.1 keeps connections alive, as every real web server does: with the stdlib's default
+    HTTP/1.0 each image costs the crawler and this server a TCP connect/accept and a thread.
+    """
+
+    protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
         pass

@@ -1,0 +1,78 @@
+"""Ray booted in the background while the caller works: usable after ray_ready(), errors surface.
+
+Each case runs in a fresh interpreter: the test session's own Ray is already up, and the point
+is a process that starts its own.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from tasks import PROJECT_ROOT
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "disabled",
+        "RAY_ADDRESS": "",
+        **env,
+    }
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=PROJECT_ROOT,
+        env=full_env,
+    )
+
+
+def test_background_start_runs_tasks_and_shuts_down_cleanly():
+    proc = _python(
+        """
+        import threading, time
+        import ray
+        from tasks.raysession import ray_ready, ray_session
+        from tasks.settings import Settings
+
+        with ray_session(Settings(ray_num_cpus=1), background=True):
+            started = time.perf_counter()
+            busy = sum(i * i for i in range(200_000))  # the caller's own work meanwhile
+            ray_ready()
+            assert ray.is_initialized()
+            # the boot thread is alive while Ray runs: GCS and raylet die with their parent thread
+            assert any(t.name == "ray-init" for t in threading.enumerate())
+            time.sleep(1.0)  # longer than a dead parent thread would let GCS live
+            square = ray.remote(lambda x: x * x)
+            assert ray.get([square.remote(i) for i in range(4)]) == [0, 1, 4, 9]
+        assert not ray.is_initialized()
+        assert not any(t.name == "ray-init" for t in threading.enumerate())
+        print("OK", busy > 0)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "OK True" in proc.stdout
+    assert "SIGTERM handler is not set" not in proc.stderr
+
+
+def test_background_start_failure_is_raised_by_ray_ready():
+    proc = _python(
+        """
+        from tasks.raysession import ray_ready, ray_session
+        from tasks.settings import Settings
+
+        try:
+            with ray_session(Settings(ray_num_cpus=1, ray_object_store_mb=1), background=True):
+                ray_ready()
+        except RuntimeError as exc:
+            print("RAISED", str(exc)[:60])
+        else:
+            print("NOT RAISED")
+        """
+    )
+    assert "RAISED Ray failed to start" in proc.stdout, proc.stdout + proc.stderr[-3000:]
