@@ -258,7 +258,7 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=1000)
     a = parser.parse_args()
 
-    from static_server import nginx_site
+    from static_server import nginx_binary, nginx_site
 
     from tasks.crawl.gather import archive_index
     from tasks.sample.serve import serve_site
@@ -269,7 +269,14 @@ def main() -> None:
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     extraction = extraction_rates(archives)
-    serve = nginx_site if a.server == "nginx" else serve_site
+    serve, server = serve_site, a.server
+    if a.server == "nginx":
+        try:
+            nginx_binary()
+            serve = nginx_site
+        except Exception as exc:  # noqa: BLE001 - any failure to get nginx: say so, go on
+            server = f"python (nginx unavailable: {exc})"
+            print(f"WARNING: {server}; both tools get the Python server instead", flush=True)
     with serve(sample / "site") as served:
         n, dropped = url_list(archives, a.n_urls, served, sample / "site", WORK / "urls.parquet")
         if n < 5000:
@@ -312,7 +319,7 @@ def main() -> None:
                 2.0,
                 urls=n,
                 left_out_over_16mp=dropped,
-                server=a.server,
+                server=server,
                 processes=a.processes,
                 connections=a.connections,
                 clipmill=ours,

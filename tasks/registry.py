@@ -75,7 +75,15 @@ STAGES: dict[str, StageSpec] = {
             name="curate",
             params_model="tasks.curate.params:CurateParams",
             run_function="tasks.curate.stage:run",
-            code=("tasks/curate", "tasks/pool.py", *_COMMON),
+            code=(
+                "tasks/curate",
+                "tasks/pool.py",
+                # eval images are hashed as the crawl resized the pool's images
+                "tasks/crawl/resizer.py",
+                "tasks/crawl/params.py",
+                "tasks/crawl/errors.py",
+                *_COMMON,
+            ),
             upstream=("crawl", "teacher"),
         ),
         StageSpec(

@@ -2,12 +2,95 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from tasks.curate.images import IMAGE_EXTS, iter_tar_samples
+from tasks.crawl.resizer import ResizeConfig
+from tasks.curate.images import IMAGE_EXTS, image_bytes, iter_tar_samples
+
+CROP_POSITIONS = (0.0, 0.5, 1.0)  # crop offsets along each axis: start, centre, end
+
+
+@dataclass(frozen=True)
+class EvalView:
+    """How an eval image is looked at before it is hashed and embedded (a Ray Data flat_map).
+
+    "crawl": through the crawl's own decode + resize + encode (tasks.crawl.resizer), so it is
+    compared with pool images in the form the crawl stored them (border-padded to 256 px and
+    re-encoded as JPEG by default); "raw": as stored. `crops` adds, per kept fraction, nine crops
+    (3x3 positions) taken before the resize, as a re-posted crop of the image would be: those rows
+    are hashed only (`embed` False); the whole view keeps variant "full".
+    """
+
+    mode: str = "crawl"
+    resize: ResizeConfig = ResizeConfig()
+    crops: tuple[float, ...] = ()
+
+    def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        full = {**row, "variant": "full", "embed": True}
+        if not row["image"]:
+            return [full]
+        try:
+            img = self._decode(row["image"])
+            out = [full if self.mode == "raw" else {**full, "image": self._encode(img)}]
+            for keep in self.crops:
+                for x in CROP_POSITIONS:
+                    for y in CROP_POSITIONS:
+                        out.append(
+                            {
+                                **row,
+                                "image": self._encode(crop(img, keep, x, y)),
+                                "variant": f"crop{keep:g}@{x:g},{y:g}",
+                                "embed": False,
+                            }
+                        )
+        except Exception:  # undecodable: hash_batch records the reason on the whole view
+            return [full]
+        return out
+
+    def _decode(self, data: bytes) -> Any:
+        from tasks.crawl.resizer import decode
+        from tasks.curate.images import decode_rgb
+
+        if self.mode == "raw":
+            return decode_rgb(data)
+        return decode(data, self.resize)[0]
+
+    def _encode(self, img: Any) -> bytes:
+        import io
+
+        from tasks.crawl.resizer import encode, resize
+
+        if self.mode == "raw":
+            buf = io.BytesIO()
+            img.save(buf, "PNG")
+            return buf.getvalue()
+        return encode(resize(img, self.resize), self.resize)
+
+
+def crop(img: Any, keep: float, x: float, y: float) -> Any:
+    """`keep` of each side, the window placed at fraction x, y of the room left (0 = left/top)."""
+    w, h = max(1, round(img.width * keep)), max(1, round(img.height * keep))
+    left, top = round((img.width - w) * x), round((img.height - h) * y)
+    return img.crop((left, top, left + w, top + h))
+
+
+def eval_view(p: Any) -> EvalView:
+    """The view the curate params ask for (`decontam_eval_view`, crawl settings, crops)."""
+    return EvalView(
+        mode=p.decontam_eval_view,
+        resize=ResizeConfig(
+            image_size=p.decontam_image_size,
+            resize_mode=p.decontam_resize_mode,
+            resize_only_if_bigger=p.decontam_resize_only_if_bigger,
+            encode_format=p.decontam_encode_format,
+            encode_quality=p.decontam_encode_quality,
+        ),
+        crops=tuple(p.decontam_crops),
+    )
 
 
 def eval_shards(eval_dir: Path) -> dict[Path, list[tuple[str, str]]]:
@@ -45,36 +128,153 @@ def _col(table: pa.Table, *names: str) -> list[Any]:
     )
 
 
+def read_eval_images(eval_dir: Path, ids: set[str]) -> dict[str, bytes]:
+    """Image bytes of the wanted eval ids (`<set>/<key>`)."""
+    out: dict[str, bytes] = {}
+    for tar in eval_shards(eval_dir):
+        prefix = tar.relative_to(eval_dir).parts[0] + "/"
+        if not any(i.startswith(prefix) for i in ids):
+            continue
+        for key, parts in iter_tar_samples(tar):
+            if prefix + key in ids:
+                data = image_bytes(parts)
+                if data is not None:
+                    out[prefix + key] = data
+    return out
+
+
+def thumbnail(data: bytes, side: int = 32) -> Any:
+    """side x side RGB thumbnail (box filter) as float32, for look-alike checks."""
+    import numpy as np
+    from PIL import Image
+
+    from tasks.curate.images import decode_rgb
+
+    img = decode_rgb(data).resize((side, side), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.float32)
+
+
+def pixel_distances(
+    pairs: list[tuple[bytes | None, bytes | None]], view: EvalView
+) -> list[float | None]:
+    """Mean absolute RGB difference (0-255) of 32x32 thumbnails of each (pool image, eval image),
+    the eval image seen through `view` (its whole view, as the pool stores images); None when
+    either image is missing or undecodable. Independent of the detector's hashes and embeddings,
+    so it can tell look-alikes of an eval image from unrelated images among the flagged."""
+    whole = replace(view, crops=())
+    out: list[float | None] = []
+    for pool_img, eval_img in pairs:
+        if not pool_img or not eval_img:
+            out.append(None)
+            continue
+        try:
+            viewed = whole({"uid": "", "image": eval_img, "text": ""})[0]["image"]
+            out.append(float(abs(thumbnail(pool_img) - thumbnail(viewed)).mean()))
+        except Exception:
+            out.append(None)
+    return out
+
+
+def _col(table: pa.Table, *names: str) -> list[Any]:
+    for n in names:
+        if n in table.column_names:
+            return table.column(n).to_pylist()
+    raise KeyError(
+        f"planted near-duplicates file has none of the columns {names}: {table.column_names}"
+    )
+
+
+def _site_path(url: str | None) -> str | None:
+    """Site-relative path of a pool URL (`http://host/a/b.png` -> `a/b.png`)."""
+    return url.split("://", 1)[-1].split("/", 1)[-1] if url else None
+
+
+def _site_sources(planted_path: Path) -> dict[str, str]:
+    """site path -> source (openclipart, emoji, ...) from the sample's site metadata when the
+    planted file sits in a sample folder (`<sample>/eval/planted...`); {} otherwise."""
+    import pyarrow.parquet as pq
+
+    meta = planted_path.parent.parent / "metadata" / "site_images.parquet"
+    if not meta.exists():
+        return {}
+    table = pq.read_table(meta, columns=["path", "source"])
+    out: dict[str, str] = {}
+    for path, source in zip(
+        table.column("path").to_pylist(), table.column("source").to_pylist(), strict=True
+    ):
+        if path and source:
+            out.setdefault(path, source)
+    return out
+
+
 def planted_recall(
-    planted_path: Path, pool_urls: list[str], flagged: list[bool], refs: list[str | None]
+    planted_path: Path,
+    pool_urls: list[str | None],
+    reasons: list[str | None],
+    refs: list[str | None] | None = None,
+    distances: list[float | None] | None = None,
+    lookalike_mad: float = 8.0,
 ) -> dict[str, Any]:
-    """Recall = planted site images whose pool row was flagged as an eval near-duplicate;
-    false positives = flagged pool rows whose URL is not a planted image.
-    A pool row matches a planted image when its URL ends with the planted site path."""
+    """Decontamination quality on the planted copies, broken down.
+
+    A pool row matches a planted image when its URL ends with the planted site path; it is
+    flagged when its reason starts with `eval_`. Recall = planted images in the pool that were
+    flagged, overall and per transformation (resize, crop, jpeg, color_shift). Among flagged rows
+    that are not planted, a look-alike is one within `lookalike_mad` (pixel_distances) of the eval
+    image it was matched to: a picture a person would take for that eval image (the sample's
+    generated stars, playing cards one pip apart, identical flags); the rest are false positives,
+    counted per reason (phash, crop, embedding) and per site source when the sample's site
+    metadata is next to the planted file.
+    """
     import pyarrow.parquet as pq
 
     planted = pq.read_table(planted_path)
     paths = [
-        str(p).lstrip("/")
-        for p in _col(planted, "site_path", "site_image_path", "path", "image_path")
+        str(x).lstrip("/")
+        for x in _col(planted, "site_path", "site_image_path", "path", "image_path")
     ]
-    planted_set = set(paths)
-
-    def site_path(url: str | None) -> str | None:
-        if not url:
-            return None
-        for p in (url.split("://", 1)[-1].split("/", 1)[-1],):
-            return p
-        return None
-
-    row_path = [site_path(u) for u in pool_urls]
-    in_pool = {p for p in row_path if p in planted_set}
-    found = {p for p, f in zip(row_path, flagged, strict=True) if f and p in planted_set}
-    false_pos = sum(1 for p, f in zip(row_path, flagged, strict=True) if f and p not in planted_set)
-    return {
-        "decontam_planted": len(planted_set),
+    kinds = (
+        [str(t) for t in _col(planted, "transformation")]
+        if "transformation" in planted.column_names
+        else ["unknown"] * len(paths)
+    )
+    kind_of = dict(zip(paths, kinds, strict=True))
+    sources = _site_sources(planted_path)
+    row_path = [_site_path(u) for u in pool_urls]
+    flagged = [bool(r and r.startswith("eval_")) for r in reasons]
+    dist = distances or [None] * len(flagged)
+    in_pool = {x for x in row_path if x in kind_of}
+    found: dict[str, str] = {}
+    not_planted = lookalikes = 0
+    false_pos: dict[str, int] = {}
+    for x, f, r, d in zip(row_path, flagged, reasons, dist, strict=True):
+        if not f:
+            continue
+        why = str(r).removeprefix("eval_near_duplicate_")
+        if x in kind_of:
+            found.setdefault(x, why)
+            continue
+        not_planted += 1
+        if d is not None and d <= lookalike_mad:
+            lookalikes += 1
+            continue
+        false_pos[why] = false_pos.get(why, 0) + 1
+        src = f"source_{sources.get(x or '', 'other')}"
+        false_pos[src] = false_pos.get(src, 0) + 1
+    out: dict[str, Any] = {
+        "decontam_planted": len(kind_of),
         "decontam_planted_in_pool": len(in_pool),
         "decontam_recall": len(found) / len(in_pool) if in_pool else float("nan"),
-        "decontam_false_positives": false_pos,
         "decontam_flagged": int(sum(flagged)),
+        "decontam_flagged_not_planted": not_planted,
+        "decontam_lookalikes": lookalikes,
+        "decontam_false_positives": not_planted - lookalikes,
     }
+    for kind in sorted(set(kinds)):
+        here = [x for x in in_pool if kind_of[x] == kind]
+        hit = sum(x in found for x in here)
+        out[f"decontam_recall_{kind}"] = hit / len(here) if here else float("nan")
+    for why in sorted(set(found.values())):
+        out[f"decontam_found_by_{why}"] = sum(v == why for v in found.values())
+    out.update({f"decontam_false_positives_{k}": v for k, v in sorted(false_pos.items())})
+    return out

@@ -7,6 +7,7 @@ shipped from the driver. Undecodable images come back with a reason, not as miss
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,11 @@ def embed_table(batch: pa.Table, model: Any, preprocess: Any, tokenizer: Any) ->
     from tasks.curate.images import decode_rgb
 
     n = batch.num_rows
-    ok = [r is None for r in batch.column("image_reason").to_pylist()]
+    wanted = (
+        batch.column("embed").to_pylist() if "embed" in batch.column_names else [True] * n
+    )  # eval crops are hashed only
+    reasons = batch.column("image_reason").to_pylist()
+    ok = [r is None and bool(w) for r, w in zip(reasons, wanted, strict=True)]
     idx = [i for i in range(n) if ok[i]]
     img_emb: list[Any] = [None] * n
     txt_emb: list[Any] = [None] * n
@@ -119,25 +124,33 @@ def compute_features(
     embed_batch_size: int,
     cpus_per_worker: float,
     prefixes: dict[str, str] | None = None,
+    view: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
+    chunk: int = 1000,
 ) -> pa.Table:
     """Features of every (uid, text) listed per shard path: uid, image_sha256, phash, dhash,
     image_reason, and with a model image_emb / text_emb. Runs on the current Ray.
-    `prefixes` (shard -> text) makes uids unique when shards reuse keys (eval sets do)."""
+    `prefixes` (shard -> text) makes uids unique when shards reuse keys (eval sets do).
+    `view` maps one read row to the rows to featurise instead (evalsets.EvalView: the crawl's
+    resize + encode, crops); image_sha256 is then the digest of the viewed bytes."""
     import ray
 
-    items = [
+    items = [  # at most `chunk` rows per block, so one big shard (an eval set) spreads over CPUs
         {
             "shard": str(shard),
-            "uids": [u for u, _ in rows],
-            "texts": [t for _, t in rows],
+            "uids": [u for u, _ in rows[i : i + chunk]],
+            "texts": [t for _, t in rows[i : i + chunk]],
             "prefix": (prefixes or {}).get(str(shard), ""),
         }
         for shard, rows in sorted(shard_rows.items())
+        for i in range(0, len(rows), chunk)
     ]
     if not items:
         return pa.table({"uid": pa.array([], pa.string())})
     ds = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(_read_shard).map_batches(hash_batch, batch_format="pyarrow", batch_size=256)
+    ds = ds.flat_map(_read_shard)
+    if view is not None:
+        ds = ds.flat_map(view)
+    ds = ds.map_batches(hash_batch, batch_format="pyarrow", batch_size=256)
     if model_ref is not None:
         ds = ds.map_batches(
             Embedder,

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from tasks.base import StageParams
+from tasks.crawl.params import Encoding, ResizeMode
 
 StepName = Literal[
     "basic",
@@ -77,9 +78,24 @@ class CurateParams(StageParams):
     semdedup_ann_k: int = Field(default=16, ge=2)  # neighbours per query on the ANN path
 
     # --- decontamination ---------------------------------------------------------------------
+    # Eval images are compared as the pool's images were stored: "crawl" runs them through the
+    # crawl's own resize + encode (tasks.crawl.resizer) with the settings below, which must match
+    # params/crawl.yaml; "raw" compares them as stored (a pool of raw, un-resized images).
+    decontam_eval_view: Literal["raw", "crawl"] = "crawl"  # how eval images are hashed and embedded
+    decontam_resize_mode: ResizeMode = "border"  # crawl view: the crawl's resize_mode
+    decontam_image_size: int = Field(default=256, ge=8, le=8192)  # crawl view: the crawl's image_size, px
+    decontam_resize_only_if_bigger: bool = False  # crawl view: the crawl's resize_only_if_bigger
+    decontam_encode_format: Encoding = "jpg"  # crawl view: the crawl's encode_format
+    decontam_encode_quality: int = Field(default=95, ge=1, le=100)  # crawl view: the crawl's encode_quality
     decontam_hash_max_distance: int = Field(default=4, ge=0, le=64)  # pHash Hamming bits to an eval image (AND dHash below)
     decontam_dhash_max_distance: int = Field(default=8, ge=0, le=64)  # dHash Hamming bits to the same eval image
-    decontam_embed_threshold: float | None = Field(default=0.92, ge=-1.0, le=1.0)  # cosine to an eval image; None = hashes only
+    decontam_hash_embed_min: float | None = Field(default=0.85, ge=-1.0, le=1.0)  # a hash match also needs this image-embedding cosine to that eval image; None = hashes alone
+    decontam_crops: list[float] = [0.82, 0.9]  # crops of each eval image also hashed: kept fraction of each side, 3x3 positions each; [] = none
+    decontam_crop_hash_max_distance: int = Field(default=8, ge=0, le=64)  # pHash Hamming bits to an eval crop (AND dHash below)
+    decontam_crop_dhash_max_distance: int = Field(default=12, ge=0, le=64)  # dHash Hamming bits to the same eval crop
+    decontam_crop_embed_min: float | None = Field(default=0.78, ge=-1.0, le=1.0)  # a crop match also needs this cosine to the whole eval image; None = hashes alone
+    decontam_embed_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)  # cosine to an eval image that flags on its own; None = off
+    decontam_lookalike_mad: float = Field(default=8.0, ge=0.0, le=255.0)  # report only: a flagged non-planted image whose 32x32 RGB thumbnail is within this mean absolute difference of its eval image's counts as a look-alike
 
     # --- balancing (MetaCLIP) ----------------------------------------------------------------
     balance_t: int = Field(default=20_000, ge=1)  # per-entry cap t: p_e = t / max(count, t)
@@ -102,6 +118,8 @@ class CurateParams(StageParams):
 
     @model_validator(mode="after")
     def _check(self) -> CurateParams:
+        if any(not 0.0 < k < 1.0 for k in self.decontam_crops):
+            raise ValueError(f"decontam_crops are kept fractions in (0, 1): {self.decontam_crops}")
         if len(set(self.steps)) != len(self.steps):
             raise ValueError(f"steps repeat a name: {self.steps}")
         if "balance" in self.steps and self.steps[-1] != "balance":
@@ -120,7 +138,7 @@ class CurateParams(StageParams):
             )
         if self.clip_model is None and self.needs_model():
             needing = sorted(MODEL_STEPS & set(self.steps)) or [
-                "decontaminate (decontam_embed_threshold)"
+                "decontaminate (decontam_embed_threshold / decontam_*_embed_min)"
             ]
             raise ValueError(f"steps {needing} need a CLIP model but clip_model is None")
         return self
@@ -128,5 +146,16 @@ class CurateParams(StageParams):
     def needs_model(self) -> bool:
         """True when some step needs image/text embeddings from a CLIP model."""
         return bool(MODEL_STEPS & set(self.steps)) or (
-            "decontaminate" in self.steps and self.decontam_embed_threshold is not None
+            "decontaminate" in self.steps and self.decontam_uses_embeddings()
+        )
+
+    def decontam_uses_embeddings(self) -> bool:
+        """True when decontamination compares image embeddings (a threshold or a gate is set)."""
+        return any(
+            t is not None
+            for t in (
+                self.decontam_embed_threshold,
+                self.decontam_hash_embed_min,
+                self.decontam_crop_embed_min if self.decontam_crops else None,
+            )
         )

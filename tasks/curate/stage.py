@@ -83,7 +83,8 @@ def _prepare(pool: Any, p: CurateParams, out_dir: Path) -> tuple[pa.Table, int, 
 
 
 def _eval_features(p: CurateParams) -> pa.Table | None:
-    from tasks.curate.evalsets import eval_prefixes, eval_shards, with_eval_ids
+    """Hashes (and embeddings) of every eval image in the pool's form: evalsets.EvalView."""
+    from tasks.curate.evalsets import eval_prefixes, eval_shards, eval_view, with_eval_ids
     from tasks.curate.features import compute_features
 
     eval_dir = resolve(p.eval_dir)
@@ -92,7 +93,7 @@ def _eval_features(p: CurateParams) -> pa.Table | None:
         raise FileNotFoundError(
             f"decontaminate: no eval tars under {eval_dir} (run the sample stage first)"
         )
-    ref = model_ref(p) if p.decontam_embed_threshold is not None else None
+    ref = model_ref(p) if p.decontam_uses_embeddings() else None
     feats = compute_features(
         {str(k): v for k, v in shards.items()},
         ref,
@@ -100,6 +101,7 @@ def _eval_features(p: CurateParams) -> pa.Table | None:
         p.embed_batch_size,
         p.cpus_per_worker,
         prefixes=eval_prefixes(shards, eval_dir),
+        view=eval_view(p),
     )
     return with_eval_ids(feats)
 
@@ -229,10 +231,44 @@ def _planted(rows: pa.Table, p: CurateParams, ctx: Any) -> dict[str, Any]:
     ok = np.flatnonzero([r is None for r in input_reasons(rows)])
     sub = rows.take(pa.array(ok, pa.int64()))
     res = decontaminate(sub, ctx)
-    flagged = [bool(r and r.startswith("eval_")) for r in res.reason]
+    refs = res.ref or [None] * sub.num_rows
     return planted_recall(
-        path, sub.column("url").to_pylist(), flagged, res.ref or [None] * len(flagged)
+        path,
+        sub.column("url").to_pylist(),
+        res.reason,
+        refs,
+        distances=_flagged_distances(sub, res.reason, refs, p),
+        lookalike_mad=p.decontam_lookalike_mad,
     )
+
+
+def _flagged_distances(
+    rows: pa.Table, reasons: list[str | None], refs: list[str | None], p: CurateParams
+) -> list[float | None]:
+    """Pixel distance of each flagged row's image to the eval image it was matched to (None for
+    rows not flagged): what tells look-alikes from false positives in the planted metrics."""
+    from tasks.curate.evalsets import eval_view, pixel_distances, read_eval_images
+    from tasks.curate.features import existing_shard
+    from tasks.curate.images import read_samples
+
+    flagged = [i for i, r in enumerate(reasons) if r and r.startswith("eval_") and refs[i]]
+    uids, shards = rows.column("uid").to_pylist(), rows.column("shard").to_pylist()
+    by_shard: dict[Path, set[str]] = {}
+    for i in flagged:
+        path = existing_shard(resolve(p.crawl_dir), shards[i])
+        if path is not None:
+            by_shard.setdefault(path, set()).add(uids[i])
+    pool_imgs: dict[str, bytes] = {}
+    for path, wanted in by_shard.items():
+        pool_imgs.update({u: data for u, data, _ in read_samples(path, wanted)})
+    eval_imgs = read_eval_images(resolve(p.eval_dir), {str(refs[i]) for i in flagged})
+    dist = pixel_distances(
+        [(pool_imgs.get(uids[i]), eval_imgs.get(str(refs[i]))) for i in flagged], eval_view(p)
+    )
+    out: list[float | None] = [None] * rows.num_rows
+    for i, d in zip(flagged, dist, strict=True):
+        out[i] = d
+    return out
 
 
 def run(params: CurateParams) -> dict[str, Any]:

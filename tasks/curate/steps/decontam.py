@@ -1,5 +1,15 @@
-"""Eval-set decontamination: drop a pool image that is a near-duplicate of any evaluation image,
-by pHash Hamming distance OR by cosine of CLIP image embeddings (thresholds are params)."""
+"""Eval-set decontamination: drop a pool image that is a near-duplicate of any evaluation image.
+
+The eval images are featurised in the pool's own form (`decontam_eval_view`, see
+evalsets.EvalView): as the crawl stored them, plus crops. A pool image is flagged when
+- its pHash AND dHash are within the thresholds of the same eval image (whole view), and its
+  image embedding is close enough to that eval image's (`decontam_hash_embed_min`), or
+- the same holds for one of the eval image's crops (`decontam_crop_*`; the embedding gate uses
+  the whole eval image, crops are not embedded), or
+- its embedding alone reaches `decontam_embed_threshold` (off by default: the teacher's embeddings
+  put whole families of clip-art, e.g. every generated star, above 0.96).
+Hashes see luminance only and confuse look-alike shapes; the embedding gate removes most of those.
+"""
 
 from __future__ import annotations
 
@@ -10,51 +20,100 @@ from tasks.curate.features import hex_to_u64
 from tasks.curate.steps.base import StepContext, StepResult, embeddings
 from tasks.curate.steps.dedup import _codes, hamming_pairs
 
-
-def _hash_hits(
-    rows: pa.Table, ev: pa.Table, max_p: int, max_d: int
-) -> tuple[dict[int, tuple[int, int]], list[int]]:
-    """row -> (closest eval index, pHash distance) for rows within BOTH thresholds (pHash and
-    dHash to the same eval image: on the sample's clip-art, pHash alone confuses look-alike
-    shapes); also the rows lacking a hash."""
-    ph, dh = rows.column("phash").to_pylist(), rows.column("dhash").to_pylist()
-    have = [i for i, h in enumerate(ph) if h is not None and dh[i] is not None]
-    eval_ph, eval_dh = ev.column("phash").to_pylist(), ev.column("dhash").to_pylist()
-    eval_have = [j for j, h in enumerate(eval_ph) if h is not None and eval_dh[j] is not None]
-    hits: dict[int, tuple[int, int]] = {}
-    if have and eval_have:
-        a, b, dist = hamming_pairs(
-            _codes([ph[i] for i in have]), _codes([eval_ph[j] for j in eval_have]), max_p
-        )
-        row_d, eval_d = (
-            hex_to_u64([dh[i] for i in have]),
-            hex_to_u64([eval_dh[j] for j in eval_have]),
-        )
-        both = np.bitwise_count(row_d[a] ^ eval_d[b]) <= max_d
-        for x, y, z in zip(a[both], b[both], dist[both], strict=True):
-            row, j = have[x], eval_have[y]
-            if row not in hits or z < hits[row][1]:
-                hits[row] = (j, int(z))
-    return hits, [i for i, h in enumerate(ph) if h is None or dh[i] is None]
+REASON_HASH = "eval_near_duplicate_phash"
+REASON_CROP = "eval_near_duplicate_crop"
+REASON_EMBED = "eval_near_duplicate_embedding"
 
 
-def _embedding_hits(
-    rows: pa.Table, ev: pa.Table, threshold: float
+def _hash_pairs(
+    rows: pa.Table, ev: pa.Table, eval_rows: np.ndarray, max_p: int, max_d: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(best cosine per row, eval index of it, mask of rows that have an embedding)."""
-    x, mask = embeddings(rows, "image_emb")
-    e, emask = embeddings(ev, "image_emb")
-    best = np.full(rows.num_rows, np.nan)
-    arg = np.full(rows.num_rows, -1)
-    if len(x) and len(e):
-        eval_idx = np.flatnonzero(emask)
-        for start in range(0, len(x), 8192):
-            sims = x[start : start + 8192] @ e.T
+    """(row, eval row, pHash distance) for every pair within BOTH thresholds (pHash and dHash to
+    the same eval image: on the sample's clip-art, pHash alone confuses look-alike shapes),
+    restricted to the given eval rows."""
+    empty = np.array([], dtype=np.int64)
+    ph, dh = rows.column("phash").to_pylist(), rows.column("dhash").to_pylist()
+    have = np.array([i for i, h in enumerate(ph) if h is not None and dh[i] is not None], np.int64)
+    eval_ph, eval_dh = ev.column("phash").to_pylist(), ev.column("dhash").to_pylist()
+    eval_have = np.array(
+        [j for j in eval_rows if eval_ph[j] is not None and eval_dh[j] is not None], np.int64
+    )
+    if not len(have) or not len(eval_have):
+        return empty, empty, empty
+    a, b, dist = hamming_pairs(
+        _codes([ph[i] for i in have]), _codes([eval_ph[j] for j in eval_have]), max_p
+    )
+    row_d = hex_to_u64([dh[i] for i in have])
+    eval_d = hex_to_u64([eval_dh[j] for j in eval_have])
+    both = np.bitwise_count(row_d[a] ^ eval_d[b]) <= max_d
+    return have[a[both]], eval_have[b[both]], dist[both]
+
+
+class _Cosines:
+    """Cosine of a pool row's image embedding to an eval image's WHOLE view (crops share the
+    embedding of the view they were cut from); NaN where either has none."""
+
+    def __init__(self, rows: pa.Table, ev: pa.Table, variants: list[str]) -> None:
+        self.x, xmask = embeddings(rows, "image_emb")
+        self.e, emask = embeddings(ev, "image_emb")
+        self.row_pos = np.full(rows.num_rows, -1)
+        self.row_pos[xmask] = np.arange(int(xmask.sum()))
+        in_e = np.cumsum(emask) - 1  # eval row -> its row in self.e
+        full_pos = {
+            i: int(in_e[j])
+            for j, (i, v) in enumerate(zip(ev.column("id").to_pylist(), variants, strict=True))
+            if v == "full" and emask[j]
+        }
+        self.eval_pos = np.array(
+            [full_pos.get(i, -1) for i in ev.column("id").to_pylist()], dtype=np.int64
+        )
+        self.row_mask = xmask
+
+    def pairs(self, row: np.ndarray, evr: np.ndarray) -> np.ndarray:
+        out = np.full(len(row), np.nan)
+        rp, ep = self.row_pos[row], self.eval_pos[evr]
+        ok = (rp >= 0) & (ep >= 0)
+        if ok.any():
+            out[ok] = np.einsum("ij,ij->i", self.x[rp[ok]], self.e[ep[ok]])
+        return out
+
+    def best(self, whole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(best cosine per row over the given eval rows, that eval row); NaN / -1 without."""
+        n = len(self.row_pos)
+        best, arg = np.full(n, np.nan), np.full(n, -1)
+        cols = whole[self.eval_pos[whole] >= 0]
+        if not len(self.x) or not len(cols):
+            return best, arg
+        e = self.e[self.eval_pos[cols]]
+        rows_here = np.flatnonzero(self.row_mask)
+        for start in range(0, len(self.x), 8192):
+            sims = self.x[start : start + 8192] @ e.T
             j = np.argmax(sims, axis=1)
-            rows_here = np.flatnonzero(mask)[start : start + 8192]
-            best[rows_here] = sims[np.arange(len(j)), j]
-            arg[rows_here] = eval_idx[j]
-    return best, arg, mask
+            idx = rows_here[start : start + 8192]
+            best[idx] = sims[np.arange(len(j)), j]
+            arg[idx] = cols[j]
+        return best, arg
+
+
+def _gated(
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray], cos: _Cosines | None, gate: float | None
+) -> dict[int, int]:
+    """row -> eval row of its pairs passing the embedding gate: the one with the highest
+    embedding cosine (the closest pHash without embeddings)."""
+    row, evr, dist = pairs
+    rank = -dist.astype(np.float64)
+    if cos is not None:
+        sims = np.nan_to_num(cos.pairs(row, evr), nan=-2.0)
+        if gate is not None:
+            keep = sims >= gate
+            row, evr, sims = row[keep], evr[keep], sims[keep]
+            rank = rank[keep]
+        rank = sims
+    hits: dict[int, tuple[int, float]] = {}
+    for r, j, z in zip(row.tolist(), evr.tolist(), rank.tolist(), strict=True):
+        if r not in hits or z > hits[r][1]:
+            hits[r] = (j, z)
+    return {r: j for r, (j, _) in hits.items()}
 
 
 def decontaminate(rows: pa.Table, ctx: StepContext) -> StepResult:
@@ -63,29 +122,49 @@ def decontaminate(rows: pa.Table, ctx: StepContext) -> StepResult:
         raise ValueError(f"decontaminate: no evaluation images found under {ctx.params.eval_dir}")
     p = ctx.params
     ids = ev.column("id").to_pylist()
-    hits, no_hash = _hash_hits(
-        rows, ev, p.decontam_hash_max_distance, p.decontam_dhash_max_distance
+    variants = (
+        ev.column("variant").to_pylist() if "variant" in ev.column_names else ["full"] * ev.num_rows
     )
+    whole = np.array([i for i, v in enumerate(variants) if v == "full"], dtype=np.int64)
+    crops = np.array([i for i, v in enumerate(variants) if v != "full"], dtype=np.int64)
+    use_emb = p.decontam_uses_embeddings()
+    cos = _Cosines(rows, ev, variants) if use_emb else None
+
     reasons: list[str | None] = [None] * rows.num_rows
     refs: list[str | None] = [None] * rows.num_rows
     score = np.full(rows.num_rows, np.nan)
-    if p.decontam_embed_threshold is not None:
-        best, arg, mask = _embedding_hits(rows, ev, p.decontam_embed_threshold)
+    if cos is not None:
+        best, arg = cos.best(whole)
         score = best
-        for i in np.flatnonzero(
-            mask & (np.nan_to_num(best, nan=-2.0) >= p.decontam_embed_threshold)
-        ):
-            reasons[i], refs[i] = "eval_near_duplicate_embedding", ids[arg[i]]
-        for i in np.flatnonzero(~mask):
+        if p.decontam_embed_threshold is not None:
+            for i in np.flatnonzero(np.nan_to_num(best, nan=-2.0) >= p.decontam_embed_threshold):
+                reasons[i], refs[i] = REASON_EMBED, ids[arg[i]]
+        for i in np.flatnonzero(~cos.row_mask):
             reasons[i] = "no_embedding"
-    for row, (j, _) in hits.items():
-        reasons[row], refs[row] = "eval_near_duplicate_phash", ids[j]
-    for i in no_hash:
-        if reasons[i] is None:
+    if p.decontam_crops and len(crops):
+        crop_pairs = _hash_pairs(
+            rows, ev, crops, p.decontam_crop_hash_max_distance, p.decontam_crop_dhash_max_distance
+        )
+        for row, j in _gated(crop_pairs, cos, p.decontam_crop_embed_min).items():
+            reasons[row], refs[row] = REASON_CROP, ids[j]
+    whole_pairs = _hash_pairs(
+        rows, ev, whole, p.decontam_hash_max_distance, p.decontam_dhash_max_distance
+    )
+    for row, j in _gated(whole_pairs, cos, p.decontam_hash_embed_min).items():
+        reasons[row], refs[row] = REASON_HASH, ids[j]
+    ph, dh = rows.column("phash").to_pylist(), rows.column("dhash").to_pylist()
+    for i in range(rows.num_rows):
+        if reasons[i] is None and (ph[i] is None or dh[i] is None):
             reasons[i] = "no_image_hash"
+    counts = {r: sum(x == r for x in reasons) for r in (REASON_HASH, REASON_CROP, REASON_EMBED)}
     return StepResult.from_reasons(
         reasons,
         ref=refs,
         score=score,
-        metrics={"decontam_flagged": sum(r is not None and r.startswith("eval_") for r in reasons)},
+        metrics={  # over the rows reaching the step (the planted metrics count every row)
+            "decontam_step_flagged": sum(counts.values()),
+            "decontam_step_flagged_phash": counts[REASON_HASH],
+            "decontam_step_flagged_crop": counts[REASON_CROP],
+            "decontam_step_flagged_embedding": counts[REASON_EMBED],
+        },
     )
