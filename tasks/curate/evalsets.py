@@ -119,15 +119,6 @@ def with_eval_ids(features: pa.Table) -> pa.Table:
     return features.append_column("id", features.column("uid"))
 
 
-def _col(table: pa.Table, *names: str) -> list[Any]:
-    for n in names:
-        if n in table.column_names:
-            return table.column(n).to_pylist()
-    raise KeyError(
-        f"planted near-duplicates file has none of the columns {names}: {table.column_names}"
-    )
-
-
 def read_eval_images(eval_dir: Path, ids: set[str]) -> dict[str, bytes]:
     """Image bytes of the wanted eval ids (`<set>/<key>`)."""
     out: dict[str, bytes] = {}
