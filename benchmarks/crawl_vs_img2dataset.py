@@ -6,7 +6,8 @@ the same parquet of URLs (every image of the sample site, served on 127.0.0.1 by
 benchmarks/static_server.py; `--server python` uses the project's Python server instead), resize
 border 256, JPEG quality 95, the same number of processes (img2dataset processes_count = our
 shards in flight = Ray CPUs) and connections (thread_count = connections per shard), no retries.
-images/s = successfully written images / wall seconds of the whole command (start-up included).
+images/s = successfully written images / wall seconds of the whole command (start-up included),
+best of `--repeat` alternating rounds per tool.
 Also measured: WAT and WARC extraction, records/s on one core (one process, files in sequence).
 Result: benchmarks/results/crawl.json. Usage: .venv/bin/python benchmarks/crawl_vs_img2dataset.py
 """
@@ -253,6 +254,7 @@ def main() -> None:
     parser.add_argument("--sample-dir", default=str(ROOT / "data" / "sample"))
     parser.add_argument("--n-urls", type=int, default=0, help="0 = every image of the site")
     parser.add_argument("--server", choices=("nginx", "python"), default="nginx")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds per tool; best one counts")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=1000)
@@ -288,11 +290,18 @@ def main() -> None:
         ):  # warm the page cache so neither tool pays for the disk
             if f.is_file():
                 f.read_bytes()
-        print(f"{n} URLs; img2dataset ...", flush=True)
-        theirs = run_img2dataset(exe, WORK / "urls.parquet", WORK / "img2dataset_out", a)
-        print(f"img2dataset: {theirs}\nclipmill ...", flush=True)
-        ours = run_clipmill(WORK / "urls.parquet", WORK / "clipmill_out", a)
-        print(f"clipmill: {ours}", flush=True)
+        theirs_runs, ours_runs = [], []
+        for i in range(a.repeat):  # alternate the tools; a noisy neighbour then hits both
+            print(f"{n} URLs; round {i + 1}/{a.repeat}: img2dataset ...", flush=True)
+            theirs_runs.append(
+                run_img2dataset(exe, WORK / "urls.parquet", WORK / f"img2dataset_out_{i}", a)
+            )
+            print(f"img2dataset: {theirs_runs[-1]}\nclipmill ...", flush=True)
+            ours_runs.append(run_clipmill(WORK / "urls.parquet", WORK / f"clipmill_out_{i}", a))
+            print(f"clipmill: {ours_runs[-1]}", flush=True)
+        # Best of the rounds for each tool: noise only ever slows a run down.
+        theirs = max(theirs_runs, key=lambda r: r["images_per_s"])
+        ours = max(ours_runs, key=lambda r: r["images_per_s"])
 
     def entry(o: float, b: float | None, unit: str, target: float | None, **extra: object) -> dict:
         return {
@@ -320,6 +329,11 @@ def main() -> None:
                 urls=n,
                 left_out_over_16mp=dropped,
                 server=server,
+                rounds=a.repeat,
+                images_per_s_each_round={
+                    "clipmill": [r["images_per_s"] for r in ours_runs],
+                    "img2dataset": [r["images_per_s"] for r in theirs_runs],
+                },
                 processes=a.processes,
                 connections=a.connections,
                 clipmill=ours,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -98,5 +99,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1
 
 
+def entry() -> None:
+    """The `clipmill` console script: main(), then a fast exit.
+
+    By the time main() returns, every stage has closed its engines (Ray shut down, MLflow run
+    ended, LanceDB and files written) and the result is printed. What is left is CPython
+    tearing down thousands of modules (Ray, MLflow, LanceDB, pandas...), which takes a second
+    or more; os._exit skips it after flushing. In-process callers (tests, the flow) use main().
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

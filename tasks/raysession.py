@@ -62,6 +62,19 @@ def ray_ready() -> None:
         raise RuntimeError(f"Ray failed to start: {starter.error}") from starter.error
 
 
+def release_ray() -> None:
+    """Say this process needs Ray no more: a background-started Ray shuts down meanwhile.
+
+    Shutting Ray down mostly waits for its processes to exit (over a second); a stage with
+    driver-only work left (plots, reports) calls this first so the two overlap. The session's
+    end waits for the shutdown. No effect on a Ray this process joined or started in front.
+    """
+    starter = _pending
+    if starter is not None and starter.thread is not None:
+        starter.booted.wait()
+        starter.release.set()
+
+
 def _init_kwargs(settings: Settings) -> dict:
     kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "logging_level": "WARNING"}
     if settings.ray_address:
@@ -99,6 +112,8 @@ def _start_in_background(kwargs: dict) -> _Starter:
         finally:
             starter.booted.set()
         starter.release.wait()  # keep Ray's processes' parent thread alive until shutdown
+        if ray.is_initialized():
+            ray.shutdown()
 
     starter.thread = threading.Thread(target=boot, name="ray-init", daemon=True)
     starter.thread.start()
@@ -131,15 +146,11 @@ def ray_session(settings: Settings | None = None, background: bool = False) -> I
         yield
     finally:
         starter, _pending = _pending, None
-        if starter is not None:
-            starter.booted.wait()  # a failed start was already raised by ray_ready(), or unneeded
-        try:
-            if ray.is_initialized():
-                ray.shutdown()
-        finally:
-            if starter is not None and starter.thread is not None:
-                starter.release.set()
-                starter.thread.join()
+        if starter is not None and starter.thread is not None:
+            starter.release.set()  # the boot thread shuts Ray down (unless release_ray() did)
+            starter.thread.join()
+        elif ray.is_initialized():
+            ray.shutdown()
 
 
 def _quiet_ray_data() -> None:

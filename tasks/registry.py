@@ -25,6 +25,7 @@ class StageSpec:
     code: tuple[str, ...]  # source paths (relative to the root) this stage depends on
     uses_ray: bool = True  # the runner starts or joins Ray around the stage
     waits_for_ray: bool = False  # the stage calls tasks.raysession.ray_ready() itself
+    defers_tracking: bool = False  # the stage calls tasks.tracking.open_run_in_background()
     upstream: tuple[str, ...] = field(default=())  # stages whose outputs this one reads
 
     @property
@@ -62,7 +63,8 @@ STAGES: dict[str, StageSpec] = {
             run_function="tasks.crawl.stage:run",
             code=("tasks/crawl", "tasks/pool.py", *_COMMON),
             upstream=("sample",),
-            waits_for_ray=True,  # builds its plan and opens the pool while Ray boots
+            waits_for_ray=True,  # builds its plan while Ray boots
+            defers_tracking=True,  # opens its MLflow run while the shards download
         ),
         StageSpec(
             name="teacher",

@@ -74,7 +74,7 @@ def run_stage(
         session, ready = ray_session(settings, background=True), ray_ready
     else:
         session, ready = nullcontext(), _nothing
-    with session, tracked_run(name, dump, tags) as run:
+    with session, tracked_run(name, dump, tags, deferred=spec.defers_tracking) as run:
         started = time.perf_counter()
         if not spec.waits_for_ray:
             ready()

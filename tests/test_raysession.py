@@ -76,3 +76,25 @@ def test_background_start_failure_is_raised_by_ray_ready():
         """
     )
     assert "RAISED Ray failed to start" in proc.stdout, proc.stdout + proc.stderr[-3000:]
+
+
+def test_release_ray_shuts_down_while_the_caller_goes_on():
+    proc = _python(
+        """
+        import time
+        import ray
+        from tasks.raysession import ray_ready, release_ray, ray_session
+        from tasks.settings import Settings
+
+        with ray_session(Settings(ray_num_cpus=1), background=True):
+            ray_ready()
+            assert ray.get(ray.remote(lambda: 7).remote()) == 7
+            started = time.perf_counter()
+            release_ray()
+            returned_after = time.perf_counter() - started
+        assert not ray.is_initialized()
+        print("RETURNED", returned_after < 0.5)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "RETURNED True" in proc.stdout

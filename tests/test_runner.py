@@ -13,9 +13,10 @@ from tasks.base import ParamsError, StageParams
 from tasks.registry import STAGES, StageSpec
 
 
-@pytest.fixture()
-def toy_project(tmp_path, monkeypatch, mlflow_store):
-    """A throwaway project root holding the toy stage's params file."""
+@pytest.fixture(params=[False, True], ids=["eager_run", "deferred_run"])
+def toy_project(tmp_path, monkeypatch, mlflow_store, request):
+    """A throwaway project root holding the toy stage's params file; the toy's MLflow run is
+    opened up front or deferred (StageSpec.defers_tracking): both must record the same."""
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "toy.yaml").write_text(
         "out_file: data/toy/out.txt\ncount: 4\nlabel: hi\n"
@@ -31,6 +32,7 @@ def toy_project(tmp_path, monkeypatch, mlflow_store):
         run_function="toy_stage:run",
         code=(),
         uses_ray=False,
+        defers_tracking=request.param,
     )
     monkeypatch.setitem(STAGES, "toy", spec)
     monkeypatch.setattr(
@@ -81,6 +83,22 @@ def test_stage_run_nests_under_pipeline_run(toy_project, mlflow_store, monkeypat
     child = run_stage("toy")
     run = mlflow.get_run(child["_mlflow_run_id"])
     assert run.data.tags["mlflow.parentRunId"] == parent_id
+
+
+def test_failed_stage_run_is_marked_failed(toy_project, mlflow_store):
+    import mlflow
+
+    from tasks.runner import run_stage
+
+    with pytest.raises(ValueError, match="toy asked to fail"):
+        run_stage("toy", overrides=["fail=true"])
+    mlflow.set_tracking_uri(mlflow_store)
+    runs = mlflow.search_runs(
+        experiment_names=["clipmill"], filter_string="tags.`clipmill.stage` = 'toy'"
+    )
+    assert list(runs["status"]) == ["FAILED"]
+    assert runs.iloc[0]["params.toy.fail"] == "True"
+    assert mlflow.active_run() is None
 
 
 @pytest.mark.parametrize(

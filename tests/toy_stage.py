@@ -12,6 +12,7 @@ class ToyParams(StageParams):
     out_file: str = "data/toy/out.txt"  # where the toy writes its output
     count: int = Field(default=3, ge=1, le=100)  # how many lines to write
     label: str = "toy"  # text written on every line
+    fail: bool = False  # raise after writing, to test how a failed run is recorded
 
 
 def run(params: ToyParams) -> dict:
@@ -21,7 +22,9 @@ def run(params: ToyParams) -> dict:
     import matplotlib.pyplot as plt
 
     from tasks.io import atomic_write_text
-    from tasks.tracking import log_figure
+    from tasks.tracking import log_figure, open_run_in_background
+
+    open_run_in_background()  # what a stage that defers tracking does; a no-op otherwise
 
     out = resolve_path(params.out_file)
     atomic_write_text(out, "".join(f"{params.label} {i}\n" for i in range(params.count)))
@@ -29,4 +32,6 @@ def run(params: ToyParams) -> dict:
     ax.bar(["lines"], [params.count])
     log_figure(fig, "toy.png")
     plt.close(fig)
+    if params.fail:
+        raise ValueError("toy asked to fail")
     return {"lines": params.count, "nested": {"ratio@1": 0.5}}

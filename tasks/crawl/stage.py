@@ -39,6 +39,21 @@ def _open_pool(p: CrawlParams) -> Any:
     return open_pool(p.lancedb_uri or None, create=True)
 
 
+class _LazyPool:
+    """The pool table, opened on first use."""
+
+    def __init__(self, p: CrawlParams) -> None:
+        self.params, self.table, self.opened = p, None, False
+
+    def get(self) -> Any:
+        if not self.opened:
+            from tasks.tracking import wait_for_background_open
+
+            wait_for_background_open()  # LanceDB's imports must not race MLflow's
+            self.table, self.opened = _open_pool(self.params), True
+        return self.table
+
+
 def _existing_shards(output_dir: str) -> list[str]:
     import fsspec
 
@@ -96,23 +111,25 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
     from tasks.crawl.writer import shard_uri
     from tasks.io import is_done
     from tasks.raysession import ray_ready
+    from tasks.tracking import open_run_in_background
 
     rows, metrics = ensure_plan(p, ctx)
     shards = by_shard(rows)
     todo = [i for i in sorted(shards) if not is_done(shard_uri(ctx.output_dir, i))]
-    table = _open_pool(p)
+    pool = _LazyPool(p)  # opened when the first shard is done: LanceDB's import overlaps downloads
     ran: list[dict[str, Any]] = []
 
     def on_done(stats: dict[str, Any]) -> None:
         ran.append(stats)
-        if table is not None:
+        if (table := pool.get()) is not None:
             sync_shard(table, ctx.output_dir, stats["index"])
 
     jobs = [
         (i, download_and_write, (shards[i], ctx.download, ctx.output_dir, ctx.url_map))
         for i in todo
     ]
-    ray_ready()  # the plan and the pool were opened while Ray was booting
+    ray_ready()  # the plan was built while Ray was booting
+    open_run_in_background()  # the driver only waits from here on
     seconds = run_shard_jobs(
         jobs,
         p.shards_in_flight,
@@ -121,7 +138,7 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         on_done,
         p.progress,
     )
-    if table is not None:  # shards finished by a killed run before their pool upsert
+    if (table := pool.get()) is not None:  # shards a killed run finished before their upsert
         for i in sorted(shards):
             if is_done(shard_uri(ctx.output_dir, i)):
                 sync_shard(table, ctx.output_dir, i)
@@ -151,6 +168,7 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
     from tasks.crawl.shardtask import retry_and_merge
     from tasks.crawl.writer import shard_uri
     from tasks.raysession import ray_ready
+    from tasks.tracking import open_run_in_background
 
     unknown = sorted(set(p.retry_error_classes) - set(ERROR_CLASSES))
     if unknown:
@@ -182,6 +200,7 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
             sync_shard(table, ctx.output_dir, stats["index"], force=True)
 
     ray_ready()
+    open_run_in_background()
     seconds = run_shard_jobs(
         jobs, p.shards_in_flight, p.cpus_per_shard, total, on_done, p.progress, "retry"
     )
@@ -196,11 +215,13 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
 def run(params: CrawlParams) -> dict[str, Any]:
     """Crawl (or retry the failures of) the configured inputs; return metrics for MLflow / DVC."""
     from tasks.crawl.stats import error_histogram, read_all_stats, summarize
+    from tasks.raysession import release_ray
     from tasks.tracking import log_figure
 
     with contextlib.ExitStack() as stack:
         ctx = build_context(params, stack)
         metrics = _retry(params, ctx) if params.retry_failed else _crawl(params, ctx)
+    release_ray()  # what is left (stats, plot) runs on the driver while Ray shuts down
     summary = summarize(read_all_stats(ctx.output_dir))
     metrics.update(summary)
     fig = error_histogram(summary)
