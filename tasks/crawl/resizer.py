@@ -77,9 +77,9 @@ def to_rgb(img: Any) -> Any:
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+        rgba = img if img.mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGB", rgba.size, WHITE)
-        background.paste(rgba, mask=rgba.getchannel("A"))
+        background.paste(rgba, mask=rgba)  # an RGBA mask means its alpha band: no copies
         return background
     return img if img.mode == "RGB" else img.convert("RGB")
 

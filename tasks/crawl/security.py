@@ -101,6 +101,8 @@ class UrlGuard(AbstractResolver):
         self.base = base or SystemResolver()
         self.ttl_s = ttl_s
         self._cache: dict[str, tuple[float, list[str]]] = {}
+        self._verdicts: dict[str, str | None] = {}
+        self._literals: dict[str, str | None] = {}
         self.refused: int = 0
 
     def allowed(self, ip: IPAddress) -> str | None:
@@ -109,15 +111,33 @@ class UrlGuard(AbstractResolver):
             return None
         return refusal_reason(ip)
 
+    def _verdict(self, addr: str) -> str | None:
+        """allowed() of an address string, memoised: it depends only on the address and the
+        allow-list, and every request of a crawl asks it again."""
+        try:
+            return self._verdicts[addr]
+        except KeyError:
+            verdict = self._verdicts[addr] = self.allowed(ipaddress.ip_address(addr))
+            return verdict
+
+    def _literal(self, host: str) -> str | None:
+        """The host as an IP address string when it is an IP literal, else None (memoised)."""
+        try:
+            return self._literals[host]
+        except KeyError:
+            try:
+                literal: str | None = str(ipaddress.ip_address(host.strip("[]")))
+            except ValueError:
+                literal = None
+            self._literals[host] = literal
+            return literal
+
     async def addresses(self, host: str) -> list[str]:
         """Allowed addresses of `host` (cached); CrawlError dns_error / address_refused otherwise."""
         host = host.lower().rstrip(".")
-        try:
-            literal: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
-        except ValueError:
-            literal = None
+        literal = self._literal(host)
         if literal is not None:
-            addrs = [str(literal)]
+            addrs = [literal]
         else:
             cached = self._cache.get(host)
             if cached and cached[0] > time.monotonic():
@@ -128,10 +148,10 @@ class UrlGuard(AbstractResolver):
                 except (OSError, UnicodeError) as exc:
                     raise CrawlError("dns_error", f"{host}: {exc}") from None
                 self._cache[host] = (time.monotonic() + self.ttl_s, addrs)
-        ok = [a for a in addrs if self.allowed(ipaddress.ip_address(a)) is None]
+        ok = [a for a in addrs if self._verdict(a) is None]
         if not ok:
             self.refused += 1
-            reasons = {a: self.allowed(ipaddress.ip_address(a)) for a in addrs}
+            reasons = {a: self._verdict(a) for a in addrs}
             raise CrawlError("address_refused", f"{host} -> {reasons}")
         return ok
 
