@@ -41,8 +41,6 @@ def test_background_start_runs_tasks_and_shuts_down_cleanly():
         from tasks.settings import Settings
 
         with ray_session(Settings(ray_num_cpus=1), background=True):
-            started = time.perf_counter()
-            busy = sum(i * i for i in range(200_000))  # the caller's own work meanwhile
             ray_ready()
             assert ray.is_initialized()
             # the boot thread is alive while Ray runs: GCS and raylet die with their parent thread
@@ -52,11 +50,11 @@ def test_background_start_runs_tasks_and_shuts_down_cleanly():
             assert ray.get([square.remote(i) for i in range(4)]) == [0, 1, 4, 9]
         assert not ray.is_initialized()
         assert not any(t.name == "ray-init" for t in threading.enumerate())
-        print("OK", busy > 0)
+        print("OK")
         """
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "OK True" in proc.stdout
+    assert "OK" in proc.stdout.split()
     assert "SIGTERM handler is not set" not in proc.stderr
 
 
