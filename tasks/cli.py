@@ -102,11 +102,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def entry() -> None:
     """The `clipmill` console script: main(), then a fast exit.
 
-    By the time main() returns, every stage has closed its engines (Ray shut down, MLflow run
-    ended, LanceDB and files written) and the result is printed. What is left is CPython
-    tearing down thousands of modules (Ray, MLflow, LanceDB, pandas...), which takes a second
-    or more; os._exit skips it after flushing. In-process callers (tests, the flow) use main().
+    By the time main() returns, every stage has closed its engines (MLflow run ended, LanceDB
+    and files written, Ray told to shut down: see raysession.exit_follows_session) and the
+    result is printed. What is left is CPython tearing down thousands of modules (Ray, MLflow,
+    LanceDB, pandas...), which takes a second or more; os._exit skips it after flushing.
+    In-process callers (tests, the flow) use main().
     """
+    from tasks.raysession import exit_follows_session
+
+    exit_follows_session()
     code = main()
     logging.shutdown()
     sys.stdout.flush()

@@ -47,9 +47,52 @@ class _Starter:
         self.error: BaseException | None = None
         self.booted = threading.Event()
         self.release = threading.Event()
+        self.stopping = threading.Event()  # set once the raylets to wait for are known
+        self.raylets: list = []  # psutil.Process of the raylet this process started, if any
 
 
 _pending: _Starter | None = None
+_closing: list[threading.Thread] = []  # boot threads still shutting their Ray down
+_exit_follows = False
+
+
+def exit_follows_session() -> None:
+    """Declare that this process exits as soon as its Ray session ends (the `clipmill` script).
+
+    The session's end then waits for the raylet to exit (it stops the workers and agents) but
+    not for the rest of Ray's shutdown: over a second of pure waiting, mostly the autoscaler
+    monitor ignoring SIGTERM for a second before it is killed. Nothing is lost: every result is
+    written before the session ends, and GCS, monitor and dashboard die with this process
+    (parent-death signal). A later session in the same process still waits for the earlier
+    shutdown before it starts.
+    """
+    global _exit_follows
+    _exit_follows = True
+
+
+def _await_closing() -> None:
+    while _closing:
+        _closing.pop().join()
+
+
+def _raylet_children() -> list:
+    import psutil
+
+    with suppress(psutil.Error):
+        return [p for p in psutil.Process().children() if p.name() == "raylet"]
+    return []
+
+
+def _await_raylet_exit(starter: _Starter, timeout_s: float = 30.0) -> None:
+    """Wait until the raylet this process started has exited: it stops its workers and agents.
+
+    What remains of the shutdown (GCS, the autoscaler monitor, log monitor, dashboard) is
+    started by this process with a parent-death signal and goes when it exits.
+    """
+    import psutil
+
+    starter.stopping.wait(timeout_s)
+    psutil.wait_procs(starter.raylets, timeout=timeout_s)
 
 
 def ray_ready() -> None:
@@ -112,6 +155,8 @@ def _start_in_background(kwargs: dict) -> _Starter:
         finally:
             starter.booted.set()
         starter.release.wait()  # keep Ray's processes' parent thread alive until shutdown
+        starter.raylets = _raylet_children()
+        starter.stopping.set()
         if ray.is_initialized():
             ray.shutdown()
 
@@ -133,6 +178,7 @@ def ray_session(settings: Settings | None = None, background: bool = False) -> I
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
+    _await_closing()
     if ray.is_initialized():
         yield
         return
@@ -148,7 +194,11 @@ def ray_session(settings: Settings | None = None, background: bool = False) -> I
         starter, _pending = _pending, None
         if starter is not None and starter.thread is not None:
             starter.release.set()  # the boot thread shuts Ray down (unless release_ray() did)
-            starter.thread.join()
+            _closing.append(starter.thread)
+            if _exit_follows:
+                _await_raylet_exit(starter)
+            else:
+                _await_closing()
         elif ray.is_initialized():
             ray.shutdown()
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 from tasks import PROJECT_ROOT
 
@@ -96,3 +97,42 @@ def test_release_ray_shuts_down_while_the_caller_goes_on():
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "RETURNED True" in proc.stdout
+
+
+def test_exit_after_session_leaves_no_ray_process_behind():
+    """The CLI does not wait for Ray's graceful exit; its processes must still all go."""
+    proc = _python(
+        """
+        import os
+        import psutil, ray
+        from tasks.raysession import exit_follows_session, ray_ready, ray_session
+        from tasks.settings import Settings
+
+        exit_follows_session()
+        with ray_session(Settings(ray_num_cpus=1), background=True):
+            ray_ready()
+            assert ray.get(ray.remote(lambda: 7).remote()) == 7
+            spawned = psutil.Process().children(recursive=True)
+        with ray_session(Settings(ray_num_cpus=1), background=True):  # waits for the first
+            ray_ready()
+            assert ray.get(ray.remote(lambda: 8).remote()) == 8
+            spawned += psutil.Process().children(recursive=True)
+        print("PIDS", " ".join(str(p.pid) for p in spawned), flush=True)
+        os._exit(0)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pids = [int(p) for p in proc.stdout.split("PIDS", 1)[1].split("\n")[0].split()]
+    assert len(pids) >= 4  # GCS, raylet, workers, agents...: all of them children of the driver
+    import psutil
+
+    deadline = time.monotonic() + 20
+    alive = pids
+    while alive and time.monotonic() < deadline:
+        alive = [
+            p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"
+        ]
+        time.sleep(0.2)
+    assert not alive, (
+        f"Ray processes outlived the driver: {[(p, psutil.Process(p).cmdline()[:3], psutil.Process(p).status()) for p in alive]}"
+    )

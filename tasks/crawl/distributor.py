@@ -1,40 +1,55 @@
-"""Run shard jobs as Ray tasks with a cap on shards in flight, a live progress bar and a callback per shard."""
+"""Run shard jobs as Ray tasks with a cap on shards in flight, a live progress bar and a callback per shard.
+
+Each shard runs as a Ray streaming-generator task: it yields its progress as it goes and its
+stats last. Progress travels with the task's own results, so no progress actor (one more
+worker process, booted while the first shards download) is needed.
+"""
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 ShardJob = tuple[int, Callable[..., dict[str, Any]], tuple[Any, ...]]  # (index, function, args)
+PROGRESS_EVERY_S = 0.5  # how often a shard task reports images done
 
 
-def _progress_actor() -> Any:
-    import ray
+def stream_shard(fn: Callable[..., dict[str, Any]], index: int, *args: Any) -> Iterator[Any]:
+    """Run `fn(index, *args, progress)` and yield ("progress", done, ok) now and then, then ("stats", stats).
 
-    @ray.remote(num_cpus=0)
-    class Progress:
-        """Images done / succeeded, reported by shard tasks every few dozen images."""
+    `fn` runs in a thread of the task so that its progress callback (called from inside the
+    download's event loop) can be turned into yields here.
+    """
+    events: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+    outcome: dict[str, Any] = {}
 
-        def __init__(self) -> None:
-            self.done = 0
-            self.ok = 0
+    def target() -> None:
+        try:
+            outcome["stats"] = fn(index, *args, lambda done, ok: events.put((done, ok)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the task's thread below
+            outcome["error"] = exc
+        finally:
+            events.put(None)
 
-        def add(self, done: int, ok: int) -> None:
-            self.done += done
-            self.ok += ok
-
-        def get(self) -> tuple[int, int]:
-            return self.done, self.ok
-
-    return Progress.remote()
-
-
-def _reporter(actor: Any) -> Callable[[int, int], None]:
-    def report(done: int, ok: int) -> None:
-        actor.add.remote(done, ok)
-
-    return report
+    worker = threading.Thread(target=target, name=f"shard-{index}", daemon=True)
+    worker.start()
+    done = ok = 0
+    last = time.monotonic()
+    while (event := events.get()) is not None:
+        done, ok = done + event[0], ok + event[1]
+        if time.monotonic() - last >= PROGRESS_EVERY_S:
+            yield ("progress", done, ok)
+            done = ok = 0
+            last = time.monotonic()
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    if done:
+        yield ("progress", done, ok)
+    yield ("stats", outcome["stats"])
 
 
 def run_shard_jobs(
@@ -45,35 +60,70 @@ def run_shard_jobs(
     on_done: Callable[[dict[str, Any]], None],
     show: bool = True,
     desc: str = "crawl",
+    on_submitted: Callable[[], None] | None = None,
 ) -> float:
     """Submit at most `in_flight` shard tasks at a time; call `on_done` per finished shard (driver side).
 
-    Returns the wall seconds spent. A task that raises is a bug (per-URL failures are statuses),
-    so it propagates after the shards already finished have been handed to `on_done`.
+    `on_submitted` runs once the first shards are submitted: driver work started there (opening
+    the MLflow run) no longer delays the start of the downloads. Returns the wall seconds spent.
+    A task that raises is a bug (per-URL failures are statuses), so it propagates after the
+    shards already finished have been handed to `on_done`.
     """
     import ray
     from tqdm import tqdm
 
-    actor = _progress_actor()
-    report = _reporter(actor)
+    remote = ray.remote(num_cpus=cpus, max_retries=0)(stream_shard)
     started = time.perf_counter()
     pending = list(reversed(jobs))
-    running: dict[Any, int] = {}
-    remotes: dict[Any, Any] = {}
+    running: dict[Any, int] = {}  # ObjectRefGenerator -> shard index
+    finished: list[dict[str, Any]] = []
+    failure: BaseException | None = None
+    done = ok = 0
     bar = tqdm(total=total_images, desc=desc, unit="img", disable=not show, mininterval=1.0)
+
+    def submit() -> None:
+        while pending and len(running) < in_flight:
+            index, fn, args = pending.pop()
+            running[remote.remote(fn, index, *args)] = index
+
+    def drain(gen: Any) -> None:
+        """Consume what `gen` has produced so far; stats go to `finished`, errors to `failure`."""
+        nonlocal done, ok, failure
+        while True:
+            try:
+                item = ray.get(next(gen))
+            except StopIteration:
+                running.pop(gen, None)
+                return
+            except Exception as exc:  # noqa: BLE001 - raised after the other shards are kept
+                failure = failure or exc
+                running.pop(gen, None)
+                return
+            if item[0] == "progress":
+                done, ok = done + item[1], ok + item[2]
+            else:
+                finished.append(item[1])
+            if not ray.wait([gen], num_returns=1, timeout=0)[0]:
+                return
+
     try:
-        while pending or running:
-            while pending and len(running) < in_flight:
-                index, fn, args = pending.pop()
-                if fn not in remotes:
-                    remotes[fn] = ray.remote(num_cpus=cpus, max_retries=0)(fn)
-                ref = remotes[fn].remote(index, *args, report)
-                running[ref] = index
+        submit()
+        if on_submitted is not None:
+            on_submitted()
+        while running:
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
-            for ref in ready:
-                running.pop(ref)
-                on_done(ray.get(ref))
-            done, ok = ray.get(actor.get.remote())
+            if ready and len(running) > 1:  # every shard with news by now, not just the first
+                ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
+            for gen in ready:
+                drain(gen)
+            # Freed slots get their next shards before the callbacks run: a callback can take a
+            # while (the first one opens the LanceDB pool) and the workers would sit idle.
+            if failure is None:
+                submit()
+            while finished:
+                on_done(finished.pop(0))
+            if failure is not None:
+                raise failure
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.n = done
             bar.set_postfix(
@@ -82,5 +132,4 @@ def run_shard_jobs(
             bar.refresh()
     finally:
         bar.close()
-        ray.kill(actor)
     return time.perf_counter() - started

@@ -103,8 +103,8 @@ class ShardDownloader:
         self, rows: list[dict[str, Any]], progress: ProgressFn | None = None
     ) -> list[dict[str, Any]]:
         results: list[dict[str, Any] | None] = [None] * len(rows)
-        gate = asyncio.Semaphore(self.cfg.http.connections)
         pending = [0, 0]
+        todo = iter(range(len(rows)))
 
         async with make_session(self.cfg.http, self.guard) as session:
             robots = (
@@ -113,16 +113,19 @@ class ShardDownloader:
                 else None
             )
 
-            async def work(i: int) -> None:
-                async with gate:
-                    results[i] = await self.one(session, robots, rows[i])
-                pending[0] += 1
-                pending[1] += results[i]["status"] == SUCCESS
-                if progress and pending[0] >= 50:
-                    progress(pending[0], pending[1])
-                    pending[0] = pending[1] = 0
+            async def work() -> None:
+                # `connections` of these share one iterator: as many requests in flight as
+                # connections, without a thousand tasks queued on a semaphore.
+                for i in todo:
+                    res = results[i] = await self.one(session, robots, rows[i])
+                    pending[0] += 1
+                    pending[1] += res["status"] == SUCCESS
+                    if progress and pending[0] >= 50:
+                        progress(pending[0], pending[1])
+                        pending[0] = pending[1] = 0
 
-            await asyncio.gather(*(work(i) for i in range(len(rows))))
+            workers = max(1, min(self.cfg.http.connections, len(rows)))
+            await asyncio.gather(*(work() for _ in range(workers)))
         if progress and pending[0]:
             progress(pending[0], pending[1])
         self.pool.shutdown(wait=True)

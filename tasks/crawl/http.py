@@ -70,6 +70,7 @@ def make_session(cfg: HttpConfig, guard: UrlGuard) -> Any:
         headers={"User-Agent": cfg.user_agent},
         trust_env=False,
         auto_decompress=True,
+        cookie_jar=aiohttp.DummyCookieJar(),  # a crawler keeps no cookies between images
     )
 
 

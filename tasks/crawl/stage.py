@@ -129,7 +129,6 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         for i in todo
     ]
     ray_ready()  # the plan was built while Ray was booting
-    open_run_in_background()  # the driver only waits from here on
     seconds = run_shard_jobs(
         jobs,
         p.shards_in_flight,
@@ -137,6 +136,7 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         sum(len(shards[i]) for i in todo),
         on_done,
         p.progress,
+        on_submitted=open_run_in_background,  # the driver only waits from here on
     )
     if (table := pool.get()) is not None:  # shards a killed run finished before their upsert
         for i in sorted(shards):
@@ -200,9 +200,15 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
             sync_shard(table, ctx.output_dir, stats["index"], force=True)
 
     ray_ready()
-    open_run_in_background()
     seconds = run_shard_jobs(
-        jobs, p.shards_in_flight, p.cpus_per_shard, total, on_done, p.progress, "retry"
+        jobs,
+        p.shards_in_flight,
+        p.cpus_per_shard,
+        total,
+        on_done,
+        p.progress,
+        "retry",
+        on_submitted=open_run_in_background,
     )
     return {
         "retry_shards": len(jobs),
