@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 ShardJob = tuple[int, Callable[..., dict[str, Any]], tuple[Any, ...]]  # (index, function, args)
@@ -64,6 +65,8 @@ def run_shard_jobs(
 ) -> float:
     """Submit at most `in_flight` shard tasks at a time; call `on_done` per finished shard (driver side).
 
+    `on_done` runs in one helper thread, shard after shard in the order they finish.
+
     `on_submitted` runs once the first shards are submitted: driver work started there (opening
     the MLflow run) no longer delays the start of the downloads. Returns the wall seconds spent.
     A task that raises is a bug (per-URL failures are statuses), so it propagates after the
@@ -102,10 +105,16 @@ def run_shard_jobs(
             if item[0] == "progress":
                 done, ok = done + item[1], ok + item[2]
             else:
+                # The last item: the task is ending and its slot is free for the next shard now
+                # (Ray starts it the moment the CPU is released), before on_done runs.
                 finished.append(item[1])
+                running.pop(gen, None)
+                return
             if not ray.wait([gen], num_returns=1, timeout=0)[0]:
                 return
 
+    callbacks = ThreadPoolExecutor(1, thread_name_prefix="shard-done")
+    handed: list[Future[None]] = []
     try:
         submit()
         if on_submitted is not None:
@@ -116,20 +125,26 @@ def run_shard_jobs(
                 ready, _ = ray.wait(list(running), num_returns=len(running), timeout=0)
             for gen in ready:
                 drain(gen)
-            # Freed slots get their next shards before the callbacks run: a callback can take a
-            # while (the first one opens the LanceDB pool) and the workers would sit idle.
             if failure is None:
                 submit()
-            while finished:
-                on_done(finished.pop(0))
+            # Callbacks run in order in their own thread: one can take a while (the first opens
+            # the LanceDB pool) and this loop must keep refilling freed slots meanwhile.
+            handed += [callbacks.submit(on_done, stats) for stats in finished]
+            finished.clear()
             if failure is not None:
                 raise failure
+            for future in handed:
+                if future.done() and future.exception() is not None:
+                    raise future.exception()  # type: ignore[misc]
             elapsed = max(time.perf_counter() - started, 1e-9)
             bar.n = done
             bar.set_postfix(
                 img_s=f"{done / elapsed:.1f}", success=f"{ok / max(done, 1):.1%}", refresh=False
             )
             bar.refresh()
+        for future in handed:
+            future.result()
     finally:
+        callbacks.shutdown(wait=True)  # the shards finished so far are all handed over
         bar.close()
     return time.perf_counter() - started
