@@ -254,7 +254,7 @@ def main() -> None:
     parser.add_argument("--sample-dir", default=str(ROOT / "data" / "sample"))
     parser.add_argument("--n-urls", type=int, default=0, help="0 = every image of the site")
     parser.add_argument("--server", choices=("nginx", "python"), default="nginx")
-    parser.add_argument("--repeat", type=int, default=2, help="rounds per tool; best one counts")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds per tool; best one counts")
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=1000)
