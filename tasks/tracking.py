@@ -6,11 +6,13 @@ plots and files through the helpers here without knowing which door started it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import subprocess
+import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,12 +25,38 @@ FLOW_RUN_ENV = "CLIPMILL_PREFECT_FLOW_RUN_ID"  # set by the Prefect flow for its
 _METRIC_NAME = re.compile(r"[^0-9A-Za-z_\-. :/]")
 
 
+def ensure_sqlite_store(tracking_uri: str, artifact_root: str) -> None:
+    """Create a missing SQLite store whole or not at all: built under a temporary name, then linked.
+
+    MLflow creates a store by running some fifty schema migrations. A process killed halfway
+    (a crawl may be killed at any moment and must restart cleanly) would leave a half-migrated
+    file that every later run refuses ("table ... already exists"). os.link does not replace:
+    when another process created the store first, its complete store is used and ours dropped.
+    """
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    path = Path(tracking_uri.removeprefix("sqlite:///"))
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.creating")
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        SqlAlchemyStore(f"sqlite:///{tmp}", artifact_root).engine.dispose()
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def configure_mlflow(settings: Settings | None = None) -> str:
     """Point MLflow at the configured store and make sure the experiment exists; return its id."""
     settings = settings or get_settings()
     os.environ.setdefault("DO_NOT_TRACK", "true")
     import mlflow
 
+    ensure_sqlite_store(settings.tracking_uri, settings.artifact_root)
     mlflow.set_tracking_uri(settings.tracking_uri)
     exp = mlflow.get_experiment_by_name(settings.mlflow_experiment)
     if exp is None:
