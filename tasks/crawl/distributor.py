@@ -65,6 +65,8 @@ def run_shard_jobs(
 ) -> float:
     """Submit at most `in_flight` shard tasks at a time; call `on_done` per finished shard (driver side).
 
+    A shard holds its slot from submission until its stats arrive; the next one is submitted
+    then, while the finished task is still exiting, and Ray starts it when the CPU is released.
     `on_done` runs in one helper thread, shard after shard in the order they finish.
 
     `on_submitted` runs once the first shards are submitted: driver work started there (opening
