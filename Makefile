@@ -45,6 +45,8 @@ demo: setup
 
 test: setup
 	.venv/bin/ruff check tasks flows tests benchmarks
+	.venv/bin/ruff format --check tasks flows tests benchmarks
+	.venv/bin/mypy
 	.venv/bin/pytest -q -p no:cacheprovider --timeout=900 $(ARGS)
 
 test-all: setup
@@ -53,6 +55,7 @@ test-all: setup
 lint:
 	.venv/bin/ruff check tasks flows tests benchmarks
 	.venv/bin/ruff format --check tasks flows tests benchmarks
+	.venv/bin/mypy
 
 format:
 	.venv/bin/ruff format tasks flows tests benchmarks

@@ -200,28 +200,35 @@ def run_clipmill(urls: Path, out: Path, a: argparse.Namespace) -> dict[str, floa
     import yaml
 
     params = yaml.safe_load((ROOT / "params/crawl.yaml").read_text())
-    params.update(
-        sources=["urls"],
-        url_lists=[str(urls)],
-        sample_site_dir="",
-        archives_index="",
-        allow_addresses=["127.0.0.1"],
-        shard_size=a.shard_size,
-        shards_in_flight=a.processes,
-        connections_per_shard=a.connections,
-        connections_per_host=a.connections,
-        cpus_per_shard=1.0,
-        retries=0,
-        total_timeout_s=10.0,
-        image_size=256,
-        resize_mode="border",
-        encode_format="jpg",
-        encode_quality=95,
-        output_dir=str(out / "crawl"),
-        lancedb_uri=str(out / "lancedb"),
-        progress=False,
-        disallowed_header_directives=DIRECTIVES,
-    )
+    sections = {  # params/crawl.yaml's sections, updated field by field
+        "inputs": {
+            "sources": ["urls"],
+            "url_lists": [str(urls)],
+            "sample_site_dir": "",
+            "archives_index": "",
+            "shard_size": a.shard_size,
+        },
+        "policy": {"allow_addresses": ["127.0.0.1"], "disallowed_header_directives": DIRECTIVES},
+        "download": {
+            "shards_in_flight": a.processes,
+            "connections_per_shard": a.connections,
+            "cpus_per_shard": 1.0,
+        },
+        "http": {"connections_per_host": a.connections, "retries": 0, "total_timeout_s": 10.0},
+        "resize": {
+            "image_size": 256,
+            "resize_mode": "border",
+            "encode_format": "jpg",
+            "encode_quality": 95,
+        },
+        "output": {
+            "output_dir": str(out / "crawl"),
+            "lancedb_uri": str(out / "lancedb"),
+            "progress": False,
+        },
+    }
+    for name, values in sections.items():
+        params[name].update(values)
     pfile = WORK / "clipmill_params.yaml"
     pfile.write_text(yaml.safe_dump(params))
     env = {
@@ -263,7 +270,7 @@ def main() -> None:
     from static_server import nginx_binary, nginx_site
 
     from tasks.crawl.gather import archive_index
-    from tasks.sample.serve import serve_site
+    from tasks.io.serve import serve_site
 
     sample = Path(a.sample_dir)
     archives = archive_index(str(sample / "archives" / "index.json"))

@@ -81,7 +81,7 @@ def build_digit_sets(root: Path) -> list[tuple[str, str]]:
     import numpy as np
     from sklearn.datasets import load_digits
 
-    from tasks.evaluate.wds_writer import write_wds_set
+    from tests.support.wds import write_wds_set
 
     digits = load_digits()
     imgs = [_png((255 - im * 16).clip(0, 255).astype(np.uint8)) for im in digits.images]
@@ -207,9 +207,10 @@ def compare(
 
 
 def count_images(sets: list[tuple[str, str]], root: Path) -> int:
-    from tasks.evaluate.datasets import read_samples, shard_paths
+    from tasks.evaluate.datasets import shard_paths
+    from tasks.io.wds import sample_keys
 
-    return sum(len(read_samples(shard_paths(root / n, "test"))) for n, _ in sets)
+    return sum(len(sample_keys(p)) for n, _ in sets for p in shard_paths(root / n, "test"))
 
 
 def main() -> None:
@@ -231,7 +232,7 @@ def main() -> None:
     if args.model:
         model = args.model.resolve()
     else:
-        from tasks.evaluate.tinymodel import save_tiny_model
+        from tests.support.tinymodel import save_tiny_model
 
         model = save_tiny_model(WORK / "model" / "bench", seed=0, cfg=BENCH_CFG)
     n_images = count_images(sets, root)

@@ -18,7 +18,6 @@ import platform
 import random
 import statistics
 import sys
-import tarfile
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -42,23 +41,22 @@ def make_shards(folder: Path, n_shards: int = 4, per_shard: int = 128, size: int
     """Synthetic shards in the crawl/curate layout (uid.jpg / uid.txt) when no real ones are given."""
     from PIL import Image, ImageDraw
 
+    from tasks.io.wds import write_tar
+
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     for s in range(n_shards):
-        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
-            for i in range(per_shard):
-                colour = tuple(rng.randrange(256) for _ in range(3))
-                img = Image.new("RGB", (size, size), (10, 10, 10))
-                ImageDraw.Draw(img).ellipse((8, 8, size - 8, size - 8), fill=colour)
-                buf = io.BytesIO()
-                img.save(buf, format="JPEG")
-                for ext, data in (
-                    ("jpg", buf.getvalue()),
-                    ("txt", f"a disc of colour {colour}".encode()),
-                ):
-                    info = tarfile.TarInfo(f"{s:03d}{i:06d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
+        samples = []
+        for i in range(per_shard):
+            colour = tuple(rng.randrange(256) for _ in range(3))
+            img = Image.new("RGB", (size, size), (10, 10, 10))
+            ImageDraw.Draw(img).ellipse((8, 8, size - 8, size - 8), fill=colour)
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG")
+            samples.append(
+                (f"{s:03d}{i:06d}", {"jpg": buf.getvalue(), "txt": f"a disc of colour {colour}"})
+            )
+        write_tar(folder / f"{s:05d}.tar", samples)
     return folder
 
 
@@ -69,7 +67,7 @@ def bare_open_clip(shards: list[str], steps: int, batch: int, lr: float = 5e-4) 
     import webdataset as wds
     from open_clip_train.scheduler import cosine_lr
 
-    from tasks.train.zoo import register_repo_configs
+    from tasks.clip import register_repo_configs
 
     register_repo_configs()
     torch.manual_seed(0)

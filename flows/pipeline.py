@@ -1,7 +1,11 @@
-"""The clipmill pipeline as a Prefect flow: validate overrides, write params, `dvc repro` each stage.
+"""The clipmill pipeline as a Prefect flow: validate overrides, then `dvc repro` each stage, or
+run the overridden stages as one DVC experiment.
 
 DVC stays the one build system: it decides what is stale, records what ran in dvc.lock, and a
 scheduled run with nothing changed costs nothing. Prefect adds scheduling, retries and a UI.
+Overrides never become the committed params: they run as `dvc exp run -S ...` (listed by
+`dvc exp show`, its name tagged on the MLflow runs) and the params files are put back as they were
+(flows/experiments.py).
 """
 
 from __future__ import annotations
@@ -14,12 +18,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
-from tasks.base import ParamsError, parse_override, read_yaml_mapping, set_dotted
-from tasks.io import atomic_write_text
+from flows.experiments import (
+    EXPERIMENT_TAG,
+    check_roundtrip,
+    experiment_name,
+    require_git_commit,
+    run_dvc_experiment,
+    set_param_args,
+)
+from tasks.base import ParamsError, StageParams, parse_override, read_yaml_mapping, set_dotted
 from tasks.registry import STAGES, get_stage
 from tasks.settings import get_settings
 from tasks.tracking import FLOW_RUN_ENV, PARENT_RUN_ENV, configure_mlflow, git_commit
@@ -27,39 +37,45 @@ from tasks.tracking import FLOW_RUN_ENV, PARENT_RUN_ENV, configure_mlflow, git_c
 
 def validate_overrides(
     stages: list[str], overrides: dict[str, dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """Apply overrides on top of each stage's committed YAML and validate EVERY stage first,
-    so a typo in the last stage's params fails before hours of work in the first."""
+) -> dict[str, StageParams]:
+    """Apply overrides on top of each stage's committed YAML and validate EVERY stage first (the
+    selected ones and any other whose params file an override changes, e.g. crawl's `resize`
+    section that curate reads), so a typo in the last stage's params fails before hours of work
+    in the first."""
     unknown = set(overrides) - set(STAGES)
     if unknown:
         raise ParamsError(
             f"overrides name unknown stage(s) {sorted(unknown)}; known: {list(STAGES)}"
         )
-    merged: dict[str, dict[str, Any]] = {}
-    for name in stages:
+    validated: dict[str, StageParams] = {}
+    for name in [s for s in STAGES if s in stages or s in overrides]:
         spec = get_stage(name)
         data = read_yaml_mapping(spec.params_file)
         for key, value in overrides.get(name, {}).items():
             set_dotted(data, key, value)
-        spec.model().validate_mapping(data, source=f"{spec.params_file} (with overrides)")
-        merged[name] = data
-    return merged
+        validated[name] = spec.model().validate_mapping(
+            data, source=f"{spec.params_file} (with overrides)"
+        )
+    return validated
 
 
-def write_params(merged: dict[str, dict[str, Any]], overrides: dict[str, dict[str, Any]]) -> None:
-    """Overridden values become the params files' values, so DVC sees (and records) them."""
-    for name in overrides:
-        if name in merged:
-            path = get_stage(name).params_file
-            atomic_write_text(path, yaml.safe_dump(merged[name], sort_keys=False))
-
-
-@task(name="dvc-repro", retries=0)
-def repro_stage(stage: str, parent_run_id: str, force: bool = False) -> dict[str, Any]:
-    """One stage through DVC; DVC calls `clipmill run STAGE`, which tags the run door=prefect."""
-    logger = get_run_logger()
+def experiment_args(
+    overrides: dict[str, dict[str, Any]], validated: dict[str, StageParams]
+) -> list[str]:
+    """The `-S` arguments of `dvc exp run`, checked to write exactly the validated values."""
     root = get_settings().root
-    env = {
+    args: list[str] = []
+    for name, values in overrides.items():
+        spec = get_stage(name)
+        check_roundtrip(spec.model(), spec.params_file, values, validated[name])
+        args += set_param_args(spec.params_file.relative_to(root).as_posix(), values)
+    return args
+
+
+def _stage_env(parent_run_id: str) -> dict[str, str]:
+    """What a stage run under DVC needs: the door, the parent MLflow run, this environment."""
+    root = get_settings().root
+    return {
         **os.environ,
         "CLIPMILL_DOOR": "prefect",
         PARENT_RUN_ENV: parent_run_id,
@@ -68,16 +84,41 @@ def repro_stage(stage: str, parent_run_id: str, force: bool = False) -> dict[str
         # dvc.yaml calls `clipmill`: make sure it is this environment's, activated or not.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+
+
+def _read_metrics(stage: str) -> dict[str, Any]:
+    metrics_file = get_settings().root / "metrics" / f"{stage}.json"
+    return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+
+
+@task(name="dvc-repro", retries=0)
+def repro_stage(stage: str, parent_run_id: str, force: bool = False) -> dict[str, Any]:
+    """One stage through DVC; DVC calls `clipmill run STAGE`, which tags the run door=prefect."""
+    logger = get_run_logger()
     cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
     logger.info("running %s", " ".join(cmd))
     # The stage's own progress bars and logs go straight to the console, as they happen.
-    proc = subprocess.run(cmd, cwd=root, env=env)
+    proc = subprocess.run(cmd, cwd=get_settings().root, env=_stage_env(parent_run_id))
     if proc.returncode != 0:
         raise RuntimeError(
             f"stage {stage!r} failed (dvc exit {proc.returncode}); its output is above"
         )
-    metrics_file = root / "metrics" / f"{stage}.json"
-    return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    return _read_metrics(stage)
+
+
+@task(name="dvc-exp-run", retries=0)
+def run_experiment(
+    stages: list[str], set_params: list[str], name: str, parent_run_id: str, force: bool = False
+) -> dict[str, dict[str, Any]]:
+    """The selected stages, in pipeline order, as ONE DVC experiment named `name`; the params
+    files are put back byte for byte afterwards, whether the experiment succeeded or not."""
+    get_run_logger().info("experiment %s: %s %s", name, " ".join(set_params), " ".join(stages))
+    code = run_dvc_experiment(
+        get_settings().root, stages, set_params, name, _stage_env(parent_run_id), force, _dvc()
+    )
+    if code != 0:
+        raise RuntimeError(f"experiment {name!r} failed (dvc exit {code}); its output is above")
+    return {stage: _read_metrics(stage) for stage in stages}
 
 
 @task(name="dvc-push", retries=2, retry_delay_seconds=10)
@@ -109,9 +150,14 @@ def pipeline(
     overrides: dict[str, dict[str, Any]] | None = None,
     force: bool = False,
     push: bool = False,
+    experiment: str | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run the selected stages (default: all, in pipeline order) under one MLflow parent run,
-    then optionally push the outputs to the DVC remote."""
+    then optionally push the outputs to the DVC remote.
+
+    Without overrides each stage is a `dvc repro`; with overrides the stages run as one DVC
+    experiment (named `experiment`, or clipmill-<time>) and the params files stay as they were.
+    """
     import mlflow
 
     selected = [s for s in STAGES if s in (stages or list(STAGES))]
@@ -119,21 +165,32 @@ def pipeline(
         raise ParamsError(
             f"unknown stage(s) {sorted(set(stages) - set(selected))}; known: {list(STAGES)}"
         )
-    overrides = overrides or {}
-    merged = validate_overrides(selected, overrides)
-    write_params(merged, overrides)
+    overrides = {stage: values for stage, values in (overrides or {}).items() if values}
+    validated = validate_overrides(selected, overrides)
+    root = get_settings().root
+    exp_name, set_params = None, []
+    if overrides:
+        exp_name = experiment_name(experiment)
+        set_params = experiment_args(overrides, validated)
+        require_git_commit(root)
     experiment_id = configure_mlflow()
     tags = {
         "clipmill.stage": "pipeline",
         "clipmill.door": "prefect",
-        "clipmill.git_commit": git_commit(get_settings().root),
+        "clipmill.git_commit": git_commit(root),
         "clipmill.prefect_flow_run_id": str(flow_run.get_id() or ""),
     }
+    if exp_name:
+        tags[EXPERIMENT_TAG] = exp_name
     results: dict[str, dict[str, Any]] = {}
     with mlflow.start_run(experiment_id=experiment_id, run_name="pipeline", tags=tags) as parent:
         mlflow.log_param("stages", ",".join(selected))
-        for name in selected:
-            results[name] = repro_stage(name, parent.info.run_id, force)
+        if exp_name:
+            mlflow.log_param("overrides", json.dumps(overrides, sort_keys=True, default=str))
+            results = run_experiment(selected, set_params, exp_name, parent.info.run_id, force)
+        else:
+            for name in selected:
+                results[name] = repro_stage(name, parent.info.run_id, force)
         if push:
             mlflow.set_tag("clipmill.dvc_remote", push_outputs())
     return results
@@ -147,6 +204,11 @@ def _parse_cli(argv: list[str]) -> argparse.Namespace:
         "--force", action="store_true", help="re-run stages even if DVC says up to date"
     )
     parser.add_argument("--push", action="store_true", help="dvc push the outputs afterwards")
+    parser.add_argument(
+        "-n",
+        "--name",
+        help="name of the DVC experiment that overrides run as (default: clipmill-<time>)",
+    )
     return parser.parse_args(argv)
 
 
@@ -161,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
                 raise ParamsError(f"override {text!r}: expected STAGE.KEY=VALUE")
             overrides.setdefault(stage, {})[field] = value
         results = pipeline(
-            stages=args.stages, overrides=overrides, force=args.force, push=args.push
+            stages=args.stages,
+            overrides=overrides,
+            force=args.force,
+            push=args.push,
+            experiment=args.name,
         )
     except ParamsError as exc:
         print(f"clipmill pipeline: error: {exc}", file=sys.stderr)

@@ -13,6 +13,16 @@ class ParamsError(ValueError):
     """A params file or override is invalid; the message is one line naming file, field, value."""
 
 
+class ParamsSection(BaseModel):
+    """A nested group of params (e.g. crawl's `resize`): frozen, strict, passed as it is to workers.
+
+    Sections replace copy dataclasses: the object validated from the YAML is the one a Ray worker
+    receives, so a field can neither be forgotten in a copy nor drift from what was logged.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
 class StageParams(BaseModel):
     """Base of every stage's parameters: frozen so a run cannot drift from what was logged."""
 

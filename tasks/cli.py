@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tasks.base import ParamsError
 from tasks.registry import STAGES, UnknownStageError, get_stage
@@ -66,10 +67,23 @@ def _cmd_params(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from tasks.sample.serve import serve_forever
+def _default_site_dir() -> Path:
+    """<out_dir>/site, out_dir from params/sample.yaml (the model's default if the file is absent).
 
-    serve_forever(args.dir, args.port)
+    Found through the registry, here in the door, so the sample stage's server needs no registry.
+    """
+    from tasks.io.paths import resolve_path
+
+    spec = get_stage("sample")
+    model = spec.model()
+    params = model.from_yaml(spec.params_file) if spec.params_file.exists() else model()
+    return resolve_path(params.model_dump()["out_dir"]) / "site"
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from tasks.io.serve import serve_forever
+
+    serve_forever(args.dir if args.dir is not None else _default_site_dir(), args.port)
     return 0
 
 

@@ -2,9 +2,9 @@
 
 A local Ray takes seconds to boot (GCS, raylet, worker processes), and so does opening the
 MLflow run (importing MLflow, opening its store). `ray_session(background=True)` boots Ray in a
-thread so the two overlap; `ray_ready()` is where a caller waits for it. Code that does not
-know about the background start cannot be hurt by it: the runner calls `ray_ready()` before a
-stage runs unless the stage says it calls it itself (StageSpec.waits_for_ray).
+thread so the two overlap; `ray_ready()` is where the caller waits for it. The runner
+(tasks/runner.py:engines) is that caller: stages never see a half-booted Ray, because it calls
+`ray_ready()` before the stage runs and `release_ray()` only after the stage returned.
 """
 
 from __future__ import annotations
@@ -119,9 +119,10 @@ def ray_ready() -> None:
 def release_ray() -> None:
     """Say this process needs Ray no more: a background-started Ray shuts down meanwhile.
 
-    Shutting Ray down mostly waits for its processes to exit (over a second); a stage with
-    driver-only work left (plots, reports) calls this first so the two overlap. The session's
-    end waits for the shutdown. No effect on a Ray this process joined or started in front.
+    Shutting Ray down mostly waits for its processes to exit (over a second); the runner calls
+    this as soon as the stage has returned, so the shutdown overlaps the recording of the
+    stage's metrics and the end of its MLflow run. The session's end waits for the shutdown.
+    No effect on a Ray this process joined or started in front.
     """
     starter = _pending
     if starter is not None and starter.thread is not None:

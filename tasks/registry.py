@@ -23,9 +23,7 @@ class StageSpec:
     params_model: str  # "module:Class", a StageParams subclass
     run_function: str  # "module:function", run(params) -> metrics dict
     code: tuple[str, ...]  # source paths (relative to the root) this stage depends on
-    uses_ray: bool = True  # the runner starts or joins Ray around the stage
-    waits_for_ray: bool = False  # the stage calls tasks.raysession.ray_ready() itself
-    defers_tracking: bool = False  # the stage calls tasks.tracking.open_run_in_background()
+    uses_ray: bool = True  # the runner has Ray up (started or joined) before the stage runs
     upstream: tuple[str, ...] = field(default=())  # stages whose outputs this one reads
 
     @property
@@ -46,7 +44,16 @@ def _import(path: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-_COMMON = ("tasks/base.py", "tasks/runner.py", "tasks/tracking.py", "tasks/io.py")
+# Source paths each stage's DVC fingerprint hashes: equal to its `tasks/` deps in dvc.yaml, which
+# tests/test_dvc_deps.py checks against the stage's import closure (so neither list can drift).
+_COMMON = (
+    "tasks/__init__.py",
+    "tasks/base.py",
+    "tasks/settings.py",
+    "tasks/runner.py",
+    "tasks/tracking.py",
+    "tasks/io",
+)
 
 STAGES: dict[str, StageSpec] = {
     spec.name: spec
@@ -61,16 +68,19 @@ STAGES: dict[str, StageSpec] = {
             name="crawl",
             params_model="tasks.crawl.params:CrawlParams",
             run_function="tasks.crawl.stage:run",
-            code=("tasks/crawl", "tasks/pool.py", *_COMMON),
+            code=(
+                "tasks/crawl",
+                "tasks/imaging",
+                "tasks/pool.py",
+                *_COMMON,
+            ),
             upstream=("sample",),
-            waits_for_ray=True,  # builds its plan while Ray boots
-            defers_tracking=True,  # opens its MLflow run while the shards download
         ),
         StageSpec(
             name="teacher",
             params_model="tasks.train.params:TrainParams",
             run_function="tasks.train.stage:run",
-            code=("tasks/train", "tasks/models.py", *_COMMON),
+            code=("tasks/train", "tasks/clip", *_COMMON),
             upstream=("crawl",),
         ),
         StageSpec(
@@ -79,11 +89,11 @@ STAGES: dict[str, StageSpec] = {
             run_function="tasks.curate.stage:run",
             code=(
                 "tasks/curate",
-                "tasks/pool.py",
+                "tasks/clip",
                 # eval images are hashed as the crawl resized the pool's images
-                "tasks/crawl/resizer.py",
-                "tasks/crawl/params.py",
-                "tasks/crawl/errors.py",
+                "tasks/imaging",
+                "tasks/pool.py",
+                "tasks/paramsfiles.py",
                 *_COMMON,
             ),
             upstream=("crawl", "teacher"),
@@ -92,14 +102,14 @@ STAGES: dict[str, StageSpec] = {
             name="train",
             params_model="tasks.train.params:TrainParams",
             run_function="tasks.train.stage:run",
-            code=("tasks/train", "tasks/models.py", *_COMMON),
+            code=("tasks/train", "tasks/clip", *_COMMON),
             upstream=("curate", "teacher"),
         ),
         StageSpec(
             name="evaluate",
             params_model="tasks.evaluate.params:EvaluateParams",
             run_function="tasks.evaluate.stage:run",
-            code=("tasks/evaluate", "tasks/models.py", *_COMMON),
+            code=("tasks/evaluate", "tasks/clip", *_COMMON),
             upstream=("sample", "teacher", "train"),
         ),
     ]

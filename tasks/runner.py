@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,6 @@ def load_stage_params(
     return spec.model().from_yaml(params_file or spec.params_file, overrides)
 
 
-def _nothing() -> None:
-    return None
-
-
 def entry_door(requested: str | None) -> str:
     """The door a person or scheduler came in by: Prefect (which calls DVC) > DVC > the caller's."""
     if os.environ.get("CLIPMILL_DOOR"):
@@ -57,32 +54,55 @@ def run_stage(
     params = load_stage_params(spec, params_file, overrides)
     settings = get_settings()
     door = entry_door(door)
-    tags = {
-        "clipmill.door": door,
-        "clipmill.git_commit": git_commit(),
-        "clipmill.prefect_flow_run_id": os.environ.get(FLOW_RUN_ENV, ""),
-        "clipmill.dvc_stage_hash": stage_fingerprint(
-            spec.code, Path(params_file or spec.params_file)
-        ),
-    }
+
+    def tags() -> dict[str, str]:
+        return {
+            "clipmill.door": door,
+            "clipmill.git_commit": git_commit(),
+            "clipmill.prefect_flow_run_id": os.environ.get(FLOW_RUN_ENV, ""),
+            "clipmill.dvc_stage_hash": stage_fingerprint(
+                spec.code, Path(params_file or spec.params_file)
+            ),
+        }
+
     dump = params.model_dump(mode="json")
     metrics_dir = settings.root / "metrics"
-    if spec.uses_ray:
-        from tasks.raysession import ray_ready, ray_session
-
-        # Ray boots in the background while the MLflow run opens; see tasks/raysession.py.
-        session, ready = ray_session(settings, background=True), ray_ready
-    else:
-        session, ready = nullcontext(), _nothing
-    with session, tracked_run(name, dump, tags, deferred=spec.defers_tracking) as run:
+    run_function = spec.run_callable()
+    with engines(spec, name, dump, tags) as run:
         started = time.perf_counter()
-        if not spec.waits_for_ray:
-            ready()
-        metrics = dict(spec.run_callable()(params))
+        metrics = dict(run_function(params))
         metrics["stage_seconds"] = round(time.perf_counter() - started, 3)
+        if spec.uses_ray:
+            from tasks.raysession import release_ray
+
+            release_ray()  # Ray shuts down while the run's results are recorded below
         log_metrics(metrics)
         out = metrics_dir / f"{name}.json"
         atomic_write_json(out, metrics)
         log_artifact(out, "metrics")
         run_id = run.info.run_id
     return {**metrics, "_mlflow_run_id": run_id}
+
+
+@contextmanager
+def engines(
+    spec: StageSpec, name: str, params: dict[str, Any], tags: Callable[[], dict[str, str]]
+) -> Iterator[Any]:
+    """Ray up (when the stage uses it) and the stage's MLflow run open; both closed on the way out.
+
+    Stage code calls no boot or release helper: when the body runs, `ray.is_initialized()` is
+    true and the run is the active MLflow run. Start-up is overlapped here and only here: a
+    local Ray boots in a thread (tasks/raysession.py) while this thread computes the run's
+    provenance tags (`tags()`: git, file hashes) and opens the MLflow run, all together taking
+    about as long as the slowest. The run ends (FINISHED, or FAILED when the body raises)
+    before Ray is shut down.
+    """
+    if not spec.uses_ray:
+        with tracked_run(name, params, tags()) as run:
+            yield run
+        return
+    from tasks.raysession import ray_ready, ray_session
+
+    with ray_session(get_settings(), background=True), tracked_run(name, params, tags()) as run:
+        ray_ready()
+        yield run

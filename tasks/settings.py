@@ -71,9 +71,3 @@ def join_uri(base: str, *parts: str) -> str:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
-
-
-def resolve_path(path: str | Path) -> Path:
-    """A params path: absolute as given, relative ones under the project root."""
-    p = Path(path)
-    return p if p.is_absolute() else get_settings().root / p

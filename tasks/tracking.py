@@ -22,6 +22,10 @@ from tasks.settings import Settings, get_settings
 
 PARENT_RUN_ENV = "CLIPMILL_PARENT_RUN_ID"  # set by the pipeline so stage runs nest under it
 FLOW_RUN_ENV = "CLIPMILL_PREFECT_FLOW_RUN_ID"  # set by the Prefect flow for its children
+DVC_EXP_TAGS = {  # set by `dvc exp run` for the stages it runs -> MLflow tag
+    "DVC_EXP_NAME": "clipmill.dvc_exp",
+    "DVC_EXP_BASELINE_REV": "clipmill.dvc_exp_baseline",
+}
 _METRIC_NAME = re.compile(r"[^0-9A-Za-z_\-. :/]")
 
 
@@ -149,157 +153,47 @@ def _run_tags(stage: str, tags: Mapping[str, str]) -> dict[str, str]:
     parent = os.environ.get(PARENT_RUN_ENV)
     if parent:
         all_tags["mlflow.parentRunId"] = parent
+    # `dvc exp run` names its experiment to the stage commands: the run is tied to it.
+    for env, tag in DVC_EXP_TAGS.items():
+        if os.environ.get(env):
+            all_tags[tag] = os.environ[env]
     return all_tags
 
 
-class DeferredRun:
-    """The stage's MLflow run, opened in a thread once the stage says it is waiting on workers.
-
-    Importing MLflow and opening its store costs about two seconds of the driver's time; a
-    stage whose driver then only waits (the crawl, while shards download) calls
-    `open_run_in_background()` and that time leaves its critical path. The run is the same as
-    an eagerly opened one: same tags (system tags included), params and start time. Any helper
-    here, or the end of the stage, waits for it and makes it the active run.
-    """
-
-    def __init__(self, stage: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
-        import threading
-        import time
-
-        self.stage, self.params, self.tags = stage, dict(params), _run_tags(stage, tags)
-        self.start_ms = int(time.time() * 1000)
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._run: Any = None
-        self._error: BaseException | None = None
-
-    def _open(self) -> None:
-        try:
-            from mlflow.entities import Param
-            from mlflow.tracking import MlflowClient
-            from mlflow.tracking.context.registry import resolve_tags
-
-            experiment_id = configure_mlflow()
-            client = MlflowClient()
-            run = client.create_run(
-                experiment_id,
-                start_time=self.start_ms,
-                tags=resolve_tags(self.tags),
-                run_name=self.stage,
-            )
-            items = [Param(k, str(v)) for k, v in flatten(self.params, self.stage).items()]
-            for i in range(0, len(items), 100):  # MLflow's batch limit
-                client.log_batch(run.info.run_id, params=items[i : i + 100])
-            self._run = run
-        except BaseException as exc:  # raised in the caller by run()
-            self._error = exc
-
-    def open_in_background(self) -> None:
-        import threading
-
-        with self._lock:
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._open, name="mlflow-open", daemon=True)
-                self._thread.start()
-
-    def run(self) -> Any:
-        """The opened run (waits for the thread; opens it now if nobody asked earlier)."""
-        self.open_in_background()
-        assert self._thread is not None
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-        return self._run
-
-    @property
-    def info(self) -> Any:
-        return self.run().info
-
-
-_deferred: DeferredRun | None = None
-
-
-def open_run_in_background() -> None:
-    """Called by a stage whose driver is about to wait: open the deferred run meanwhile."""
-    if _deferred is not None:
-        _deferred.open_in_background()
-
-
-def wait_for_background_open() -> None:
-    """Block while a deferred run is being opened in the background.
-
-    For callers about to import big packages: Python's import locks can deadlock when two
-    threads import packages with circular imports at once, and MLflow imports many.
-    """
-    handle = _deferred
-    if handle is not None and handle._thread is not None:
-        handle._thread.join()
-
-
-def _activate() -> bool:
-    """Make the deferred run (if any) the active one in this thread; True when a run is active."""
+def _active() -> bool:
+    """True when a run is active in this thread (the runner's, while a stage executes)."""
     import mlflow
 
-    if mlflow.active_run() is None and _deferred is not None:
-        mlflow.start_run(run_id=_deferred.run().info.run_id)
     return mlflow.active_run() is not None
 
 
 @contextmanager
-def tracked_run(
-    stage: str, params: Mapping[str, Any], tags: Mapping[str, str], deferred: bool = False
-) -> Iterator[Any]:
+def tracked_run(stage: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> Iterator[Any]:
     """Open the stage's MLflow run, nested under the pipeline's run when one is set.
 
-    `deferred=True` yields a DeferredRun at once; the run opens when the stage calls
-    `open_run_in_background()` or when it is first needed, and ends with the stage's status.
+    The run ends FINISHED, or FAILED when the body raises.
     """
-    global _deferred
-    if not deferred:
-        import mlflow
+    import mlflow
 
-        experiment_id = configure_mlflow()
-        all_tags = _run_tags(stage, tags)
-        with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=all_tags) as run:
-            mlflow.log_params(flatten(params, prefix=stage))
-            yield run
-        return
-    handle = _deferred = DeferredRun(stage, params, tags)
-    status = "FAILED"
-    try:
-        yield handle
-        status = "FINISHED"
-    finally:
-        _deferred = None
-        try:
-            import mlflow
-
-            run = handle.run()
-            active = mlflow.active_run()
-            if active is not None and active.info.run_id == run.info.run_id:
-                mlflow.end_run(status)
-            else:
-                from mlflow.tracking import MlflowClient
-
-                MlflowClient().set_terminated(run.info.run_id, status)
-        except Exception:
-            if status == "FINISHED":
-                raise  # the stage worked but its run could not be recorded: say so
-            # the stage's own error is the one to report
+    experiment_id = configure_mlflow()
+    all_tags = _run_tags(stage, tags)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=all_tags) as run:
+        mlflow.log_params(flatten(params, prefix=stage))
+        yield run
 
 
 def log_metrics(metrics: Mapping[str, Any], step: int | None = None) -> None:
     import mlflow
 
     values = numeric_metrics(metrics)
-    if values and _activate():
+    if values and _active():
         mlflow.log_metrics(values, step=step)
 
 
 def log_artifact(path: str | Path, artifact_path: str | None = None) -> None:
     import mlflow
 
-    if _activate():
+    if _active():
         mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
 
@@ -307,5 +201,5 @@ def log_figure(figure: Any, name: str) -> None:
     """Plots are what people look at: every stage logs its figures as PNG artifacts."""
     import mlflow
 
-    if _activate():
+    if _active():
         mlflow.log_figure(figure, f"plots/{name}")

@@ -1,9 +1,11 @@
 """The sample stage through all three doors (CLI, dvc repro, the Prefect flow) on a copy of the
-project: identical outputs, a second `dvc repro` that does nothing, and the MLflow runs."""
+project: identical outputs, a second `dvc repro` that does nothing, and the MLflow runs. The flow
+is given an override, so it runs as a DVC experiment and must leave the params file as it was."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +26,7 @@ SMALL = {
     "fashion_mnist_max_items": 60,
     "planted_count": 6,
 }
+FLOW_EXPERIMENT = "doors-seed0"  # the DVC experiment the flow's override runs as
 
 
 def _tree_digest(folder: Path) -> dict[str, str]:
@@ -36,7 +39,8 @@ def _tree_digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A throwaway copy of the project (code, params, dvc.yaml) as its own git + DVC repo."""
+    """A throwaway copy of the project (code, params, dvc.yaml) as its own git + DVC repo, with
+    one commit (DVC experiments are saved against HEAD)."""
     root = tmp_path_factory.mktemp("project")
     for name in ("tasks", "flows"):
         shutil.copytree(
@@ -52,6 +56,9 @@ def project(tmp_path_factory):
     for cmd in (["git", "init", "-q"], [_bin("dvc"), "init", "-q"]):
         subprocess.run(cmd, cwd=root, env=env, check=True)
     shutil.copy(PROJECT_ROOT / ".dvc" / "config", root / ".dvc" / "config")  # the local remote
+    who = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
+    for cmd in (["git", "add", "-A"], ["git", *who, "commit", "-q", "-m", "copy"]):
+        subprocess.run(cmd, cwd=root, env=env, check=True)
     return root
 
 
@@ -109,7 +116,10 @@ _FLOW_SCRIPT = """
 from prefect.testing.utilities import prefect_test_harness
 from flows.pipeline import pipeline
 with prefect_test_harness(server_startup_timeout=180):
-    result = pipeline(stages=["sample"], overrides={"sample": {"seed": 0}}, force=True, push=True)
+    result = pipeline(
+        stages=["sample"], overrides={"sample": {"seed": 0}}, force=True, push=True,
+        experiment="doors-seed0",
+    )
 assert "sample" in result, result
 """
 
@@ -119,6 +129,27 @@ def test_three_doors_give_identical_outputs(door_outputs):
     assert cli, "the CLI door produced nothing"
     assert any(name.startswith("site/") for name in cli)
     assert cli == dvc == prefect
+
+
+def test_flow_override_ran_as_a_dvc_experiment_and_left_params_intact(door_outputs, project):
+    diff = subprocess.run(
+        ["git", "status", "--porcelain", "--", "params/"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert diff.stdout == "", f"params changed by the overridden flow run:\n{diff.stdout}"
+    shown = json.loads(_run([_bin("dvc"), "exp", "show", "--json"], project).stdout)
+    names = {
+        rev["name"]: rev["data"]["params"]["params/sample.yaml"]["data"]
+        for baseline in shown
+        for exp in baseline.get("experiments") or []
+        for rev in exp["revs"]
+    }
+    assert FLOW_EXPERIMENT in names, names.keys()
+    assert names[FLOW_EXPERIMENT]["seed"] == 0
+    assert names[FLOW_EXPERIMENT]["openclipart_max_items"] == 40
 
 
 def test_flow_pushed_outputs_to_the_local_dvc_remote(door_outputs, project):
@@ -151,8 +182,10 @@ def test_each_door_left_a_tagged_mlflow_run(door_outputs, project):
         assert "metrics" in files
     prefect_row = runs[runs["tags.clipmill.door"] == "prefect"].iloc[0]
     assert prefect_row["tags.clipmill.prefect_flow_run_id"]
+    assert prefect_row["tags.clipmill.dvc_exp"] == FLOW_EXPERIMENT  # tied to its DVC experiment
     parent = mlflow.get_run(prefect_row["tags.mlflow.parentRunId"])
     assert parent.data.tags["clipmill.stage"] == "pipeline"
+    assert parent.data.tags["clipmill.dvc_exp"] == FLOW_EXPERIMENT
 
 
 def test_flow_rejects_bad_overrides_before_any_work(project, tmp_path):

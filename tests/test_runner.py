@@ -13,10 +13,9 @@ from tasks.base import ParamsError, StageParams
 from tasks.registry import STAGES, StageSpec
 
 
-@pytest.fixture(params=[False, True], ids=["eager_run", "deferred_run"])
-def toy_project(tmp_path, monkeypatch, mlflow_store, request):
-    """A throwaway project root holding the toy stage's params file; the toy's MLflow run is
-    opened up front or deferred (StageSpec.defers_tracking): both must record the same."""
+@pytest.fixture()
+def toy_project(tmp_path, monkeypatch, mlflow_store):
+    """A throwaway project root holding the toy stage's params file; the toy runs without Ray."""
     (tmp_path / "params").mkdir()
     (tmp_path / "params" / "toy.yaml").write_text(
         "out_file: data/toy/out.txt\ncount: 4\nlabel: hi\n"
@@ -32,7 +31,6 @@ def toy_project(tmp_path, monkeypatch, mlflow_store, request):
         run_function="toy_stage:run",
         code=(),
         uses_ray=False,
-        defers_tracking=request.param,
     )
     monkeypatch.setitem(STAGES, "toy", spec)
     monkeypatch.setattr(
@@ -48,6 +46,8 @@ def test_run_logs_params_metrics_artifacts_and_tags(toy_project, mlflow_store):
 
     metrics = run_stage("toy", overrides=["count=5"], door="python")
     assert metrics["lines"] == 5
+    assert metrics["engine_mlflow_run"] == 1  # the run was open while the stage ran
+    assert mlflow.active_run() is None  # and is closed now
     assert (toy_project / "data/toy/out.txt").read_text().count("\n") == 5
     written = json.loads((toy_project / "metrics/toy.json").read_text())
     assert written["lines"] == 5 and written["nested"]["ratio@1"] == 0.5
@@ -196,3 +196,55 @@ def test_cli_stage_input_error_is_reported_without_traceback(tmp_path):
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "no-such-shards" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_runner_owns_the_engines(tmp_path, mlflow_store):
+    """Ray is up and the MLflow run open when the stage function is called; both are closed when
+    run_stage returns, without the stage calling any boot or release helper. In a fresh
+    interpreter: this test session's own Ray would be joined, not started and shut down."""
+    from tasks import PROJECT_ROOT
+
+    (tmp_path / "params").mkdir()
+    (tmp_path / "params" / "toy.yaml").write_text("out_file: data/toy/out.txt\ncount: 2\n")
+    code = """
+import json, os, threading
+import mlflow, ray
+from tasks.registry import STAGES, StageSpec
+from tasks.runner import run_stage
+
+STAGES["toy"] = StageSpec(
+    name="toy", params_model="toy_stage:ToyParams", run_function="toy_stage:run", code=()
+)
+metrics = run_stage("toy", params_file=os.environ["TOY_PARAMS"], door="python")
+print("RESULT", json.dumps({
+    "during": [metrics["engine_ray_up"], metrics["engine_mlflow_run"]],
+    "after": [int(ray.is_initialized()), int(mlflow.active_run() is not None)],
+    "boot_thread": any(t.name == "ray-init" for t in threading.enumerate()),
+    "status": mlflow.get_run(metrics["_mlflow_run_id"]).info.status,
+}))
+"""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(PROJECT_ROOT / "tests"),
+        "TOY_PARAMS": str(tmp_path / "params" / "toy.yaml"),
+        "CLIPMILL_ROOT": str(tmp_path),
+        "CLIPMILL_RAY_NUM_CPUS": "1",
+        "CLIPMILL_RAY_OBJECT_STORE_MB": "128",
+        "RAY_ADDRESS": "",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT", 1)[1])
+    assert result == {
+        "during": [1, 1],
+        "after": [0, 0],
+        "boot_thread": False,
+        "status": "FINISHED",
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from tasks.base import StageParams
-from tasks.settings import resolve_path
+from tasks.io.paths import resolve_path
 
 
 class ToyParams(StageParams):
@@ -22,10 +22,9 @@ def run(params: ToyParams) -> dict:
     import matplotlib.pyplot as plt
 
     from tasks.io import atomic_write_text
-    from tasks.tracking import log_figure, open_run_in_background
+    from tasks.tracking import log_figure
 
-    open_run_in_background()  # what a stage that defers tracking does; a no-op otherwise
-
+    engines = seen_engines()  # what the runner guarantees while a stage runs
     out = resolve_path(params.out_file)
     atomic_write_text(out, "".join(f"{params.label} {i}\n" for i in range(params.count)))
     fig, ax = plt.subplots()
@@ -34,4 +33,20 @@ def run(params: ToyParams) -> dict:
     plt.close(fig)
     if params.fail:
         raise ValueError("toy asked to fail")
-    return {"lines": params.count, "nested": {"ratio@1": 0.5}}
+    return {"lines": params.count, "nested": {"ratio@1": 0.5}, **engines}
+
+
+def seen_engines() -> dict[str, int]:
+    """1/0 per engine: Ray initialised in this process, an MLflow run active in this thread.
+
+    Reads the engines' own state (never starts one): `ray` is only looked at once imported.
+    """
+    import sys
+
+    import mlflow
+
+    ray = sys.modules.get("ray")
+    return {
+        "engine_ray_up": int(ray is not None and ray.is_initialized()),
+        "engine_mlflow_run": int(mlflow.active_run() is not None),
+    }

@@ -61,16 +61,13 @@ def run_shard_jobs(
     on_done: Callable[[dict[str, Any]], None],
     show: bool = True,
     desc: str = "crawl",
-    on_submitted: Callable[[], None] | None = None,
 ) -> float:
     """Submit at most `in_flight` shard tasks at a time; call `on_done` per finished shard (driver side).
 
     A shard holds its slot from submission until its stats arrive; the next one is submitted
     then, while the finished task is still exiting, and Ray starts it when the CPU is released.
     `on_done` runs in one helper thread, shard after shard in the order they finish.
-
-    `on_submitted` runs once the first shards are submitted: driver work started there (opening
-    the MLflow run) no longer delays the start of the downloads. Returns the wall seconds spent.
+    Returns the wall seconds spent.
     A task that raises is a bug (per-URL failures are statuses), so it propagates after the
     shards already finished have been handed to `on_done`.
     """
@@ -119,8 +116,6 @@ def run_shard_jobs(
     handed: list[Future[None]] = []
     try:
         submit()
-        if on_submitted is not None:
-            on_submitted()
         while running:
             ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             if ready and len(running) > 1:  # every shard with news by now, not just the first

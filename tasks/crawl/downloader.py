@@ -7,63 +7,61 @@ import hashlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-from tasks.crawl.errors import SUCCESS, CrawlError
-from tasks.crawl.http import HttpConfig, fetch, make_session
-from tasks.crawl.resizer import ResizeConfig, process_image
+from tasks.crawl.errors import FAILURES, SUCCESS, CrawlError
+from tasks.crawl.http import fetch, make_session
+from tasks.crawl.params import CrawlParams
 from tasks.crawl.robots import RobotsCache, agent_token
 from tasks.crawl.security import guard_from
+from tasks.imaging.resize import process_image
 
 ProgressFn = Callable[[int, int], None]  # (done, succeeded) since the last call
 IMAGE_TYPES = ("image/", "application/octet-stream", "binary/octet-stream")
 
 
-@dataclass(frozen=True)
-class DownloadConfig:
-    """Everything a shard task needs, picklable (the session and resolver are built in the worker)."""
-
-    http: HttpConfig
-    resize: ResizeConfig
-    allow_addresses: tuple[str, ...] = ()
-    respect_robots_txt: bool = True
-    disallowed_header_directives: tuple[str, ...] = ("noai", "noimageai", "noindex", "noimageindex")
-    decode_threads: int = 2
-    stub_dns: tuple[tuple[str, tuple[str, ...]], ...] | None = None  # tests only: name -> addresses
-
-
-def refused_by_header(value: str, disallowed: tuple[str, ...], agent: str) -> str | None:
+def refused_by_header(
+    value: str, disallowed: list[str] | tuple[str, ...], agent: str
+) -> str | None:
     """The X-Robots-Tag directive that refuses us ("noai", "otherbot: noai" only binds otherbot)."""
+    refusing = {d.lower() for d in disallowed}
     for part in value.split(","):
         token = part.strip().lower()
         if ":" in token:
             who, token = (s.strip() for s in token.split(":", 1))
             if who not in ("*", agent.lower()):
                 continue
-        if token in disallowed:
+        if token in refusing:
             return token
     return None
 
 
-def check_headers(headers: dict[str, str], cfg: DownloadConfig, agent: str) -> None:
+def check_headers(headers: dict[str, str], disallowed: list[str], agent: str) -> None:
     tag = next((v for k, v in headers.items() if k.lower() == "x-robots-tag"), "")
-    if tag and (hit := refused_by_header(tag, cfg.disallowed_header_directives, agent)):
+    if tag and (hit := refused_by_header(tag, disallowed, agent)):
         raise CrawlError("robots_noai", f"X-Robots-Tag: {tag} ({hit})")
     ctype = next((v for k, v in headers.items() if k.lower() == "content-type"), "").strip().lower()
     if ctype and not ctype.startswith(IMAGE_TYPES):
         raise CrawlError("content_type", f"Content-Type {ctype!r}")
 
 
-class ShardDownloader:
-    """Holds the per-shard session, guard, robots cache and decode threads."""
+StubDns = dict[str, list[str]]  # tests only: host name -> the addresses it resolves to
 
-    def __init__(self, cfg: DownloadConfig) -> None:
-        self.cfg = cfg
-        stub = {k: list(v) for k, v in cfg.stub_dns} if cfg.stub_dns is not None else None
-        self.guard = guard_from(cfg.allow_addresses, stub)
-        self.agent = agent_token(cfg.http.user_agent)
-        self.pool = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
+
+class ShardDownloader:
+    """Holds the per-shard session, guard, robots cache and decode threads.
+
+    Reads the params' `http`, `policy`, `download` and `resize` sections as validated;
+    `allow` is the run's address allow-list (policy's plus the stage's own local server).
+    """
+
+    def __init__(
+        self, p: CrawlParams, allow: tuple[str, ...], stub_dns: StubDns | None = None
+    ) -> None:
+        self.p = p
+        self.guard = guard_from(allow, stub_dns)
+        self.agent = agent_token(p.http.user_agent)
+        self.pool = ThreadPoolExecutor(p.download.decode_threads, thread_name_prefix="decode")
 
     async def one(
         self, session: Any, robots: RobotsCache | None, row: dict[str, Any]
@@ -75,13 +73,13 @@ class ShardDownloader:
         try:
             if robots is not None and not await robots.allowed(url):
                 raise CrawlError("robots_disallowed", url)
-            resp = await fetch(session, self.guard, url, self.cfg.http)
-            check_headers(resp.headers, self.cfg, self.agent)
+            resp = await fetch(session, self.guard, url, self.p.http)
+            check_headers(resp.headers, self.p.policy.disallowed_header_directives, self.agent)
             if not resp.body:
                 raise CrawlError("empty_body", url)
             out["sha256"] = hashlib.sha256(resp.body).hexdigest()
             loop = asyncio.get_running_loop()
-            img = await loop.run_in_executor(self.pool, process_image, resp.body, self.cfg.resize)
+            img = await loop.run_in_executor(self.pool, process_image, resp.body, self.p.resize)
             out.update(
                 image=img.data,
                 width=img.width,
@@ -90,7 +88,7 @@ class ShardDownloader:
                 original_height=img.original_height,
                 bytes=len(resp.body),
             )
-        except CrawlError as exc:
+        except FAILURES as exc:
             out.update(status=exc.error_class, error_message=exc.detail[:500])
         except Exception as exc:  # a crawler bug must not lose the shard
             out.update(
@@ -106,10 +104,11 @@ class ShardDownloader:
         pending = [0, 0]
         todo = iter(range(len(rows)))
 
-        async with make_session(self.cfg.http, self.guard) as session:
+        connections = self.p.download.connections_per_shard
+        async with make_session(self.p.http, self.guard, connections) as session:
             robots = (
-                RobotsCache(session, self.guard, self.cfg.http)
-                if self.cfg.respect_robots_txt
+                RobotsCache(session, self.guard, self.p.http)
+                if self.p.policy.respect_robots_txt
                 else None
             )
 
@@ -124,7 +123,7 @@ class ShardDownloader:
                         progress(pending[0], pending[1])
                         pending[0] = pending[1] = 0
 
-            workers = max(1, min(self.cfg.http.connections, len(rows)))
+            workers = max(1, min(connections, len(rows)))
             await asyncio.gather(*(work() for _ in range(workers)))
         if progress and pending[0]:
             progress(pending[0], pending[1])
@@ -133,8 +132,12 @@ class ShardDownloader:
 
 
 def download_shard(
-    rows: list[dict[str, Any]], cfg: DownloadConfig, progress: ProgressFn | None = None
+    rows: list[dict[str, Any]],
+    p: CrawlParams,
+    allow: tuple[str, ...],
+    progress: ProgressFn | None = None,
+    stub_dns: StubDns | None = None,
 ) -> list[dict[str, Any]]:
     """Blocking entry point for a worker: results in the order of `rows`, one per row."""
-    results = asyncio.run(ShardDownloader(cfg).run(rows, progress))
+    results = asyncio.run(ShardDownloader(p, allow, stub_dns).run(rows, progress))
     return [{**row, **res} for row, res in zip(rows, results, strict=True)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from tasks.imaging.resize import IMAGE_ERROR_CLASSES, ImageError
+
 SUCCESS = "success"
 
 # Error class -> what it means. Stats, parquet `status` and the pool use these names.
@@ -23,17 +25,17 @@ ERROR_CLASSES: dict[str, str] = {
     "content_type": "the response's content type is not an image",
     "body_too_large": "the body exceeded the size limit while streaming",
     "empty_body": "zero-byte response",
-    "not_an_image": "the bytes do not start with a known image signature",
-    "unsupported_format": "a real image format this crawler does not rasterise (SVG)",
-    "decompression_bomb": "the declared pixel count exceeds the limit",
-    "decode_error": "the image is truncated or corrupt",
-    "image_too_small": "smaller than the minimum size",
+    **IMAGE_ERROR_CLASSES,  # the image's own faults (tasks/imaging/resize.py)
     "unexpected_error": "a bug in the crawler; the URL is kept and counted, the shard goes on",
 }
 
 
 class CrawlError(Exception):
-    """A per-URL failure with its error class; the crawl records it and moves on."""
+    """A per-URL failure with its error class; the crawl records it and moves on.
+
+    Faults of the image itself are raised by the imaging library as `ImageError`; code that
+    records a URL's outcome catches `FAILURES` (both carry `error_class` and `detail`).
+    """
 
     def __init__(self, error_class: str, detail: str = "") -> None:
         if error_class not in ERROR_CLASSES:
@@ -52,3 +54,6 @@ def http_error_class(status: int) -> str:
     if status >= 500:
         return "http_5xx"
     return "http_4xx"
+
+
+FAILURES = (CrawlError, ImageError)  # every classified per-URL failure

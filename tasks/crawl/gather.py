@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tasks import PROJECT_ROOT
 from tasks.crawl.archive import ExtractResult
 from tasks.crawl.records import ImageRef
+from tasks.io.paths import is_uri, resolve_uri
 
 
 @dataclass
@@ -25,19 +25,17 @@ class Gathered:
     details: list[str] = field(default_factory=list)
 
 
-def resolve_path(entry: str, base_dir: Path | None = None) -> str:
-    """Absolute paths and URIs as they are; relative ones against `base_dir`, then the project root."""
-    if "://" in entry or Path(entry).is_absolute():
-        return entry
-    for root in (base_dir, PROJECT_ROOT):
-        if root is not None and (root / entry).exists():
-            return str(root / entry)
-    return str((base_dir or PROJECT_ROOT) / entry)
+def _index_entry(entry: str, folder: Path) -> str:
+    """An archive listed in index.json: beside the index when it is there (the sample stage
+    lists them relative to it), else by the one params-path rule (tasks.io.paths)."""
+    if not is_uri(entry) and (folder / entry).exists():
+        return str(folder / entry)
+    return resolve_uri(entry)
 
 
 def archive_index(path: str) -> dict[str, Any]:
     """archives/index.json: {"base_url": ..., "warc": [...], "wat": [...]}, paths resolved."""
-    p = Path(resolve_path(path))
+    p = Path(resolve_uri(path))
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -45,7 +43,7 @@ def archive_index(path: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"{p}: not valid JSON: {exc}") from None
     for kind in ("warc", "wat"):
-        data[kind] = [resolve_path(str(e), p.parent) for e in data.get(kind) or []]
+        data[kind] = [_index_entry(str(e), p.parent) for e in data.get(kind) or []]
     return data
 
 
@@ -55,9 +53,6 @@ def extract_files(kind: str, files: list[str]) -> Gathered:
 
     from tasks.crawl.extract_warc import extract_warc
     from tasks.crawl.extract_wat import extract_wat
-    from tasks.raysession import ray_ready
-
-    ray_ready()
 
     fn: Callable[[str], ExtractResult] = {"wat": extract_wat, "warc": extract_warc}[kind]
     remote = ray.remote(num_cpus=1)(fn)

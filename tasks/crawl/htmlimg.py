@@ -48,10 +48,10 @@ class _Collector(HTMLParser):
 def decode_html(body: bytes, content_type: str = "") -> str:
     """Bytes -> text: HTTP charset, then <meta charset>, then UTF-8, then cp1252 (never raises)."""
     candidates: list[str] = []
-    if m := _HEADER_CHARSET.search(content_type or ""):
-        candidates.append(m.group(1))
-    if m := _META_CHARSET.search(body[:4096]):
-        candidates.append(m.group(1).decode("ascii", "ignore"))
+    if header := _HEADER_CHARSET.search(content_type or ""):
+        candidates.append(header.group(1))
+    if meta := _META_CHARSET.search(body[:4096]):
+        candidates.append(meta.group(1).decode("ascii", "ignore"))
     candidates += ["utf-8", "cp1252"]
     for enc in candidates:
         try:

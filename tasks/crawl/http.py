@@ -10,27 +10,11 @@ from typing import Any
 from urllib.parse import urljoin
 
 from tasks.crawl.errors import CrawlError, http_error_class
+from tasks.crawl.params import HttpParams
 from tasks.crawl.security import UrlGuard
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 TRANSIENT = frozenset({"timeout", "connection_error", "http_5xx", "http_429"})
-
-
-@dataclass(frozen=True)
-class HttpConfig:
-    """Picklable fetch settings (built from CrawlParams on the driver, used inside workers)."""
-
-    user_agent: str
-    connections: int = 32
-    connections_per_host: int = 16
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 10.0
-    total_timeout_s: float = 30.0
-    retries: int = 2
-    backoff_s: float = 0.5
-    max_retry_after_s: float = 30.0
-    max_redirects: int = 5
-    max_body_bytes: int = 20_000_000
 
 
 @dataclass
@@ -51,12 +35,16 @@ class _Transient(CrawlError):
         self.retry_after = retry_after
 
 
-def make_session(cfg: HttpConfig, guard: UrlGuard) -> Any:
-    """A session whose connector resolves through the guard; proxies from the environment ignored."""
+def make_session(cfg: HttpParams, guard: UrlGuard, connections: int) -> Any:
+    """A session whose connector resolves through the guard; proxies from the environment ignored.
+
+    `connections` caps the session's requests in flight: a shard task's connections_per_shard,
+    the site crawl's concurrency.
+    """
     import aiohttp
 
     connector = aiohttp.TCPConnector(
-        limit=cfg.connections,
+        limit=connections,
         limit_per_host=cfg.connections_per_host,
         resolver=guard,
         use_dns_cache=False,  # the guard caches; the connector must always ask it
@@ -102,7 +90,7 @@ async def _read_limited(resp: Any, limit: int, url: str) -> bytes:
     return b"".join(chunks)
 
 
-async def _fetch_once(session: Any, guard: UrlGuard, url: str, cfg: HttpConfig) -> Response:
+async def _fetch_once(session: Any, guard: UrlGuard, url: str, cfg: HttpParams) -> Response:
     current, seen = url, {url}
     for _hop in range(cfg.max_redirects + 1):
         await guard.check(current)  # repeated on every hop: a redirect may point anywhere
@@ -150,7 +138,7 @@ def _classify(exc: BaseException, url: str) -> CrawlError:
     return _Transient("connection_error", f"{url}: {type(exc).__name__}: {exc}")
 
 
-async def fetch(session: Any, guard: UrlGuard, url: str, cfg: HttpConfig) -> Response:
+async def fetch(session: Any, guard: UrlGuard, url: str, cfg: HttpParams) -> Response:
     """GET with retries and exponential backoff for transient failures; CrawlError when it fails."""
     import aiohttp
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from tasks.crawl.context import CrawlContext, http_config
-from tasks.crawl.gather import Gathered, extract_files, resolve_path
+from tasks.crawl.context import CrawlContext
+from tasks.crawl.gather import Gathered, extract_files
 from tasks.crawl.params import CrawlParams
 from tasks.crawl.records import merge_refs
+from tasks.io.paths import resolve_uri
 
 
 class InputError(ValueError):
@@ -16,41 +17,37 @@ class InputError(ValueError):
 
 def _archive_files(kind: str, p: CrawlParams, ctx: CrawlContext) -> list[str]:
     listed = list((ctx.archives or {}).get(kind) or [])
-    extra = [resolve_path(f) for f in (p.wat_files if kind == "wat" else p.warc_files)]
+    extra = [resolve_uri(f) for f in (p.inputs.wat_files if kind == "wat" else p.inputs.warc_files)]
     files = list(dict.fromkeys(listed + extra))
     if not files:
         raise InputError(
-            f"sources includes {kind!r} but there are no {kind.upper()} files: archives_index "
-            f"{p.archives_index!r} lists none (or is missing) and {kind}_files is empty"
+            f"inputs.sources includes {kind!r} but there are no {kind.upper()} files: "
+            f"inputs.archives_index {p.inputs.archives_index!r} lists none (or is missing) and "
+            f"inputs.{kind}_files is empty"
         )
     return files
 
 
 def _site(p: CrawlParams, ctx: CrawlContext) -> Gathered:
     from tasks.crawl.security import UrlGuard
-    from tasks.crawl.sitecrawl import SiteCrawlConfig, crawl_site
+    from tasks.crawl.sitecrawl import crawl_site
 
-    seeds = [ctx.to_fetch(s) for s in p.seeds] or (
+    seeds = [ctx.to_fetch(s) for s in p.site.seeds] or (
         [ctx.served_base + "index.html"] if ctx.served_base else []
     )
     if not seeds:
         raise InputError(
-            "sources includes 'site' but seeds is empty and no sample site is served (sample_site_dir)"
+            "inputs.sources includes 'site' but site.seeds is empty and no sample site is served "
+            "(inputs.sample_site_dir)"
         )
-    hosts = tuple(urlsplit(ctx.to_fetch(f"http://{h}/")).netloc for h in p.allowed_hosts)
-    cfg = SiteCrawlConfig(
-        seeds=tuple(seeds),
-        allowed_hosts=hosts,
-        max_depth=p.max_depth,
-        max_pages=p.max_pages,
-        politeness_delay_s=p.politeness_delay_s,
-        concurrency=p.site_concurrency,
-        respect_robots_txt=p.respect_robots_txt,
-    )
+    hosts = tuple(urlsplit(ctx.to_fetch(f"http://{h}/")).netloc for h in p.site.allowed_hosts)
     res = crawl_site(
-        cfg,
-        http_config(p, p.site_concurrency),
-        UrlGuard(ctx.download.allow_addresses),
+        p.site,
+        tuple(seeds),
+        hosts,
+        p.policy,
+        p.http,
+        UrlGuard(ctx.allow_addresses),
         ctx.to_canonical,
     )
     out = Gathered(refs=res.refs)
@@ -67,12 +64,13 @@ def _site(p: CrawlParams, ctx: CrawlContext) -> Gathered:
 def _urls(p: CrawlParams) -> Gathered:
     from tasks.crawl.urllists import read_url_list
 
-    if not p.url_lists:
-        raise InputError("sources includes 'urls' but url_lists is empty")
+    inputs = p.inputs
+    if not inputs.url_lists:
+        raise InputError("inputs.sources includes 'urls' but inputs.url_lists is empty")
     out = Gathered()
     skipped = 0
-    for entry in p.url_lists:
-        refs, bad = read_url_list(resolve_path(entry), p.url_col, p.caption_col)
+    for entry in inputs.url_lists:
+        refs, bad = read_url_list(resolve_uri(entry), inputs.url_col, inputs.caption_col)
         out.refs.extend(refs)
         skipped += bad
     out.metrics = {"urls_rows": len(out.refs) + skipped, "urls_skipped": skipped}
@@ -82,7 +80,7 @@ def _urls(p: CrawlParams) -> Gathered:
 def gather_refs(p: CrawlParams, ctx: CrawlContext) -> Gathered:
     """All refs of all sources, merged per URL ((url, text) de-duplicated)."""
     total = Gathered()
-    for source in dict.fromkeys(p.sources):
+    for source in dict.fromkeys(p.inputs.sources):
         if source in ("wat", "warc"):
             part = extract_files(source, _archive_files(source, p, ctx))
         elif source == "site":

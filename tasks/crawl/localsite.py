@@ -15,9 +15,9 @@ def serve_local_site(site_dir: str | Path, port: int = 0) -> Iterator[str]:
     if not (site_dir / "index.html").is_file():
         raise FileNotFoundError(
             f"sample site not found: {site_dir}/index.html is missing (run `clipmill run sample` first, "
-            "or set sample_site_dir='' and give seeds / url_lists / archives)"
+            "or set inputs.sample_site_dir='' and give site.seeds / inputs.url_lists / archives)"
         )
-    from tasks.sample.serve import serve_site
+    from tasks.io.serve import serve_site
 
     with serve_site(site_dir, port=port) as base:
         yield str(base).rstrip("/") + "/"

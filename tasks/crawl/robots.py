@@ -8,7 +8,8 @@ from urllib.parse import urlsplit
 from urllib.robotparser import RobotFileParser
 
 from tasks.crawl.errors import CrawlError
-from tasks.crawl.http import HttpConfig, fetch
+from tasks.crawl.http import fetch
+from tasks.crawl.params import HttpParams
 from tasks.crawl.security import UrlGuard
 
 _ALLOW_ALL = "User-agent: *\nAllow: /\n"
@@ -23,7 +24,7 @@ def agent_token(user_agent: str) -> str:
 class RobotsCache:
     """One parsed robots.txt per scheme+host, fetched through the same guarded session."""
 
-    def __init__(self, session: Any, guard: UrlGuard, cfg: HttpConfig) -> None:
+    def __init__(self, session: Any, guard: UrlGuard, cfg: HttpParams) -> None:
         self.session, self.guard, self.cfg = session, guard, cfg
         self.agent = agent_token(cfg.user_agent)
         self._parsers: dict[str, RobotFileParser] = {}

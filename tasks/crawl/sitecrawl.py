@@ -13,7 +13,8 @@ from urllib.parse import urlsplit
 from tasks.crawl.errors import CrawlError
 from tasks.crawl.extract_warc import refs_from_page
 from tasks.crawl.htmlimg import decode_html, parse_page
-from tasks.crawl.http import HttpConfig, fetch, make_session
+from tasks.crawl.http import fetch, make_session
+from tasks.crawl.params import HttpParams, PolicyParams, SiteParams
 from tasks.crawl.records import ImageRef
 from tasks.crawl.robots import RobotsCache
 from tasks.crawl.security import UrlGuard
@@ -39,17 +40,6 @@ SKIP_EXTENSIONS = (
     ".woff2",
     ".ttf",
 )
-
-
-@dataclass(frozen=True)
-class SiteCrawlConfig:
-    seeds: tuple[str, ...]
-    allowed_hosts: tuple[str, ...] = ()  # netlocs (host[:port]); empty = the seeds'
-    max_depth: int = 6
-    max_pages: int = 2000
-    politeness_delay_s: float = 0.0
-    concurrency: int = 4
-    respect_robots_txt: bool = True
 
 
 @dataclass
@@ -84,15 +74,19 @@ def _followable(url: str, hosts: set[str]) -> bool:
 
 
 async def _crawl(
-    cfg: SiteCrawlConfig, http: HttpConfig, guard: UrlGuard, canonical: Callable[[str], str]
+    cfg: SiteParams,
+    seeds: tuple[str, ...],
+    allowed: tuple[str, ...],
+    policy: PolicyParams,
+    http: HttpParams,
+    guard: UrlGuard,
+    canonical: Callable[[str], str],
 ) -> SiteCrawlResult:
     result = SiteCrawlResult()
-    hosts = {h.lower() for h in cfg.allowed_hosts} or {
-        urlsplit(s).netloc.lower() for s in cfg.seeds
-    }
+    hosts = {h.lower() for h in allowed} or {urlsplit(s).netloc.lower() for s in seeds}
     queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
     seen: set[str] = set()
-    for seed in cfg.seeds:
+    for seed in seeds:
         if seed not in seen:
             seen.add(seed)
             queue.put_nowait((seed, 0))
@@ -100,8 +94,8 @@ async def _crawl(
     budget = [cfg.max_pages]
     bodies: set[bytes] = set()  # "/" and "/index.html" are one page: parse each body once
 
-    async with make_session(http, guard) as session:
-        robots = RobotsCache(session, guard, http) if cfg.respect_robots_txt else None
+    async with make_session(http, guard, cfg.concurrency) as session:
+        robots = RobotsCache(session, guard, http) if policy.respect_robots_txt else None
 
         async def visit(url: str, depth: int) -> None:
             if robots is not None and not await robots.allowed(url):
@@ -158,13 +152,18 @@ async def _crawl(
 
 
 def crawl_site(
-    cfg: SiteCrawlConfig,
-    http: HttpConfig,
+    cfg: SiteParams,
+    seeds: tuple[str, ...],
+    allowed: tuple[str, ...],
+    policy: PolicyParams,
+    http: HttpParams,
     guard: UrlGuard,
     canonical: Callable[[str], str] = lambda u: u,
 ) -> SiteCrawlResult:
-    """Blocking entry point; `canonical` maps fetched URLs back to stable ones (served -> archive)."""
+    """Blocking entry point. `seeds` and `allowed` (netlocs, host[:port]; empty = the seeds')
+    are the section's seeds and hosts as fetched (mapped onto the served site); `canonical` maps
+    fetched URLs back to stable ones (served -> archive)."""
     started = time.perf_counter()
-    result = asyncio.run(_crawl(cfg, http, guard, canonical))
+    result = asyncio.run(_crawl(cfg, seeds, allowed, policy, http, guard, canonical))
     result.seconds = round(time.perf_counter() - started, 3)
     return result

@@ -12,31 +12,14 @@ from tasks.crawl.params import CrawlParams
 from tasks.settings import join_uri
 
 log = logging.getLogger(__name__)
-INPUT_FIELDS = (
-    "sources",
-    "sample_site_dir",
-    "archives_index",
-    "wat_files",
-    "warc_files",
-    "url_lists",
-    "url_col",
-    "caption_col",
-    "max_images",
-    "seeds",
-    "allowed_hosts",
-    "max_depth",
-    "max_pages",
-    "respect_robots_txt",
-    "shard_size",
-)
 
 
 def _open_pool(p: CrawlParams) -> Any:
-    if not p.write_pool:
+    if not p.output.write_pool:
         return None
     from tasks.pool import open_pool
 
-    return open_pool(p.lancedb_uri or None, create=True)
+    return open_pool(p.output.lancedb_uri or None, create=True)
 
 
 class _LazyPool:
@@ -47,9 +30,6 @@ class _LazyPool:
 
     def get(self) -> Any:
         if not self.opened:
-            from tasks.tracking import wait_for_background_open
-
-            wait_for_background_open()  # LanceDB's imports must not race MLflow's
             self.table, self.opened = _open_pool(self.params), True
         return self.table
 
@@ -77,23 +57,23 @@ def ensure_plan(p: CrawlParams, ctx: CrawlContext) -> tuple[list[dict[str, Any]]
     from tasks.crawl.inputs import gather_refs
     from tasks.crawl.plan import PlanMismatchError, fingerprint, load_plan, plan_rows, save_plan
 
-    inputs = {k: getattr(p, k) for k in INPUT_FIELDS}
+    inputs = p.plan_inputs()
     fp = fingerprint(inputs)
     found = load_plan(ctx.output_dir)
     if found and found[0].get("fingerprint") == fp:
         return found[1], {**found[0].get("gather", {}), "plan_reused": 1}
     if found or _existing_shards(ctx.output_dir):
-        if not p.overwrite:
+        if not p.output.overwrite:
             old = found[0].get("inputs") if found else "unknown (no plan)"
             raise PlanMismatchError(
-                f"{ctx.output_dir} holds a crawl of other inputs ({old}); set overwrite=true to replace it "
-                "or choose another output_dir"
+                f"{ctx.output_dir} holds a crawl of other inputs ({old}); set "
+                "output.overwrite=true to replace it or choose another output.output_dir"
             )
         _clear(ctx.output_dir)
     gathered = gather_refs(p, ctx)
     for detail in gathered.details[:20]:
         log.warning("input problem: %s", detail)
-    rows = plan_rows(gathered.refs, p.shard_size, p.max_images)
+    rows = plan_rows(gathered.refs, p.inputs.shard_size, p.inputs.max_images)
     gather = {**gathered.metrics, **{f"input_error_{k}": v for k, v in gathered.errors.items()}}
     save_plan(
         ctx.output_dir,
@@ -110,8 +90,6 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
     from tasks.crawl.shardtask import download_and_write
     from tasks.crawl.writer import shard_uri
     from tasks.io import is_done
-    from tasks.raysession import ray_ready
-    from tasks.tracking import open_run_in_background
 
     rows, metrics = ensure_plan(p, ctx)
     shards = by_shard(rows)
@@ -124,19 +102,15 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         if (table := pool.get()) is not None:
             sync_shard(table, ctx.output_dir, stats["index"])
 
-    jobs = [
-        (i, download_and_write, (shards[i], ctx.download, ctx.output_dir, ctx.url_map))
-        for i in todo
-    ]
-    ray_ready()  # the plan was built while Ray was booting
+    args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map)
+    jobs = [(i, download_and_write, (shards[i], *args)) for i in todo]
     seconds = run_shard_jobs(
         jobs,
-        p.shards_in_flight,
-        p.cpus_per_shard,
+        p.download.shards_in_flight,
+        p.download.cpus_per_shard,
         sum(len(shards[i]) for i in todo),
         on_done,
-        p.progress,
-        on_submitted=open_run_in_background,  # the driver only waits from here on
+        p.output.progress,
     )
     if (table := pool.get()) is not None:  # shards a killed run finished before their upsert
         for i in sorted(shards):
@@ -167,19 +141,17 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
     from tasks.crawl.poolsync import sync_shard
     from tasks.crawl.shardtask import retry_and_merge
     from tasks.crawl.writer import shard_uri
-    from tasks.raysession import ray_ready
-    from tasks.tracking import open_run_in_background
 
-    unknown = sorted(set(p.retry_error_classes) - set(ERROR_CLASSES))
+    classes = tuple(p.output.retry_error_classes)
+    unknown = sorted(set(classes) - set(ERROR_CLASSES))
     if unknown:
         raise ValueError(
-            f"retry_error_classes: unknown {unknown}; known: {', '.join(ERROR_CLASSES)}"
+            f"output.retry_error_classes: unknown {unknown}; known: {', '.join(ERROR_CLASSES)}"
         )
     if load_plan(ctx.output_dir) is None:
         raise FileNotFoundError(
-            f"retry_failed=true but {ctx.output_dir} holds no crawl (no _plan/plan.json)"
+            f"output.retry_failed=true but {ctx.output_dir} holds no crawl (no _plan/plan.json)"
         )
-    classes = tuple(p.retry_error_classes)
     jobs, total = [], 0
     for marker in _existing_shards(ctx.output_dir):
         index = int(marker.rsplit("/", 1)[-1].split(".")[0])
@@ -188,9 +160,8 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         n = sum(s in classes for s in status)
         if n:
             total += n
-            jobs.append(
-                (index, retry_and_merge, (classes, ctx.download, ctx.output_dir, ctx.url_map))
-            )
+            args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map)
+            jobs.append((index, retry_and_merge, args))
     table = _open_pool(p)
     ran: list[dict[str, Any]] = []
 
@@ -199,16 +170,14 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         if table is not None:
             sync_shard(table, ctx.output_dir, stats["index"], force=True)
 
-    ray_ready()
     seconds = run_shard_jobs(
         jobs,
-        p.shards_in_flight,
-        p.cpus_per_shard,
+        p.download.shards_in_flight,
+        p.download.cpus_per_shard,
         total,
         on_done,
-        p.progress,
+        p.output.progress,
         "retry",
-        on_submitted=open_run_in_background,
     )
     return {
         "retry_shards": len(jobs),
@@ -221,13 +190,11 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
 def run(params: CrawlParams) -> dict[str, Any]:
     """Crawl (or retry the failures of) the configured inputs; return metrics for MLflow / DVC."""
     from tasks.crawl.stats import error_histogram, read_all_stats, summarize
-    from tasks.raysession import release_ray
     from tasks.tracking import log_figure
 
     with contextlib.ExitStack() as stack:
         ctx = build_context(params, stack)
-        metrics = _retry(params, ctx) if params.retry_failed else _crawl(params, ctx)
-    release_ray()  # what is left (stats, plot) runs on the driver while Ray shuts down
+        metrics = _retry(params, ctx) if params.output.retry_failed else _crawl(params, ctx)
     summary = summarize(read_all_stats(ctx.output_dir))
     metrics.update(summary)
     fig = error_histogram(summary)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 import time
 from collections import Counter
 from typing import Any
 
 from tasks.crawl.errors import SUCCESS
 from tasks.io import mark_done, put_atomic
+from tasks.io.wds import TarWriter, iter_members
 from tasks.settings import join_uri
 
 RESIZE_FAILURES = frozenset(
@@ -59,29 +59,18 @@ def sample_meta(row: dict[str, Any]) -> dict[str, Any]:
 def build_tar(rows: list[dict[str, Any]], ext: str) -> bytes:
     """webdataset tar of the successes: uid.<ext>, uid.txt, uid.json, in row order.
 
-    tarfile's own headers, but written straight into the buffer: TarFile.addfile copies each
-    TarInfo and streams the data through copyfileobj, a third of the cost for ~50 KB members.
-    The bytes are those TarFile would write (tests/crawl/test_writer.py compares them).
+    Written by the shared fast writer (tasks.io.wds.TarWriter: tarfile's bytes, a third of
+    TarFile's cost); tests/crawl/test_writer.py compares the bytes with tarfile's.
     """
-    buf = io.BytesIO()
-    write = buf.write
+    writer = TarWriter()
     for row in rows:
         if row["status"] != SUCCESS or row.get("image") is None:
             continue
-        meta = json.dumps(sample_meta(row), ensure_ascii=False, default=str).encode()
-        for suffix, data in (
-            (ext, row["image"]),
-            ("txt", (row.get("caption") or "").encode()),
-            ("json", meta),
-        ):
-            info = tarfile.TarInfo(f"{row['uid']}.{suffix}")
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            write(info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape"))
-            write(data)
-            write(bytes(-len(data) % tarfile.BLOCKSIZE))
-    write(bytes(2 * tarfile.BLOCKSIZE))  # end-of-archive marker
-    write(bytes(-buf.tell() % tarfile.RECORDSIZE))  # tar pads archives to whole records
-    return buf.getvalue()
+        writer.add_sample(
+            row["uid"],
+            {ext: row["image"], "txt": row.get("caption") or "", "json": sample_meta(row)},
+        )
+    return writer.getvalue()
 
 
 def build_parquet(rows: list[dict[str, Any]]) -> bytes:
@@ -150,10 +139,6 @@ def read_shard(output_dir: str, index: int) -> tuple[list[dict[str, Any]], dict[
     base = shard_uri(output_dir, index)
     with fsspec.open(f"{base}.parquet", "rb") as fh:
         rows = pq.read_table(fh).to_pylist()
-    members: dict[str, bytes] = {}
-    with fsspec.open(f"{base}.tar", "rb") as fh, tarfile.open(fileobj=io.BytesIO(fh.read())) as tar:
-        for info in tar.getmembers():
-            extracted = tar.extractfile(info)
-            if extracted is not None:
-                members[info.name] = extracted.read()
-    return rows, members
+    with fsspec.open(f"{base}.tar", "rb") as fh:
+        data = fh.read()
+    return rows, dict(iter_members(data, name=f"{base}.tar"))

@@ -9,18 +9,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks.curate.steps.base import StepContext, StepResult
+from tasks.curate.steps.base import Step, StepContext, StepResult
 
 
 @dataclass
 class Outcome:
-    """Per-row final decision plus the per-step columns and the funnel (rows left after each step)."""
+    """Per-row final decision plus the per-step columns and the funnel (rows left after each step).
+
+    `metrics` merges every step's metrics; `artifacts` keeps each step's artifacts by step name.
+    """
 
     keep: np.ndarray
     reason: list[str]
     columns: dict[str, pa.Array] = field(default_factory=dict)
     funnel: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def input_reasons(rows: pa.Table) -> list[str | None]:
@@ -52,9 +56,8 @@ def _scatter(n: int, idx: np.ndarray, values: Any, typ: pa.DataType) -> pa.Array
     return pa.array(full, typ)
 
 
-def apply_steps(
-    rows: pa.Table, steps: list[str], table: dict[str, Any], ctx: StepContext
-) -> Outcome:
+def apply_steps(rows: pa.Table, steps: list[Step[Any]], ctx: StepContext) -> Outcome:
+    """Each step decides on the rows every earlier step kept; its columns cover only those."""
     n = rows.num_rows
     first = input_reasons(rows)
     keep = np.array([r is None for r in first], dtype=bool)
@@ -64,9 +67,10 @@ def apply_steps(
         {"step": "input", "left": int(keep.sum()), "dropped": dict(Counter(r for r in first if r))}
     )
     out.columns["curate_input_reason"] = pa.array(first, pa.string())
-    for name in steps:
+    for step in steps:
+        name = step.name
         idx = np.flatnonzero(keep)
-        result: StepResult = table[name](rows.take(pa.array(idx, pa.int64())), ctx)
+        result: StepResult = step(rows.take(pa.array(idx, pa.int64())), ctx)
         if len(result.keep) != len(idx):
             raise RuntimeError(
                 f"step {name} returned {len(result.keep)} decisions for {len(idx)} rows"
@@ -92,6 +96,8 @@ def apply_steps(
             }
         )
         out.metrics.update(result.metrics)
+        if result.artifacts:
+            out.artifacts[name] = dict(result.artifacts)
     out.columns["curate_keep"] = pa.array(keep, pa.bool_())
     out.columns["curate_reason"] = pa.array(reason, pa.string())
     return out

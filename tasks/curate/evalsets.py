@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from tasks.crawl.resizer import ResizeConfig
-from tasks.curate.images import IMAGE_EXTS, image_bytes, iter_tar_samples
+from tasks.imaging.resize import ResizeParams
+from tasks.io.wds import IMAGE_EXTS, read_images, sample_keys
+
+if TYPE_CHECKING:
+    from tasks.curate.params import DecontaminateParams
 
 CROP_POSITIONS = (0.0, 0.5, 1.0)  # crop offsets along each axis: start, centre, end
 
@@ -18,7 +21,7 @@ CROP_POSITIONS = (0.0, 0.5, 1.0)  # crop offsets along each axis: start, centre,
 class EvalView:
     """How an eval image is looked at before it is hashed and embedded (a Ray Data flat_map).
 
-    "crawl": through the crawl's own decode + resize + encode (tasks.crawl.resizer), so it is
+    "crawl": through the crawl's own decode + resize + encode (tasks.imaging.resize), so it is
     compared with pool images in the form the crawl stored them (border-padded to 256 px and
     re-encoded as JPEG by default); "raw": as stored. `crops` adds, per kept fraction, nine crops
     (3x3 positions) taken before the resize, as a re-posted crop of the image would be: those rows
@@ -26,7 +29,7 @@ class EvalView:
     """
 
     mode: str = "crawl"
-    resize: ResizeConfig = ResizeConfig()
+    resize: ResizeParams = ResizeParams()
     crops: tuple[float, ...] = ()
 
     def __call__(self, row: dict[str, Any]) -> list[dict[str, Any]]:
@@ -52,8 +55,8 @@ class EvalView:
         return out
 
     def _decode(self, data: bytes) -> Any:
-        from tasks.crawl.resizer import decode
         from tasks.curate.images import decode_rgb
+        from tasks.imaging.resize import decode
 
         if self.mode == "raw":
             return decode_rgb(data)
@@ -62,7 +65,7 @@ class EvalView:
     def _encode(self, img: Any) -> bytes:
         import io
 
-        from tasks.crawl.resizer import encode, resize
+        from tasks.imaging.resize import encode, resize
 
         if self.mode == "raw":
             buf = io.BytesIO()
@@ -78,35 +81,26 @@ def crop(img: Any, keep: float, x: float, y: float) -> Any:
     return img.crop((left, top, left + w, top + h))
 
 
-def eval_view(p: Any) -> EvalView:
-    """The view the curate params ask for (`decontam_eval_view`, crawl settings, crops)."""
-    return EvalView(
-        mode=p.decontam_eval_view,
-        resize=ResizeConfig(
-            image_size=p.decontam_image_size,
-            resize_mode=p.decontam_resize_mode,
-            resize_only_if_bigger=p.decontam_resize_only_if_bigger,
-            encode_format=p.decontam_encode_format,
-            encode_quality=p.decontam_encode_quality,
-        ),
-        crops=tuple(p.decontam_crops),
-    )
+def eval_view(p: DecontaminateParams, resize: ResizeParams | None) -> EvalView:
+    """The view decontamination asks for: `eval_view`, the crawl's `resize` section, crops.
+
+    `resize` is read from params/crawl.yaml (tasks/curate/inputs.py) and may be None for the
+    "raw" view, which does not resize.
+    """
+    return EvalView(mode=p.eval_view, resize=resize or ResizeParams(), crops=tuple(p.crops))
 
 
 def eval_shards(eval_dir: Path) -> dict[Path, list[tuple[str, str]]]:
     """Every eval tar (any split) -> [(sample key, "")]; the id of an image is `<set>/<key>`."""
     out: dict[Path, list[tuple[str, str]]] = {}
     for tar in sorted(eval_dir.glob("*/*/*.tar")):
-        keys = [k for k, parts in iter_tar_samples(tar) if any(e in parts for e in IMAGE_EXTS)]
-        out[tar] = [(k, "") for k in keys]
+        out[tar] = [(k, "") for k in sample_keys(tar, IMAGE_EXTS)]
     return out
 
 
 def image_shards(folder: Path) -> dict[Path, list[tuple[str, str]]]:
     """Target images for the image-based filter: .tar shards anywhere under the folder."""
-    return {
-        tar: [(k, "") for k, _ in iter_tar_samples(tar)] for tar in sorted(folder.rglob("*.tar"))
-    }
+    return {tar: [(k, "") for k in sample_keys(tar)] for tar in sorted(folder.rglob("*.tar"))}
 
 
 def eval_prefixes(shards: dict[Path, list[tuple[str, str]]], eval_dir: Path) -> dict[str, str]:
@@ -126,11 +120,9 @@ def read_eval_images(eval_dir: Path, ids: set[str]) -> dict[str, bytes]:
         prefix = tar.relative_to(eval_dir).parts[0] + "/"
         if not any(i.startswith(prefix) for i in ids):
             continue
-        for key, parts in iter_tar_samples(tar):
-            if prefix + key in ids:
-                data = image_bytes(parts)
-                if data is not None:
-                    out[prefix + key] = data
+        wanted = {i.removeprefix(prefix) for i in ids if i.startswith(prefix)}
+        for key, data, _ in read_images(tar, wanted):
+            out[prefix + key] = data
     return out
 
 

@@ -25,13 +25,13 @@ def hex_to_u64(values: list[str | None]) -> np.ndarray:
 
 
 def _read_shard(item: dict[str, Any]) -> list[dict[str, Any]]:
-    from tasks.curate.images import read_samples
+    from tasks.io.wds import read_images
 
     texts = dict(zip(item["uids"], item["texts"], strict=True))
     prefix = item.get("prefix", "")
     rows = [
         {"uid": prefix + uid, "image": data, "text": texts.get(uid) or ""}
-        for uid, data, _ in read_samples(item["shard"], set(item["uids"]))
+        for uid, data, _ in read_images(item["shard"], set(item["uids"]))
     ]
     missing = set(item["uids"]) - {r["uid"].removeprefix(prefix) for r in rows}
     rows.extend(
@@ -46,16 +46,24 @@ def hash_batch(batch: pa.Table) -> pa.Table:
 
     from tasks.curate.images import decode_rgb
 
-    sha, ph, dh, reasons = [], [], [], []
+    sha: list[str | None] = []
+    ph: list[str | None] = []
+    dh: list[str | None] = []
+    reasons: list[str | None] = []
     for data in batch.column("image").to_pylist():
         if not data:
-            sha.append(None), ph.append(None), dh.append(None), reasons.append("image_missing")
+            sha.append(None)
+            ph.append(None)
+            dh.append(None)
+            reasons.append("image_missing")
             continue
         sha.append(hashlib.sha256(data).hexdigest())
         try:
             img = decode_rgb(data)
         except Exception:
-            ph.append(None), dh.append(None), reasons.append("image_undecodable")
+            ph.append(None)
+            dh.append(None)
+            reasons.append("image_undecodable")
             continue
         ph.append(hash_hex(imagehash.phash(img)))
         dh.append(hash_hex(imagehash.dhash(img)))
@@ -74,10 +82,10 @@ class Embedder:
     def __init__(self, model_ref: str, threads: int = 1) -> None:
         import torch
 
-        from tasks.curate.clipmodel import load_model
+        from tasks.clip import load_clip
 
         torch.set_num_threads(max(1, threads))
-        self.model, self.preprocess, self.tokenizer = load_model(model_ref)
+        self.model, self.preprocess, self.tokenizer = load_clip(model_ref)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return embed_table(batch, self.model, self.preprocess, self.tokenizer)
@@ -146,7 +154,7 @@ def compute_features(
     ]
     if not items:
         return pa.table({"uid": pa.array([], pa.string())})
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(_read_shard)
     if view is not None:
         ds = ds.flat_map(view)

@@ -6,44 +6,28 @@ output bucket (temporary tar), then shuffle each bucket in memory and write it a
 
 from __future__ import annotations
 
-import io
 import json
 import random
-import tarfile
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from tasks.curate.images import iter_tar_samples
-from tasks.io import atomic_write_bytes, mark_done
+from tasks.io import mark_done
+from tasks.io.wds import TarWriter, image_ext, iter_samples, sample_json, write_tar
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    info.mtime = 0
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _sample_files(
-    uid: str, parts: dict[str, bytes], row: dict[str, Any]
-) -> list[tuple[str, bytes]]:
+def _sample_parts(parts: dict[str, bytes], row: dict[str, Any]) -> dict[str, bytes] | None:
     """Image as stored by crawl; txt = the default caption; json = crawl json + EVERY caption field."""
-    ext = next((e for e in ("jpg", "jpeg", "png", "webp") if e in parts), None)
+    ext = image_ext(parts)
     if ext is None:
-        return []
-    meta: dict[str, Any] = {}
-    if "json" in parts:
-        try:
-            meta = json.loads(parts["json"])
-        except (ValueError, UnicodeDecodeError):
-            meta = {}
+        return None
+    meta = sample_json(parts)
     meta.update({k: v for k, v in row.items() if v is not None})
-    return [
-        (f"{uid}.{ext}", parts[ext]),
-        (f"{uid}.txt", (row.get("text") or "").encode("utf-8")),
-        (f"{uid}.json", json.dumps(meta, sort_keys=True, default=str).encode("utf-8")),
-    ]
+    return {
+        ext: parts[ext],
+        "txt": (row.get("text") or "").encode("utf-8"),
+        "json": json.dumps(meta, sort_keys=True, default=str).encode("utf-8"),
+    }
 
 
 def materialise(
@@ -64,26 +48,22 @@ def materialise(
     bucket = {u: i // shard_size for i, u in enumerate(uids)}
     tmp = [out_dir / f".bucket-{i:05d}.tar" for i in range(n_out)]
     with ExitStack() as stack:
-        writers = [stack.enter_context(tarfile.open(p, "w")) for p in tmp]
+        writers = []
+        for p in tmp:
+            writers.append(TarWriter(stack.enter_context(p.open("wb"))))
+            stack.callback(writers[-1].close)  # runs before its file closes
         for shard in sorted({shard_of[u] for u in uids}):
-            for key, parts in iter_tar_samples(shard):
-                if key in bucket:
-                    for name, data in _sample_files(key, parts, kept[key]):
-                        _add(writers[bucket[key]], name, data)
+            for key, parts in iter_samples(shard, bucket):
+                sample = _sample_parts(parts, kept[key])
+                if sample is not None:
+                    writers[bucket[key]].add_sample(key, sample)
     written = []
     for i, path in enumerate(tmp):
-        samples: dict[str, list[tuple[str, bytes]]] = {}
-        for key, parts in iter_tar_samples(path):
-            samples[key] = [(f"{key}.{ext}", data) for ext, data in sorted(parts.items())]
+        samples = {key: dict(sorted(parts.items())) for key, parts in iter_samples(path)}
         order = sorted(samples)
         random.Random(seed * 1_000_003 + i).shuffle(order)
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for key in order:
-                for name, data in samples[key]:
-                    _add(tar, name, data)
         final = out_dir / f"{i:05d}.tar"
-        atomic_write_bytes(final, buf.getvalue())
+        write_tar(final, ((key, samples[key]) for key in order))
         mark_done(str(final), {"samples": len(order)})
         path.unlink()
         written.append(final)

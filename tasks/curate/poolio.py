@@ -24,7 +24,7 @@ def read_columns(table: Any, columns: list[str]) -> pa.Table:
     n = table.count_rows()
     out = {}
     for c in columns:
-        out[c] = data.column(c) if c in have else pa.nulls(n, pa.string())
+        out[c] = data.column(c) if data is not None and c in have else pa.nulls(n, pa.string())
     return pa.table(out)
 
 

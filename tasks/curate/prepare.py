@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.curate.features import compute_features, existing_shard, fix_vectors
+from tasks.curate.params import CurateParams
 from tasks.curate.poolio import write_columns
 
 MATCH_COLUMNS = {
@@ -45,7 +46,7 @@ def match_rows(
             }
         )
     blocks = [rows.select(["uid", "text"]).slice(i, block) for i in range(0, rows.num_rows, block)]
-    ds = ray.data.from_arrow(blocks)
+    ds: Any = ray.data.from_arrow(blocks)
     if metadata_path is None:
         ds = ds.map_batches(
             TextCheckBatch,
@@ -68,7 +69,7 @@ def match_rows(
 
 
 def ensure_matches(
-    pool: Any, rows: pa.Table, metadata_path: str | None, digest: str, p: Any
+    pool: Any, rows: pa.Table, metadata_path: str | None, digest: str, p: CurateParams
 ) -> int:
     """Match the rows whose stored matches are missing or from other metadata; returns how many."""
     stored = rows.column("match_digest").to_pylist()
@@ -78,10 +79,10 @@ def ensure_matches(
     got = match_rows(
         rows.take(pa.array(todo)),
         metadata_path,
-        p.max_text_chars,
-        p.match_workers,
-        p.cpus_per_worker,
-        p.rows_per_block,
+        p.text_checks.max_chars,
+        p.compute.match_workers,
+        p.compute.cpus_per_worker,
+        p.compute.rows_per_block,
     )
     got = got.append_column("match_digest", pa.array([digest] * got.num_rows, pa.string()))
     write_columns(
@@ -97,7 +98,7 @@ def ensure_matches(
 
 
 def ensure_features(
-    pool: Any, rows: pa.Table, crawl_dir: Path, model_ref: str | None, p: Any
+    pool: Any, rows: pa.Table, crawl_dir: Path, model_ref: str | None, p: CurateParams
 ) -> int:
     """Hashes (+ embeddings with a model) for rows not yet featurised with this model."""
     want = model_ref or ""
@@ -116,7 +117,11 @@ def ensure_features(
         else:
             by_shard.setdefault(str(path), []).append((uids[i], texts[i] or ""))
     feats = compute_features(
-        by_shard, model_ref, p.embed_workers, p.embed_batch_size, p.cpus_per_worker
+        by_shard,
+        model_ref,
+        p.compute.embed_workers,
+        p.compute.embed_batch_size,
+        p.compute.cpus_per_worker,
     )
     if missing:
         feats = pa.concat_tables(

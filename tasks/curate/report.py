@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def histogram_figure(before: np.ndarray, after: np.ndarray, t: int) -> Any:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     top = max(int(before.max(initial=1)), 2)
-    bins = np.unique(np.logspace(0, np.log10(top + 1), 40).astype(int))
+    bins = np.unique(np.logspace(0, np.log10(top + 1), 40).astype(int)).tolist()
     ax.hist(before[before > 0], bins=bins, histtype="step", label="before", log=True)
     ax.hist(after[after > 0], bins=bins, histtype="step", label="after", log=True)
     ax.axvline(t, color="k", linestyle="--", label=f"t = {t}")
@@ -97,25 +98,56 @@ def example_groups(
     return {g: rng.sample(sorted(v), min(per_group, len(v))) for g, v in sorted(groups.items())}
 
 
+def entry_counts_figure(counts: Any) -> Any:
+    """The balance step's EntryCounts artifact as the before/after histogram."""
+    return histogram_figure(counts.before, counts.after, counts.t)
+
+
+# Artifact name -> figure of it (saved as `<name>.png`): steps hand artifacts back in their
+# StepResult; the report draws those it knows, artifacts.json lists every one by step.
+FIGURES: dict[str, Callable[[Any], Any]] = {"entry_counts": entry_counts_figure}
+
+
+def _log_inputs(out_dir: Path, recorded: dict[str, Any]) -> Path:
+    """inputs.json, also as MLflow params `curate.inputs.*` when a run is active."""
+    import mlflow
+
+    from tasks.tracking import flatten
+
+    path = out_dir / "inputs.json"
+    atomic_write_json(path, recorded)
+    if recorded and mlflow.active_run() is not None:
+        mlflow.log_params({k: str(v) for k, v in flatten(recorded, "curate.inputs").items()})
+    return path
+
+
 def write_report(
     out_dir: Path,
     funnel: list[dict[str, Any]],
-    counts: tuple[np.ndarray, np.ndarray] | None,
-    t: int | None,
+    artifacts: dict[str, dict[str, Any]],
     grids: dict[str, list[tuple[bytes, str]]],
+    recorded: dict[str, Any] | None = None,
 ) -> list[Path]:
+    """funnel.json/png, a figure per known step artifact, example grids, inputs.json; index.json
+    lists the figures. `artifacts` is step name -> {artifact name: value}."""
     import matplotlib.pyplot as plt
+
+    from tasks.tracking import log_artifact
 
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / "funnel.json", funnel)
     written = [_save(funnel_figure(funnel), out_dir, "funnel.png")]
-    if counts is not None and t is not None:
-        written.append(
-            _save(histogram_figure(counts[0], counts[1], t), out_dir, "entry_counts.png")
-        )
+    drawn: dict[str, list[str]] = {}
+    for step, items in artifacts.items():
+        for name, value in items.items():
+            if name in FIGURES:
+                written.append(_save(FIGURES[name](value), out_dir, f"{name}.png"))
+            drawn.setdefault(step, []).append(name)
+    atomic_write_json(out_dir / "artifacts.json", drawn)
     for name, images in grids.items():
         if images:
             written.append(_save(grid_figure(images, name), out_dir, f"grid_{name}.png"))
     plt.close("all")
+    log_artifact(_log_inputs(out_dir, recorded or {}), "report")
     (out_dir / "index.json").write_text(json.dumps([p.name for p in written]))
     return written

@@ -8,13 +8,12 @@ same bytes: `<set>/classnames.txt`, `<set>/zeroshot_classification_templates.txt
 from __future__ import annotations
 
 import re
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tasks import PROJECT_ROOT
+from tasks.io.paths import resolve_path
+from tasks.io.wds import IMAGE_EXTS, image_bytes, iter_samples, member_names
 
-IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's order of preference
 CLASSIFICATION = "zeroshot_classification"
 RETRIEVAL = "zeroshot_retrieval"
 
@@ -90,19 +89,13 @@ class EvalSet:
         return len(self.images)
 
 
-def resolve(path: str | Path) -> Path:
-    """Relative paths in params are relative to the project root, as every stage does."""
-    p = Path(path)
-    return p if p.is_absolute() else PROJECT_ROOT / p
-
-
 def locate(name: str, eval_root: str | Path, public_root: str | Path) -> Path:
     """The folder of a set: a folder of the local eval root, else a known public benchmark."""
-    local = resolve(eval_root) / name
+    local = resolve_path(eval_root) / name
     if local.is_dir():
         return local
     if name in PUBLIC_BENCHMARKS:
-        base = resolve(public_root)
+        base = resolve_path(public_root)
         slug = name.replace("/", "-")
         for candidate in (
             base / name,
@@ -118,8 +111,8 @@ def locate(name: str, eval_root: str | Path, public_root: str | Path) -> Path:
             f"huggingface.co/datasets/clip-benchmark/wds_{slug}); it cannot be downloaded offline"
         )
     known = (
-        sorted(p.name for p in resolve(eval_root).glob("*") if p.is_dir())
-        if resolve(eval_root).is_dir()
+        sorted(p.name for p in resolve_path(eval_root).glob("*") if p.is_dir())
+        if resolve_path(eval_root).is_dir()
         else []
     )
     raise DatasetError(
@@ -148,10 +141,8 @@ def dataset_task(root: Path) -> str:
 
 def _has_captions(root: Path) -> bool:
     for shard in sorted(root.glob("*/*.tar"))[:1]:
-        with tarfile.open(shard) as tar:
-            return any(m.name.endswith(".txt") for m in tar.getmembers()) and not any(
-                m.name.endswith(".cls") for m in tar.getmembers()
-            )
+        names = member_names(shard)
+        return any(n.endswith(".txt") for n in names) and not any(n.endswith(".cls") for n in names)
     return False
 
 
@@ -176,42 +167,18 @@ def shard_paths(root: Path, split: str) -> list[Path]:
     )
 
 
-_KEY = re.compile(
-    r"^((?:.*/|)[^./]+)\.([^/]*)$"
-)  # webdataset: key = path up to the first dot of the base name
-
-
 def read_samples(paths: list[Path]) -> list[tuple[str, dict[str, bytes]]]:
-    """Group tar members into samples by webdataset's key rule, in tar order."""
-    samples: list[tuple[str, dict[str, bytes]]] = []
-    for path in paths:
-        current: dict[str, bytes] = {}
-        key = None
-        with tarfile.open(path) as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                match = _KEY.match(member.name)
-                if not match:
-                    continue
-                k, ext = match.group(1), match.group(2).lower()
-                if k != key:
-                    if key is not None:
-                        samples.append((key, current))
-                    key, current = k, {}
-                current[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
-            if key is not None:
-                samples.append((key, current))
-    return samples
+    """Every sample of the shards, in order (tasks.io.wds groups members by webdataset's rule)."""
+    return [sample for path in paths for sample in iter_samples(path)]
 
 
 def _image_of(name: str, key: str, fields: dict[str, bytes]) -> bytes:
-    for ext in IMAGE_EXTS:
-        if ext in fields:
-            return fields[ext]
-    raise DatasetError(
-        f"{name}: sample {key!r} has no image ({'/'.join(IMAGE_EXTS)}); fields: {sorted(fields)}"
-    )
+    data = image_bytes(fields)
+    if data is None:
+        raise DatasetError(
+            f"{name}: sample {key!r} has no image ({'/'.join(IMAGE_EXTS)}); fields: {sorted(fields)}"
+        )
+    return data
 
 
 def load_set(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -25,7 +26,8 @@ def stratified_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Indices (first, second): about `fraction` of each class goes to first, at least one each side when possible."""
     rng = np.random.default_rng(seed)
-    first, second = [], []
+    first: list[int] = []
+    second: list[int] = []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         n = int(round(len(idx) * fraction))
@@ -36,14 +38,14 @@ def stratified_split(
     return np.sort(np.asarray(first, dtype=np.int64)), np.sort(np.asarray(second, dtype=np.int64))
 
 
-def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, seed: int):  # noqa: ANN202
+def _fit(x: np.ndarray, y: np.ndarray, c: float, max_iter: int, seed: int) -> Any:
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(C=c, max_iter=max_iter, random_state=seed)
     return clf.fit(x, y)
 
 
-def _scores(clf, x: np.ndarray, n_classes: int) -> np.ndarray:  # noqa: ANN001
+def _scores(clf: Any, x: np.ndarray, n_classes: int) -> np.ndarray:
     """Decision scores widened to every class (classes absent from training score -inf)."""
     raw = clf.decision_function(x)
     if raw.ndim == 1:  # binary: sklearn returns one column

@@ -18,19 +18,18 @@ from tasks.evaluate.datasets import (
     DatasetError,
     dataset_task,
     read_samples,
-    resolve,
     shard_paths,
 )
 from tasks.evaluate.params import EmbedParams, MembershipParams
+from tasks.io.paths import resolve_path
+from tasks.io.wds import image_bytes
 
 Pair = tuple[bytes, str]
 
 
 def read_pairs(folder: str | Path, role: str) -> list[Pair]:
     """(image bytes, first caption) from every .tar under a folder (webdataset or CLIP_benchmark layout)."""
-    from tasks.evaluate.datasets import IMAGE_EXTS
-
-    root = resolve(folder)
+    root = resolve_path(folder)
     if not root.is_dir():
         raise DatasetError(
             f"membership audit: {role} folder {root} does not exist (set membership.enabled=false to skip)"
@@ -41,7 +40,7 @@ def read_pairs(folder: str | Path, role: str) -> list[Pair]:
         paths = sorted(root.rglob("*.tar"))
     pairs = []
     for _, fields in read_samples(paths):
-        image = next((fields[e] for e in IMAGE_EXTS if e in fields), None)
+        image = image_bytes(fields)
         text = fields.get("txt", b"").decode("utf-8").splitlines()
         if image is not None and text and text[0].strip():
             pairs.append((image, text[0]))

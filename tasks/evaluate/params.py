@@ -8,6 +8,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.base import StageParams
 
+Corruption = Literal["noise", "blur", "occlusion"]
+CORRUPTIONS: tuple[Corruption, ...] = ("noise", "blur", "occlusion")
+
 LOCAL_SETS = (
     "fashion_mnist",
     "emoji_groups",
@@ -94,8 +97,8 @@ class RobustnessParams(_Section):
     fractions: list[float] = Field(
         default_factory=lambda: [0.25, 0.5]
     )  # share of patches corrupted
-    corruptions: list[Literal["noise", "blur", "occlusion"]] = Field(
-        default_factory=lambda: ["noise", "blur", "occlusion"]
+    corruptions: list[Corruption] = Field(
+        default_factory=lambda: list(CORRUPTIONS)
     )  # corruption kinds
     noise_std: float = Field(default=0.5, ge=0.0)  # Gaussian noise std, in [0, 1] pixel units
     blur_kernel: int = Field(default=7, ge=3)  # box-blur kernel size, pixels (odd)

@@ -12,11 +12,11 @@ from tasks.evaluate.datasets import (
     EvalSet,
     PublicBenchmarkMissing,
     load_set,
-    resolve,
 )
 from tasks.evaluate.loading import LoadedModel, load_model
 from tasks.evaluate.params import EvaluateParams
 from tasks.evaluate.scoreboard import Row
+from tasks.io.paths import resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def run(params: EvaluateParams) -> dict[str, Any]:
     from tasks.evaluate import scoreboard
     from tasks.io import atomic_write_json
 
-    out = resolve(params.output_dir)
+    out = resolve_path(params.output_dir)
     sets, skipped = load_sets(params)
     if not sets:
         raise ValueError(

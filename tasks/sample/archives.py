@@ -134,10 +134,8 @@ def _envelope(record: Any, body: bytes) -> dict[str, Any]:
         fields = dict(line.split(": ", 1) for line in body.decode().splitlines() if ": " in line)
         payload["WARC-Info-Metadata"] = fields
     elif rtype == "request":
-        method, path, version = (
-            record.http_headers.protocol,
-            *record.http_headers.statusline.split(" ", 1),
-        )
+        path, version = record.http_headers.statusline.split(" ", 1)
+        method: str = record.http_headers.protocol
         payload["HTTP-Request-Metadata"] = {
             "Request-Message": {"Method": method, "Path": path, "Version": version},
             "Headers": _headers(record.http_headers),

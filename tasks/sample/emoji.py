@@ -88,7 +88,7 @@ def render(font_path: Path, entries: list[EmojiEntry], out_dir: Path) -> dict[st
         box = font.getbbox(e.text)
         if box[2] - box[0] > (ref[2] - ref[0]) * 1.2:  # drawn as several glyphs: unsupported
             continue
-        im = Image.new("RGBA", (ref[2], ref[3]), (0, 0, 0, 0))
+        im = Image.new("RGBA", (int(ref[2]), int(ref[3])), (0, 0, 0, 0))
         ImageDraw.Draw(im).text((0, 0), e.text, font=font, embedded_color=True)
         if im.getbbox() is None:
             continue

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from tasks.io.clipbench import Sample
 from tasks.sample.debian import find_path
-from tasks.sample.evalsets import Sample
 
 CLASSNAMES = (
     "t-shirt/top",

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tasks.sample import evalsets, fashion_mnist
-from tasks.sample.evalsets import TEMPLATES, Sample
+from tasks.io import clipbench
+from tasks.io.clipbench import Sample
+from tasks.sample import fashion_mnist
+from tasks.sample.evalsets import TEMPLATES
 from tasks.sample.items import Item, cap_items, held_out_groups, seeded_order
 from tasks.sample.params import SampleParams
 
@@ -73,7 +75,7 @@ def classification(
         records.append(
             EvalRecord(
                 name,
-                evalsets.sample_key(n),
+                clipbench.sample_key(n),
                 it.source,
                 it.item_id,
                 index[cls],
@@ -94,7 +96,7 @@ def retrieval(items: Sequence[Item], max_items: int, seed: int) -> list[EvalReco
     return [
         EvalRecord(
             "retrieval",
-            evalsets.sample_key(n),
+            clipbench.sample_key(n),
             by_uid[u].source,
             by_uid[u].item_id,
             None,
@@ -107,15 +109,22 @@ def retrieval(items: Sequence[Item], max_items: int, seed: int) -> list[EvalReco
     ]
 
 
+def _label(sample: Sample) -> int:
+    """Fashion-MNIST samples always carry a class index (read from the IDX label file)."""
+    if sample.label is None:
+        raise ValueError("a Fashion-MNIST sample has no label")
+    return sample.label
+
+
 def fashion(samples: Sequence[Sample]) -> list[EvalRecord]:
     return [
         EvalRecord(
             "fashion_mnist",
-            evalsets.sample_key(n),
+            clipbench.sample_key(n),
             "fashion_mnist",
             str(n),
             s.label,
-            fashion_mnist.CLASSNAMES[s.label],
+            fashion_mnist.CLASSNAMES[_label(s)],
             (),
             s.image,
             s.ext,
@@ -134,9 +143,9 @@ def write_set(
 ) -> None:
     samples = [Sample(r.image, r.ext, r.label, r.captions) for r in records]
     if classnames is None:
-        evalsets.write_retrieval(root / name, samples, max_per_shard)
+        clipbench.write_retrieval(root / name, samples, max_per_shard)
     else:
-        evalsets.write_classification(
+        clipbench.write_classification(
             root / name, classnames, templates or (), samples, max_per_shard
         )
 
@@ -210,8 +219,8 @@ def write_eval_sets(
         TEMPLATES["fashion_mnist"], shard,
     )  # fmt: skip
     for name, (items, attr, order, templates) in specs.items():
-        sets[name], classnames, templates = classification(name, items, attr, order, templates)
-        write_set(out, name, sets[name], classnames, templates, shard)
+        sets[name], classnames, used = classification(name, items, attr, order, templates)
+        write_set(out, name, sets[name], classnames, used, shard)
     everything = [it for s in SOURCES for it in held[s]]
     sets["retrieval"] = retrieval(everything, params.retrieval_max_items, params.seed)
     write_set(out, "retrieval", sets["retrieval"], None, None, shard)

@@ -41,13 +41,16 @@ def write_manifest(root: Path, counts: dict[str, Any], params: dict[str, Any]) -
     return manifest
 
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".mng")
+# File suffixes the sample site serves as images (what a crawler meets: GIF spacers, SVG and
+# MNG sources too). Not tasks.io.wds.IMAGE_EXTS: that one lists the image members a webdataset
+# sample may hold (what crawl's resizer writes and what readers pick), a different question.
+SITE_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".mng")
 
 
 def count_site(site_root: Path, rows: list[dict], disallowed: str) -> dict[str, Any]:
     """Image files, <img> tags, distinct live image URLs and pairs per source (crawlable part)."""
     files = {p.relative_to(site_root).as_posix() for p in site_root.rglob("*") if p.is_file()}
-    images = {f for f in files if f.lower().endswith(IMAGE_EXTS)}
+    images = {f for f in files if f.lower().endswith(SITE_IMAGE_SUFFIXES)}
     crawl_rows = [r for r in rows if not r["page"].startswith(disallowed)]
     live = [r for r in crawl_rows if r["path"] in images and not r["path"].startswith(disallowed)]
     pairs = Counter(

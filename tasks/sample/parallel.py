@@ -13,7 +13,7 @@ def run_all(calls: dict[str, Call], num_cpus: float = 1) -> dict[str, Any]:
     try:
         import ray
     except ImportError:  # pragma: no cover - ray is a project dependency
-        ray = None
+        ray = None  # type: ignore[assignment]
     if ray is None or not ray.is_initialized() or len(calls) < 2:
         return {name: fn(*args) for name, (fn, args) in calls.items()}
     refs = {

@@ -12,6 +12,7 @@ import html
 import io
 import posixpath
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -239,7 +240,11 @@ class Site:
         return f'<div class="footer">{" ".join(nav)}</div>\n</body>\n</html>\n'
 
 
-def _png(size: tuple[int, int], draw_fn, mode: str = "RGBA") -> bytes:
+def _png(
+    size: tuple[int, int],
+    draw_fn: Callable[[ImageDraw.ImageDraw, tuple[int, int]], object],
+    mode: str = "RGBA",
+) -> bytes:
     im = Image.new(mode, size, (0, 0, 0, 0) if mode == "RGBA" else 255)
     draw_fn(ImageDraw.Draw(im), size)
     buf = io.BytesIO()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tasks.io.paths import resolve_path
 from tasks.sample import (
     archives,
     debian,
@@ -35,20 +36,12 @@ from tasks.sample.params import SampleParams
 from tasks.sample.site import Site
 
 
-def resolve_out(out_dir: str) -> Path:
-    """Relative paths resolve under the project root (settings.root: CLIPMILL_ROOT, default the repo)."""
-    from tasks.settings import get_settings
-
-    path = Path(out_dir)
-    return path if path.is_absolute() else get_settings().root / path
-
-
 def run(params: SampleParams) -> dict[str, Any]:
     """Build everything into a temp folder, publish it over out_dir, log it; return counts."""
     from tasks.settings import get_settings
 
     started = time.perf_counter()
-    out = resolve_out(params.out_dir)
+    out = resolve_path(params.out_dir)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

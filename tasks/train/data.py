@@ -9,30 +9,22 @@ from __future__ import annotations
 
 import glob
 import io
-import json
 import random
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tasks import PROJECT_ROOT
-
-IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+from tasks.io.paths import resolve_path
+from tasks.io.wds import IMAGE_EXTS, ShardError, image_ext, sample_json, sample_keys
 
 
 class DataError(ValueError):
     """The training shards are missing, empty or unusable; the message names them."""
 
 
-def resolve(path: str) -> Path:
-    p = Path(path)
-    return p if p.is_absolute() else PROJECT_ROOT / p
-
-
 def list_shards(spec: str) -> list[str]:
     """A folder of *.tar shards or a glob -> sorted shard paths; a clear error when there are none."""
-    root = resolve(spec)
+    root = resolve_path(spec)
     shards = (
         sorted(str(p) for p in root.glob("*.tar"))
         if root.is_dir()
@@ -51,30 +43,21 @@ def list_shards(spec: str) -> list[str]:
     return shards
 
 
-def _key_ext(name: str) -> tuple[str, str]:
-    base = name.rsplit("/", 1)[-1]
-    key, _, ext = base.partition(".")
-    return key, ext.lower()
-
-
 def count_samples(shards: list[str]) -> int:
     """Samples with an image, from tar headers only (no decoding), to check batch sizes up front."""
     total = 0
     for shard in shards:
         try:
-            with tarfile.open(shard, "r:") as tar:
-                keys = {
-                    _key_ext(m.name)[0]
-                    for m in tar
-                    if m.isreg() and _key_ext(m.name)[1] in IMAGE_KEYS
-                }
-        except (tarfile.TarError, OSError) as exc:
+            total += len(sample_keys(shard, IMAGE_EXTS))
+        except ShardError as exc:
+            raise DataError(f"shard {exc}") from None
+        except OSError as exc:
             raise DataError(f"shard {shard}: not a readable tar file ({exc})") from None
-        total += len(keys)
     return total
 
 
 def _shard_samples(shard: str) -> Iterator[dict[str, Any]]:
+    """webdataset's own streaming tar iterator: the loader open_clip trains with, same samples."""
     import webdataset as wds
 
     yield from wds.tariterators.tarfile_samples([{"url": shard}])
@@ -89,7 +72,7 @@ def raw_stream(shards: list[str], seed: int, resample: bool) -> Iterator[dict[st
         )
         for shard in order:
             for sample in _shard_samples(shard):
-                if any(k in sample for k in IMAGE_KEYS):
+                if image_ext(sample) is not None:
                     yield sample
 
 
@@ -128,12 +111,7 @@ def sample_seed(seed: int, index: int) -> int:
 
 def pick_caption(sample: dict[str, Any], fields: dict[str, float], rng: random.Random) -> str:
     """Choose a caption field with the given probabilities among the fields this sample has."""
-    meta: dict[str, Any] = {}
-    if "json" in sample:
-        try:
-            meta = json.loads(sample["json"])
-        except (ValueError, TypeError):
-            meta = {}
+    meta = sample_json(sample)
     present: dict[str, str] = {}
     for name in fields:
         value = sample.get(name)
@@ -156,9 +134,11 @@ def decode_image(sample: dict[str, Any], transform: Any, seed: int | None) -> An
     import torch
     from PIL import Image
 
-    key = next(k for k in IMAGE_KEYS if k in sample)
+    ext = image_ext(sample)
+    if ext is None:
+        raise DataError(f"sample {sample.get('__key__')} in {sample.get('__url__')}: no image")
     try:
-        image = Image.open(io.BytesIO(sample[key])).convert("RGB")
+        image = Image.open(io.BytesIO(sample[ext])).convert("RGB")
     except Exception as exc:
         raise DataError(
             f"sample {sample.get('__key__')} in {sample.get('__url__')}: bad image ({exc})"

@@ -14,7 +14,7 @@ class TrainParams(StageParams):
 
     # fmt: off
     # model
-    model: str = "clipmill-tiny-vit"  # open_clip architecture name or a config in tasks/train/configs
+    model: str = "clipmill-tiny-vit"  # open_clip architecture name or a config in tasks/clip/configs
     pretrained: str = ""  # whole-model weights: open_clip tag (needs internet), checkpoint path or "" for none
     pretrained_image: str = ""  # image-tower state dict mapped in order: "pkg:<package>/<file>", a path or an https URL
     pretrained_text: bool = False  # load the Hugging Face text tower's own pretrained weights

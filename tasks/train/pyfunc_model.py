@@ -12,7 +12,7 @@ class ClipPyfunc(PythonModel):
     """Input: a list of texts; output: their L2-normalised text embeddings."""
 
     def load_context(self, context: Any) -> None:
-        from tasks.models import load_clip
+        from tasks.clip import load_clip
 
         self.model, self.preprocess, self.tokenizer = load_clip(context.artifacts["clip"])
 

@@ -21,9 +21,9 @@ class TrainError(RuntimeError):
 
 def preflight(p: TrainParams) -> tuple[list[str], int]:
     """Every input problem found before any worker starts: shards, data size, model name, tower file."""
+    from tasks.clip import model_config
+    from tasks.clip.towers import resolve_pkg_path
     from tasks.train.data import DataError, count_samples, list_shards
-    from tasks.train.towers import resolve_pkg_path
-    from tasks.train.zoo import model_config
 
     shards = list_shards(p.shards)
     n = count_samples(shards)
@@ -41,7 +41,7 @@ def preflight(p: TrainParams) -> tuple[list[str], int]:
         and not src.startswith(("http://", "https://"))
         and not Path(src).is_file()
     ):
-        from tasks.train.towers import TowerWeightsError
+        from tasks.clip import TowerWeightsError
 
         raise TowerWeightsError(f"pretrained_image {src!r}: file not found")
     return shards, n
@@ -49,12 +49,12 @@ def preflight(p: TrainParams) -> tuple[list[str], int]:
 
 def run_directory(p: TrainParams, name: str) -> tuple[Path, str]:
     """One folder per distinct computation: only an identical run resumes from it."""
-    from tasks.train.data import resolve
+    from tasks.io.paths import resolve_path
 
     fingerprint = hashlib.sha256(
         json.dumps(p.fingerprint_fields(), sort_keys=True).encode()
     ).hexdigest()[:12]
-    return resolve(p.run_root) / f"{name}-{fingerprint}", fingerprint
+    return resolve_path(p.run_root) / f"{name}-{fingerprint}", fingerprint
 
 
 def launch(p: TrainParams, config: dict[str, Any], run_dir: Path) -> None:
@@ -103,10 +103,10 @@ def run(params: TrainParams) -> dict[str, Any]:
     """Train, export the model folder, log the loss curve, register the model; return metrics."""
     import time
 
-    from tasks.train.data import resolve
+    from tasks.io.paths import resolve_path
 
     shards, n_samples = preflight(params)
-    out_dir = resolve(params.output_dir)
+    out_dir = resolve_path(params.output_dir)
     run_dir, fingerprint = run_directory(params, out_dir.name)
     if not params.resume and run_dir.exists():
         shutil.rmtree(run_dir)

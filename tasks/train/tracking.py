@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ class StepLogger:
             self.flush()
 
     def flush(self) -> None:
-        if self.client is not None and self.buffer:
+        if self.client is not None and self.run_id is not None and self.buffer:
             self.client.log_batch(self.run_id, metrics=self.buffer)
             self.buffer = []
 
@@ -46,7 +47,7 @@ def data_version(shards: list[str]) -> str:
     for shard in shards:
         digest.update(Path(shard).name.encode())
         with open(shard, "rb") as fh:
-            for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+            for chunk in iter(functools.partial(fh.read, 1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
 
@@ -56,7 +57,8 @@ def data_lineage(shards_dir: str) -> dict[str, str]:
     dvc.lock holds for the output containing the shards, and the hash of the curated uid list."""
     import yaml
 
-    from tasks.settings import get_settings, resolve_path
+    from tasks.io.paths import resolve_path
+    from tasks.settings import get_settings
 
     tags: dict[str, str] = {}
     root = get_settings().root

@@ -107,6 +107,7 @@ def train_worker(config: dict[str, Any]) -> None:
     """Entry point of TorchTrainer: the same function in local mode and on every worker."""
     import torch
 
+    from tasks.clip import build_model
     from tasks.train.checkpoints import export_model_folder
     from tasks.train.data import list_shards, worker_batches
     from tasks.train.loop import (
@@ -119,7 +120,6 @@ def train_worker(config: dict[str, Any]) -> None:
         train_steps,
     )
     from tasks.train.tracking import StepLogger
-    from tasks.train.zoo import build_model
 
     p = TrainParams.model_validate(config["params"])
     run_dir, local_mode = Path(config["run_dir"]), config["local_mode"]

@@ -9,9 +9,10 @@ import time
 import pytest
 from PIL import Image
 
-from tasks.crawl.downloader import DownloadConfig, download_shard, refused_by_header
-from tasks.crawl.http import HttpConfig, retry_after_seconds
-from tasks.crawl.resizer import ResizeConfig
+from tasks.crawl.downloader import download_shard, refused_by_header
+from tasks.crawl.http import retry_after_seconds
+from tasks.crawl.params import CrawlParams, DownloadParams, HttpParams
+from tasks.imaging.resize import ResizeParams
 
 EXPECTED = {
     "ok.jpg": "success",
@@ -49,10 +50,9 @@ EXPECTED = {
 }
 
 
-def config(**http: object) -> DownloadConfig:
+def config(**http: object) -> CrawlParams:
     h = dict(
         user_agent="clipmill-test/0.1 (+http://example.invalid/contact)",
-        connections=16,
         retries=1,
         backoff_s=0.05,
         connect_timeout_s=2.0,
@@ -62,16 +62,21 @@ def config(**http: object) -> DownloadConfig:
         max_retry_after_s=5.0,
     )
     h.update(http)
-    return DownloadConfig(
-        http=HttpConfig(**h), resize=ResizeConfig(image_size=64), allow_addresses=("127.0.0.1",)
+    return CrawlParams(
+        http=HttpParams(**h),
+        download=DownloadParams(connections_per_shard=16),
+        resize=ResizeParams(image_size=64),
     )
+
+
+ALLOW = ("127.0.0.1",)
 
 
 @pytest.fixture(scope="module")
 def results(bad_server) -> dict[str, dict]:
     rows = [{"uid": name, "url": bad_server.base + name} for name in EXPECTED]
     started = time.perf_counter()
-    out = download_shard(rows, config())
+    out = download_shard(rows, config(), ALLOW)
     assert (
         time.perf_counter() - started < 20
     )  # slow URLs time out in parallel, not one after another
@@ -123,7 +128,7 @@ def test_success_outputs(bad_server, results):
 
 def test_429_waits_for_retry_after(bad_server):
     started = time.perf_counter()
-    out = download_shard([{"uid": "x", "url": bad_server.base + "429.jpg?again"}], config())
+    out = download_shard([{"uid": "x", "url": bad_server.base + "429.jpg?again"}], config(), ALLOW)
     assert out[0]["status"] == "success" and time.perf_counter() - started >= 0.9
 
 

@@ -33,18 +33,17 @@ def _params(tmp: Path, base: str, name: str) -> Path:
             }
         ).to_parquet(urls)
     params = yaml.safe_load((PROJECT_ROOT / "params/crawl.yaml").read_text())
-    params.update(
+    params["inputs"].update(
         sources=["urls"],
         url_lists=[str(urls)],
         sample_site_dir="",
         archives_index="",
-        allow_addresses=["127.0.0.1"],
         shard_size=SHARD,
-        shards_in_flight=1,
-        connections_per_shard=2,
-        output_dir=str(tmp / name),
-        lancedb_uri=str(tmp / f"{name}_lancedb"),
-        progress=False,
+    )
+    params["policy"]["allow_addresses"] = ["127.0.0.1"]
+    params["download"].update(shards_in_flight=1, connections_per_shard=2)
+    params["output"].update(
+        output_dir=str(tmp / name), lancedb_uri=str(tmp / f"{name}_lancedb"), progress=False
     )
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(params))

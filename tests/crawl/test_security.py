@@ -7,10 +7,9 @@ import ipaddress
 
 import pytest
 
-from tasks.crawl.downloader import DownloadConfig, download_shard
+from tasks.crawl.downloader import download_shard
 from tasks.crawl.errors import CrawlError
-from tasks.crawl.http import HttpConfig
-from tasks.crawl.resizer import ResizeConfig
+from tasks.crawl.params import CrawlParams, HttpParams, PolicyParams
 from tasks.crawl.security import StubResolver, UrlGuard, refusal_reason
 
 
@@ -86,20 +85,16 @@ def test_allow_list_is_explicit():
         UrlGuard(["not-an-ip"])
 
 
-def _cfg(allow: tuple[str, ...], stub: dict[str, list[str]]) -> DownloadConfig:
-    return DownloadConfig(
-        http=HttpConfig(
-            user_agent="clipmill-test/0 (+http://example.invalid)",
-            retries=0,
-            connect_timeout_s=2,
-            read_timeout_s=2,
-            total_timeout_s=4,
-        ),
-        resize=ResizeConfig(),
-        allow_addresses=allow,
-        respect_robots_txt=False,
-        stub_dns=tuple((k, tuple(v)) for k, v in stub.items()),
-    )
+PARAMS = CrawlParams(
+    http=HttpParams(
+        user_agent="clipmill-test/0 (+http://example.invalid)",
+        retries=0,
+        connect_timeout_s=2,
+        read_timeout_s=2,
+        total_timeout_s=4,
+    ),
+    policy=PolicyParams(respect_robots_txt=False),
+)
 
 
 def test_no_connection_attempt_to_refused_address(canary):
@@ -108,11 +103,11 @@ def test_no_connection_attempt_to_refused_address(canary):
         {"uid": "a", "url": f"http://sneaky.test:{canary.port}/x.jpg"},
         {"uid": "b", "url": f"http://127.0.0.1:{canary.port}/y.jpg"},
     ]
-    out = download_shard(rows, _cfg((), {"sneaky.test": ["127.0.0.1"]}))
+    out = download_shard(rows, PARAMS, (), stub_dns={"sneaky.test": ["127.0.0.1"]})
     assert [r["status"] for r in out] == ["address_refused", "address_refused"]
     assert canary.accepted == 0
     # Positive control: the same URLs with 127.0.0.1 allowed do connect (so the test can fail).
-    out = download_shard(rows, _cfg(("127.0.0.1",), {"sneaky.test": ["127.0.0.1"]}))
+    out = download_shard(rows, PARAMS, ("127.0.0.1",), stub_dns={"sneaky.test": ["127.0.0.1"]})
     assert canary.accepted == 2 and [r["status"] for r in out] == ["empty_body", "empty_body"]
 
 
@@ -129,7 +124,7 @@ def test_redirects_are_rechecked(bad_server):
         )
     ]
     before = dict(bad_server.hits)
-    out = download_shard(rows, _cfg(("127.0.0.1",), {"internal.test": ["10.20.30.40"]}))
+    out = download_shard(rows, PARAMS, ("127.0.0.1",), stub_dns={"internal.test": ["10.20.30.40"]})
     status = {r["uid"]: r["status"] for r in out}
     assert status == {
         "to-private.jpg": "address_refused",

@@ -30,25 +30,27 @@ def env(tmp_path, monkeypatch, mlflow_store, ray_session):
     root = tmp_path / "sample"
     root.mkdir()
     info = build_sample(root)
-    overrides = {
-        "sources": ["site", "wat", "warc"],
-        "sample_site_dir": str(root / "site"),
-        "archives_index": str(root / "archives/index.json"),
-        "output_dir": str(tmp_path / "crawl"),
-        "lancedb_uri": str(tmp_path / "lancedb"),
-        "shard_size": 5,
-        "progress": False,
-        "retries": 0,
-        "connections_per_shard": 8,
+    overrides = {  # dotted paths into the params' sections, as `-s` takes them
+        "inputs.sources": ["site", "wat", "warc"],
+        "inputs.sample_site_dir": str(root / "site"),
+        "inputs.archives_index": str(root / "archives/index.json"),
+        "inputs.shard_size": 5,
+        "output.output_dir": str(tmp_path / "crawl"),
+        "output.lancedb_uri": str(tmp_path / "lancedb"),
+        "output.progress": False,
+        "http.retries": 0,
+        "download.connections_per_shard": 8,
     }
     return tmp_path, root, info, overrides
 
 
-def _run(overrides: dict, **more: object) -> dict:
+def _run(overrides: dict, more: dict | None = None) -> dict:
     from tasks import PROJECT_ROOT
     from tasks.runner import run_stage
 
-    return run_stage("crawl", PROJECT_ROOT / "params/crawl.yaml", overrides={**overrides, **more})
+    return run_stage(
+        "crawl", PROJECT_ROOT / "params/crawl.yaml", overrides={**overrides, **(more or {})}
+    )
 
 
 def _tar_names(path: Path) -> list[str]:
@@ -115,7 +117,7 @@ def test_stage_layout_pool_resume_and_retry(env):
 
     # retry_failed: the missing image now exists; only it is fetched, and merged into its shard + pool.
     (root / "site/img/late.jpg").write_bytes(images.jpeg(90, 90))
-    retried = _run(ov, retry_failed=True, retry_error_classes=["http_404"])
+    retried = _run(ov, {"output.retry_failed": True, "output.retry_error_classes": ["http_404"]})
     assert (
         retried["retried"] == 1
         and retried["recovered"] == 1
@@ -127,9 +129,13 @@ def test_stage_layout_pool_resume_and_retry(env):
     assert pool[late_uid]["status"] == "success" and len(pool) == len(ok_uids) + 1
 
     # Other inputs into the same folder are refused unless overwrite=true.
-    with pytest.raises(PlanMismatchError, match="overwrite=true"):
-        _run(ov, max_images=3)
-    replaced = _run(ov, max_images=3, overwrite=True, write_pool=False)
+    with pytest.raises(PlanMismatchError, match="output.overwrite=true"):
+        _run(ov, {"inputs.max_images": 3})
+    with pytest.raises(PlanMismatchError):  # the resize is part of what a plan's shards hold
+        _run(ov, {"resize.image_size": 128})
+    replaced = _run(
+        ov, {"inputs.max_images": 3, "output.overwrite": True, "output.write_pool": False}
+    )
     assert replaced["count"] == 3 and replaced["shards"] == 1
 
 
@@ -138,15 +144,19 @@ def test_bad_params_and_inputs_are_clear(env):
     from tasks.base import ParamsError
     from tasks.crawl.inputs import InputError
 
-    with pytest.raises(ParamsError, match="shard_size"):
-        _run(ov, shard_size=0)
+    with pytest.raises(ParamsError, match="field 'inputs.shard_size' = 0"):
+        _run(ov, {"inputs.shard_size": 0})
     with pytest.raises(ParamsError, match="unknown field 'bogus'"):
-        _run(ov, bogus=1)
-    with pytest.raises(InputError, match="'urls' but url_lists is empty"):
-        _run(ov, sources=["urls"])
+        _run(ov, {"bogus": 1})
+    with pytest.raises(ParamsError, match="unknown field 'http.bogus'"):
+        _run(ov, {"http.bogus": 1})
+    with pytest.raises(ParamsError, match="unknown field 'shard_size'"):  # flat names are gone
+        _run(ov, {"shard_size": 5})
+    with pytest.raises(InputError, match="'urls' but inputs.url_lists is empty"):
+        _run(ov, {"inputs.sources": ["urls"]})
     with pytest.raises(FileNotFoundError, match="sample site not found"):
-        _run(ov, sample_site_dir=str(tmp / "nowhere"))
+        _run(ov, {"inputs.sample_site_dir": str(tmp / "nowhere")})
     shutil.rmtree(tmp / "crawl", ignore_errors=True)
     with pytest.raises(FileNotFoundError, match="holds no crawl"):
-        _run(ov, retry_failed=True)
+        _run(ov, {"output.retry_failed": True})
     assert io

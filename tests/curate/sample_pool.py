@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import tarfile
 from pathlib import Path
 
 from tasks import PROJECT_ROOT
+from tasks.io.wds import write_tar
 
 SAMPLE = PROJECT_ROOT / "data" / "sample"
 BASE_URL = "http://sample.clipmill.test/"
@@ -81,7 +81,7 @@ def build_site_pool(
             w = h = None
         shard = f"shards/{i // shard_size:05d}.tar"
         ext = path.rsplit(".", 1)[-1].lower()
-        shard_files.setdefault(shard, []).append((f"{uid}.{'jpg' if ext == 'jpeg' else ext}", data))
+        shard_files.setdefault(shard, []).append((uid, {"jpg" if ext == "jpeg" else ext: data}))
         alt = by_path[path].get("alt")
         rows.append(
             {
@@ -98,14 +98,8 @@ def build_site_pool(
                 "status": "success",
             }
         )
-    for shard, files in shard_files.items():
-        out = root / "crawl" / shard
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(out, "w") as tar:
-            for name, data in files:
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+    for shard, samples in shard_files.items():
+        write_tar(root / "crawl" / shard, samples)
     uri = str(root / "lancedb")
     lancedb.connect(uri).create_table("pool", pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
     return uri

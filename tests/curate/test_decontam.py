@@ -10,16 +10,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.crawl.resizer import ResizeConfig, process_image
 from tasks.curate.evalsets import EvalView, crop, pixel_distances, planted_recall
 from tasks.curate.features import embed_table, hash_batch
 from tasks.curate.params import CurateParams
 from tasks.curate.steps.base import StepContext
-from tasks.curate.steps.decontam import decontaminate
+from tasks.curate.steps.registry import build_step
+from tasks.imaging.resize import ResizeParams, process_image
 
 from .conftest import image_bytes
 
-CRAWL = ResizeConfig()  # params/crawl.yaml: border 256 px, JPEG q95
+CRAWL = ResizeParams()  # params/crawl.yaml: border 256 px, JPEG q95
 
 
 def _png(img) -> bytes:
@@ -62,24 +62,28 @@ def _pool_table(images: dict[str, bytes]) -> pa.Table:
     return hash_batch(pa.Table.from_pylist(rows)).drop_columns(["image"])
 
 
-def _params(**kw) -> CurateParams:
-    base = dict(
-        clip_model=None,
+def _params(clip_model: str | None = None, **decontaminate) -> CurateParams:
+    section = dict(embed_threshold=None, hash_embed_min=None, crop_embed_min=None)
+    return CurateParams(
+        paths={"clip_model": clip_model},
         steps=["decontaminate"],
-        decontam_embed_threshold=None,
-        decontam_hash_embed_min=None,
-        decontam_crop_embed_min=None,
+        decontaminate={**section, **decontaminate},
     )
-    return CurateParams(**{**base, **kw})
+
+
+def decontaminate(rows: pa.Table, ctx: StepContext):
+    """The registered decontaminate step with the context's params."""
+    return build_step("decontaminate", ctx.params)(rows, ctx)
 
 
 def _decide(pool: dict[str, bytes], evals: dict[str, bytes], **kw) -> dict[str, tuple]:
     from tasks.curate.evalsets import eval_view
 
     p = _params(**kw)
+    view = eval_view(p.decontaminate, CRAWL)
     res = decontaminate(
         _pool_table(pool),
-        StepContext(params=p, out_dir=Path("."), eval_features=_eval_table(evals, eval_view(p))),
+        StepContext(params=p, out_dir=Path("."), eval_features=_eval_table(evals, view)),
     )
     return {u: (r, ref) for u, r, ref in zip(pool, res.reason, res.ref, strict=True)}
 
@@ -97,20 +101,20 @@ def toy():
 
 def test_crawl_view_finds_a_crawled_copy_raw_view_does_not(toy):
     pool, evals = toy
-    crawl = _decide(pool, evals, decontam_crops=[])
+    crawl = _decide(pool, evals, crops=[])
     assert crawl["planted"] == ("eval_near_duplicate_phash", "toy/e0")
     assert crawl["other"] == (None, None)
     # the same copy against the eval images as stored: the white border bands of the crawl's
     # resize move the hashes far away, so it is missed
-    raw = _decide(pool, evals, decontam_crops=[], decontam_eval_view="raw")
+    raw = _decide(pool, evals, crops=[], eval_view="raw")
     assert raw["planted"] == (None, None)
 
 
 def test_eval_crops_find_a_cropped_copy(toy):
     pool, evals = toy
-    whole_only = _decide(pool, evals, decontam_crops=[])
+    whole_only = _decide(pool, evals, crops=[])
     assert whole_only["cropped"] == (None, None)
-    with_crops = _decide(pool, evals, decontam_crops=[0.82, 0.9])
+    with_crops = _decide(pool, evals, crops=[0.82, 0.9])
     assert with_crops["cropped"] == ("eval_near_duplicate_crop", "toy/e1")
     assert with_crops["planted"] == ("eval_near_duplicate_phash", "toy/e0")
     assert with_crops["other"] == (None, None)
@@ -178,7 +182,7 @@ def _emb_tables(cos: float) -> tuple[pa.Table, pa.Table]:
 def test_hash_match_needs_the_embedding_gate(cos, flagged):
     rows, ev = _emb_tables(cos)
     # the step only reads stored embeddings; a model is named because the params require one
-    p = _params(clip_model="random:clipmill-tiny", decontam_hash_embed_min=0.85)
+    p = _params(clip_model="random:clipmill-tiny", hash_embed_min=0.85)
     res = decontaminate(rows, StepContext(params=p, out_dir=Path("."), eval_features=ev))
     assert (res.reason[0] == "eval_near_duplicate_phash") is flagged
     assert res.score[0] == pytest.approx(cos, abs=1e-5)

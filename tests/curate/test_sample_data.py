@@ -21,38 +21,41 @@ def _planted(sample):
     return pq.read_table(sample / "eval" / "planted_near_duplicates.parquet").num_rows
 
 
-def _run(tmp_path, others, sample, **kw):
+def _run(tmp_path, others, sample, **decontaminate):
     from tasks.curate.params import CurateParams
     from tasks.curate.stage import run
 
     uri = build_site_pool(tmp_path, others, sample=sample)
     params = CurateParams(
-        pool_uri=uri,
-        crawl_dir=str(tmp_path / "crawl"),
-        out_dir=str(tmp_path / "out"),
-        clip_model=None,
+        paths={
+            "pool_uri": uri,
+            "crawl_dir": str(tmp_path / "crawl"),
+            "out_dir": str(tmp_path / "out"),
+            "clip_model": None,
+            "eval_dir": str(sample / "eval"),
+        },
         steps=["exact_dedup", "perceptual_dedup", "decontaminate"],
         # the pool holds the site's raw images (no crawl resize), so eval images are taken raw;
         # hashes alone (no teacher here)
-        decontam_eval_view="raw",
-        decontam_embed_threshold=None,
-        decontam_hash_embed_min=None,
-        decontam_crop_embed_min=None,
-        eval_dir=str(sample / "eval"),
-        planted_path=str(sample / "eval" / "planted_near_duplicates.parquet"),
-        materialise=False,
-        report_examples=0,
-        **kw,
+        decontaminate={
+            "eval_view": "raw",
+            "embed_threshold": None,
+            "hash_embed_min": None,
+            "crop_embed_min": None,
+            **decontaminate,
+        },
+        planted_qa={"path": str(sample / "eval" / "planted_near_duplicates.parquet")},
+        outputs={"materialise": False, "report_examples": 0},
     )
     return run(params)
 
 
 def test_decontamination_finds_planted_copies(tmp_path, sample_dir):
-    m = _run(tmp_path, others=300, sample=sample_dir, decontam_crops=[])
+    m = _run(tmp_path, others=300, sample=sample_dir, crops=[])
     print({k: v for k, v in m.items() if k.startswith("decontam")})
     assert m["decontam_planted_in_pool"] == m["decontam_planted"] == _planted(sample_dir) > 0
     # whole-image hashes alone: nearly every resize / jpeg / colour-shift copy but not the crops
-    # (25 of 100), which need eval crops (decontam_crops; slow here, so off); measured 0.71
+    # (25 of 100), which need eval crops (decontaminate.crops; slow here, so off); measured 0.71
     assert m["decontam_recall"] >= 0.7
     assert m["decontam_recall_resize"] >= 0.9 and m["decontam_recall_crop"] <= 0.2
     # look-alike clip-art (star shapes, identical flags) is flagged too: measured ~3-5% of other

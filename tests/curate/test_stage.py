@@ -13,23 +13,25 @@ from tasks.curate.params import CurateParams
 
 
 def _params(hp, out, **kw) -> CurateParams:
-    base = dict(
-        pool_uri=hp.lance_uri,
-        crawl_dir=str(hp.crawl_dir),
-        out_dir=str(out),
-        wordnet_metadata=None,
-        extra_metadata=[str(hp.metadata)],
-        clip_model="random:clipmill-tiny",
-        eval_dir=str(hp.eval_dir),
-        planted_path=str(hp.planted),
-        balance_t=8,
-        clip_score_fraction=0.9,
-        shard_size=8,
-        decontam_embed_threshold=None,
-        semdedup_eps=1e-7,
-        report_examples=4,
+    """The hand pool's params; `kw` sections are merged into these (nested keys)."""
+    base: dict = dict(
+        paths=dict(
+            pool_uri=hp.lance_uri,
+            crawl_dir=str(hp.crawl_dir),
+            out_dir=str(out),
+            clip_model="random:clipmill-tiny",
+            eval_dir=str(hp.eval_dir),
+        ),
+        metadata=dict(wordnet=None, extra=[str(hp.metadata)]),
+        planted_qa=dict(path=str(hp.planted)),
+        balance=dict(t=8),
+        clip_score=dict(fraction=0.9),
+        outputs=dict(shard_size=8, report_examples=4),
+        decontaminate=dict(embed_threshold=None),
+        semantic_dedup=dict(eps=1e-7),
     )
-    base.update(kw)
+    for key, value in kw.items():
+        base[key] = {**base[key], **value} if isinstance(value, dict) else value
     return CurateParams(**base)
 
 
@@ -80,6 +82,11 @@ def test_stage_end_to_end(hand_pool, tmp_path, ray_session):
 
     Image.open(io.BytesIO(sample["jpg"])).verify()
     assert metrics["decontam_recall"] == 1.0 and metrics["decontam_false_positives"] == 0
+    # the crawl's resize section the eval view used is recorded with the run
+    from tasks.curate.inputs import crawl_resize
+
+    recorded = json.loads((out / "report" / "inputs.json").read_text())
+    assert recorded["crawl"]["resize"] == crawl_resize().model_dump(mode="json")
     assert (out / "report" / "funnel.png").exists() and (
         out / "report" / "entry_counts.png"
     ).exists()
@@ -91,17 +98,22 @@ def test_stage_end_to_end(hand_pool, tmp_path, ray_session):
 def test_rebalance_reuses_matches_and_features(hand_pool, tmp_path, ray_session):
     from tasks.curate.stage import run
 
-    first = run(_params(hand_pool, tmp_path / "a", steps=["basic", "balance"], materialise=False))
+    no_shards = {"materialise": False}
+    first = run(_params(hand_pool, tmp_path / "a", steps=["basic", "balance"], outputs=no_shards))
     again = run(
         _params(
-            hand_pool, tmp_path / "b", steps=["basic", "balance"], balance_t=1, materialise=False
+            hand_pool,
+            tmp_path / "b",
+            steps=["basic", "balance"],
+            balance={"t": 1},
+            outputs=no_shards,
         )
     )
     assert first["rows_matched"] == 43 and again["rows_matched"] == 0, (
         "balancing again must not re-match"
     )
     assert again["entries_above_t"] > 0 and again["subset_size"] < first["subset_size"]
-    same = run(_params(hand_pool, tmp_path / "c", steps=["basic", "balance"], materialise=False))
+    same = run(_params(hand_pool, tmp_path / "c", steps=["basic", "balance"], outputs=no_shards))
     assert same["subset_size"] == first["subset_size"], "seeded: same params, same subset"
 
 
@@ -110,7 +122,11 @@ def test_balance_target_size(hand_pool, tmp_path, ray_session):
 
     m = run(
         _params(
-            hand_pool, tmp_path / "o", steps=["balance"], balance_target_size=10, materialise=False
+            hand_pool,
+            tmp_path / "o",
+            steps=["balance"],
+            balance={"target_size": 10},
+            outputs={"materialise": False},
         )
     )
     assert m["subset_size"] >= 10 and m["balance_t"] >= 1
@@ -120,23 +136,25 @@ def test_model_step_without_model_is_a_clear_error():
     from tasks.base import ParamsError
 
     with pytest.raises(ValueError, match="need a CLIP model"):
-        CurateParams(clip_model=None, steps=["clip_score"])
+        CurateParams(paths={"clip_model": None}, steps=["clip_score"])
     with pytest.raises(ParamsError, match="need a CLIP model"):
         CurateParams.validate_mapping(
-            {"clip_model": None, "steps": ["semantic_dedup"]}, source="x.yaml"
+            {"paths": {"clip_model": None}, "steps": ["semantic_dedup"]}, source="x.yaml"
         )
     CurateParams(
-        clip_model=None, steps=["basic", "exact_dedup", "balance"], decontam_embed_threshold=None
+        paths={"clip_model": None},
+        steps=["basic", "exact_dedup", "balance"],
+        decontaminate={"embed_threshold": None},
     )
 
 
 def test_missing_model_folder_is_a_clear_error(tmp_path):
-    from tasks.curate.clipmodel import ModelNotConfiguredError, load_model
+    from tasks.clip import ModelLoadError, load_clip
 
-    with pytest.raises(ModelNotConfiguredError, match="does not exist"):
-        load_model(str(tmp_path / "no-teacher"))
-    with pytest.raises(ModelNotConfiguredError, match="needs a CLIP model"):
-        load_model(None)
+    with pytest.raises(ModelLoadError, match="no-teacher.*does not exist"):
+        load_clip(str(tmp_path / "no-teacher"))
+    with pytest.raises(ModelLoadError, match="needs a CLIP model"):
+        load_clip(None)
 
 
 def test_params_reject_bad_orders():
@@ -161,14 +179,14 @@ def test_registered_stage_through_the_runner(
     monkeypatch.setenv("CLIPMILL_LANCEDB_URI", hand_pool.lance_uri)
     get_settings.cache_clear()
     overrides = {
-        "crawl_dir": str(hand_pool.crawl_dir),
-        "out_dir": str(tmp_path / "out"),
-        "wordnet_metadata": None,
-        "extra_metadata": [str(hand_pool.metadata)],
-        "clip_model": None,
-        "balance_t": 8,
+        "paths.crawl_dir": str(hand_pool.crawl_dir),
+        "paths.out_dir": str(tmp_path / "out"),
+        "metadata.wordnet": None,
+        "metadata.extra": [str(hand_pool.metadata)],
+        "paths.clip_model": None,
+        "balance.t": 8,
         "steps": ["basic", "exact_dedup", "perceptual_dedup", "balance"],
-        "shard_size": 8,
+        "outputs.shard_size": 8,
     }
     metrics = run_stage("curate", PROJECT_ROOT / "params/curate.yaml", overrides=overrides)
     assert (
@@ -178,7 +196,7 @@ def test_registered_stage_through_the_runner(
     )
     run = mlflow.get_run(metrics["_mlflow_run_id"])
     assert (
-        run.data.params["curate.balance_t"] == "8"
+        run.data.params["curate.balance.t"] == "8"
         and run.data.metrics["funnel_balance"] == metrics["subset_size"]
     )
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "report")}

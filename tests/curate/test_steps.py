@@ -10,12 +10,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.curate.params import CurateParams
-from tasks.curate.steps.base import StepContext
+from tasks.curate.steps.base import StepContext, StepResult
+from tasks.curate.steps.registry import build_step
 
 
-def ctx(tmp_path: Path, **kw) -> StepContext:
-    kw.setdefault("clip_model", "random:clipmill-tiny")
-    return StepContext(params=CurateParams(**kw), out_dir=tmp_path)
+def decide(
+    name: str, rows: pa.Table, tmp_path: Path, ctx_kw: dict | None = None, **kw
+) -> StepResult:
+    """Build step `name` from the registry with params `kw` (nested sections), set it up, call it."""
+    kw.setdefault("paths", {"clip_model": "random:clipmill-tiny"})
+    params = CurateParams(**kw)
+    ctx = StepContext(params=params, out_dir=tmp_path, **(ctx_kw or {}))
+    step = build_step(name, params)
+    step.setup(ctx)
+    return step(rows, ctx)
 
 
 def vectors(rows: list[list[float] | None]) -> pa.Array:
@@ -27,8 +35,6 @@ def vectors(rows: list[list[float] | None]) -> pa.Array:
 
 
 def test_basic_filter_reasons(tmp_path):
-    from tasks.curate.steps.basic import basic
-
     rows = pa.table(
         {
             "text": [
@@ -47,16 +53,16 @@ def test_basic_filter_reasons(tmp_path):
             "height": [256] * 7,
         }
     )
-    got = basic(rows, ctx(tmp_path))
+    got = decide("basic", rows, tmp_path)
     assert got.reason == [None, "image_too_small", "too_few_words", None, None, None, "language"]
     # a missing original size falls back to the stored size (256 x 256)
     assert got.keep.tolist() == [True, False, False, True, True, True, False]
-    strict = basic(rows.slice(3, 2), ctx(tmp_path, basic_min_chars=8, basic_max_aspect=2.0))
+    strict = decide("basic", rows.slice(3, 2), tmp_path, basic={"min_chars": 8, "max_aspect": 2.0})
     assert strict.reason == ["too_few_chars", "aspect_ratio"]
 
 
 def test_clip_score_global_top_fraction_and_fixed_threshold(tmp_path):
-    from tasks.curate.steps.clip_score import clip_score, top_fraction_threshold
+    from tasks.curate.steps.clip_score import top_fraction_threshold
 
     scores = np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0])
     assert (
@@ -72,7 +78,7 @@ def test_clip_score_global_top_fraction_and_fixed_threshold(tmp_path):
         [1.0, 0.0],
     ]  # cos 1, 0, .71, .98, .45
     rows = pa.table({"image_emb": vectors(img), "text_emb": vectors(txt)})
-    got = clip_score(rows, ctx(tmp_path, clip_score_fraction=0.4))
+    got = decide("clip_score", rows, tmp_path, clip_score={"fraction": 0.4})
     assert got.reason[5] == "no_embedding" and np.isnan(got.score[5])
     assert got.keep.tolist() == [
         True,
@@ -82,13 +88,11 @@ def test_clip_score_global_top_fraction_and_fixed_threshold(tmp_path):
         False,
         False,
     ]  # top 40% of 5: threshold = rank 2 = .71
-    fixed = clip_score(rows, ctx(tmp_path, clip_score_fraction=None, clip_score_threshold=0.8))
+    fixed = decide("clip_score", rows, tmp_path, clip_score={"fraction": None, "threshold": 0.8})
     assert fixed.keep.tolist() == [True, False, False, True, False, False]
 
 
 def test_text_based_first_synset(tmp_path):
-    from tasks.curate.steps.text_based import text_based
-
     wn = tmp_path / "wn.parquet"
     pq.write_table(
         pa.table(
@@ -107,28 +111,29 @@ def test_text_based_first_synset(tmp_path):
             "language": ["en", "en", "en", "fr"],
         }
     )
-    got = text_based(rows, ctx(tmp_path, wordnet_metadata=str(wn)))
+    got = decide("text_based", rows, tmp_path, metadata={"wordnet": str(wn)})
     # "dog": first NOUN synset n1 is in 21k (the verb sense does not count); "frump"'s first synset is not
     assert got.reason == [None, "no_imagenet21k_word", "no_imagenet21k_word", "language"]
 
 
 def test_image_based_keeps_clusters_nearest_to_targets(tmp_path):
-    from tasks.curate.steps.image_based import image_based
-
     rng = np.random.default_rng(0)
     centres = np.eye(4)[:3]
     pts = np.concatenate([c + 0.05 * rng.standard_normal((20, 4)) for c in centres])
     rows = pa.table({"image_emb": vectors([*pts.tolist(), None])})
-    c = ctx(tmp_path, image_kmeans_k=3, steps=["image_based"], image_target_dir="x")
-    c.cache["target_image_emb"] = np.array([[1.0, 0.02, 0.0, 0.0]], np.float32)
-    got = image_based(rows, c)
+    got = decide(
+        "image_based",
+        rows,
+        tmp_path,
+        {"target_embeddings": np.array([[1.0, 0.02, 0.0, 0.0]], np.float32)},
+        steps=["image_based"],
+        image_based={"kmeans_k": 3, "target_dir": "x"},
+    )
     assert got.keep[:20].all() and not got.keep[20:60].any() and got.reason[60] == "no_embedding"
     assert set(got.reason[20:60]) == {"cluster_not_near_target"}
 
 
 def test_exact_and_perceptual_dedup(tmp_path):
-    from tasks.curate.steps.dedup import exact_dedup, perceptual_dedup
-
     rows = pa.table(
         {
             "uid": ["c", "a", "b", "d"],
@@ -136,12 +141,12 @@ def test_exact_and_perceptual_dedup(tmp_path):
             "image_sha256": ["x", "x", None, "z"],
         }
     )
-    got = exact_dedup(rows, ctx(tmp_path))
+    got = decide("exact_dedup", rows, tmp_path)
     assert got.reason == ["duplicate_sha256", None, "no_sha256", None] and got.ref[0] == "a"
     ph = ["ffff0000ffff0000", "ffff0000ffff0001", "0000ffff0000ffff", "ffff0000ffff0003", None]
     dh = ["0f0f0f0f0f0f0f0f", "0f0f0f0f0f0f0f0f", "0f0f0f0f0f0f0f0f", "f0f0f0f0f0f0f0f0", None]
     rows = pa.table({"uid": ["u1", "u2", "u3", "u4", "u5"], "phash": ph, "dhash": dh})
-    got = perceptual_dedup(rows, ctx(tmp_path, phash_max_distance=2))
+    got = decide("perceptual_dedup", rows, tmp_path, perceptual_dedup={"max_distance": 2})
     # u2 is 1 bit from u1 in both hashes; u4 is 2 bits away in pHash but far in dHash: kept
     assert got.reason == [None, "duplicate_phash", None, None, "no_image_hash"]
     assert got.ref[1] == "u1" and got.score[1] == 1
@@ -158,8 +163,6 @@ def _near_dup_cloud(n: int, dups: int, dim: int, seed: int) -> tuple[np.ndarray,
 
 @pytest.mark.parametrize("ann_min_rows", [10**9, 1])  # exact matrix path, LanceDB ANN path
 def test_semdedup_finds_planted_twins(tmp_path, ann_min_rows):
-    from tasks.curate.steps.semdedup import semantic_dedup
-
     x, planted = _near_dup_cloud(600, 40, 32, seed=1)
     rows = pa.table(
         {
@@ -167,9 +170,11 @@ def test_semdedup_finds_planted_twins(tmp_path, ann_min_rows):
             "image_emb": pa.array(list(x), pa.list_(pa.float32(), 32)),
         }
     )
-    got = semantic_dedup(
+    got = decide(
+        "semantic_dedup",
         rows,
-        ctx(tmp_path, semdedup_clusters=4, semdedup_eps=0.01, semdedup_ann_min_rows=ann_min_rows),
+        tmp_path,
+        semantic_dedup={"clusters": 4, "eps": 0.01, "ann_min_rows": ann_min_rows},
     )
     dropped = set(np.flatnonzero(~got.keep).tolist())
     # each twin pair loses exactly one member, and it names the other one
@@ -181,8 +186,6 @@ def test_semdedup_finds_planted_twins(tmp_path, ann_min_rows):
 
 
 def test_semdedup_flags_rows_without_embeddings(tmp_path):
-    from tasks.curate.steps.semdedup import semantic_dedup
-
     rows = pa.table({"uid": ["a", "b", "c"], "image_emb": vectors([[1.0, 0.0], None, [0.0, 1.0]])})
-    got = semantic_dedup(rows, ctx(tmp_path, semdedup_clusters=1))
+    got = decide("semantic_dedup", rows, tmp_path, semantic_dedup={"clusters": 1})
     assert got.reason == [None, "no_embedding", None]

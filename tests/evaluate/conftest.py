@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.evaluate.tinymodel import save_tiny_model
+from tests.support.tinymodel import save_tiny_model
 
 from .sets import make_classification, make_retrieval
 

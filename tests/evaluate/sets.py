@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.evaluate.wds_writer import write_wds_set
+from tests.support.wds import write_wds_set
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
 RGB = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 230, 20), (150, 30, 160), (250, 140, 0)]

@@ -119,7 +119,8 @@ def test_ray_actor_pool_gives_the_same_embeddings(tiny_model, eval_root, ray_ses
 def test_checkpoint_that_does_not_match_its_config(tmp_path, tiny_model):
     import shutil
 
-    from tasks.evaluate.loading import ModelLoadError, load_model
+    from tasks.clip import ModelLoadError
+    from tasks.evaluate.loading import load_model
 
     bad = tmp_path / "bad"
     shutil.copytree(tiny_model, bad)

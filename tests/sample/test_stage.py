@@ -66,5 +66,7 @@ def test_bad_params_are_refused(override):
 
 
 def test_out_dir_resolves_under_the_project():
-    assert stage.resolve_out("data/sample") == PROJECT_ROOT / "data" / "sample"
-    assert stage.resolve_out("/abs/x") == Path("/abs/x")
+    from tasks.io.paths import resolve_path
+
+    assert resolve_path("data/sample") == PROJECT_ROOT / "data" / "sample"
+    assert resolve_path("/abs/x") == Path("/abs/x")

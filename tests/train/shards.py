@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-import json
 import random
-import tarfile
 from pathlib import Path
+
+from tasks.io.wds import write_tar
 
 COLOURS = {
     "red": (220, 30, 30),
@@ -35,12 +35,6 @@ def _image(colour: tuple[int, int, int], shape: str, rng: random.Random, size: i
     return buf.getvalue()
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
 def write_shards(
     folder: Path, n_shards: int = 2, per_shard: int = 48, size: int = 48, seed: int = 0
 ) -> Path:
@@ -49,14 +43,14 @@ def write_shards(
     rng = random.Random(seed)
     uid = 0
     for s in range(n_shards):
-        with tarfile.open(folder / f"{s:05d}.tar", "w") as tar:
-            for _ in range(per_shard):
-                colour = rng.choice(list(COLOURS))
-                shape = rng.choice(SHAPES)
-                key = f"{uid:012x}"
-                _add(tar, f"{key}.jpg", _image(COLOURS[colour], shape, rng, size))
-                _add(tar, f"{key}.txt", f"a {colour} {shape}".encode())
-                meta = {"uid": key, "recaption": f"a picture of a {shape} coloured {colour}"}
-                _add(tar, f"{key}.json", json.dumps(meta).encode())
-                uid += 1
+        samples = []
+        for _ in range(per_shard):
+            colour = rng.choice(list(COLOURS))
+            shape = rng.choice(SHAPES)
+            key = f"{uid:012x}"
+            image = _image(COLOURS[colour], shape, rng, size)
+            meta = {"uid": key, "recaption": f"a picture of a {shape} coloured {colour}"}
+            samples.append((key, {"jpg": image, "txt": f"a {colour} {shape}", "json": meta}))
+            uid += 1
+        write_tar(folder / f"{s:05d}.tar", samples)
     return folder

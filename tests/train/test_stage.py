@@ -18,7 +18,7 @@ def test_stage_trains_tracks_and_registers(
     from mlflow.tracking import MlflowClient
 
     import tasks.runner
-    from tasks.models import load_clip
+    from tasks.clip import load_clip
     from tasks.settings import get_settings
 
     monkeypatch.setenv("CLIPMILL_ROOT", str(tmp_path))  # metrics/<stage>.json lands under the root
@@ -74,9 +74,9 @@ def test_batch_larger_than_the_data_is_refused(tmp_path: Path, shards_dir: Path)
 def test_missing_shards_and_unknown_model_are_refused_before_training(
     tmp_path: Path, shards_dir: Path
 ) -> None:
+    from tasks.clip import UnknownModelError
     from tasks.train.data import DataError
     from tasks.train.stage import run
-    from tasks.train.zoo import UnknownModelError
 
     with pytest.raises(DataError, match="run the upstream stage first"):
         run(tiny_params(tmp_path, tmp_path / "no_shards"))

@@ -1,1 +1,1 @@
-"""Curation steps: each takes the rows that reached it and returns a keep mask with reasons."""
+"""Curation steps (`base.Step`): each declares its inputs and params section, returns a keep mask with reasons."""

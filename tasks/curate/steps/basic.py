@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from tasks.curate.steps.base import StepContext, StepResult
+from tasks.curate.params import BasicParams
+from tasks.curate.steps.base import Step, StepContext, StepResult
 
 
 def detect_language(text: str) -> str:
@@ -23,26 +24,32 @@ def _size(rows: pa.Table, name: str, i: int) -> int | None:
     return None
 
 
-def _reason(rows: pa.Table, i: int, text: str, ctx: StepContext) -> str | None:
-    p = ctx.params
-    if p.basic_languages:
+def _reason(rows: pa.Table, i: int, text: str, p: BasicParams) -> str | None:
+    if p.languages:
         lang = rows.column("language")[i].as_py() if "language" in rows.column_names else None
-        if (lang or detect_language(text)) not in p.basic_languages:
+        if (lang or detect_language(text)) not in p.languages:
             return "language"
-    if len(text.split()) < p.basic_min_words:
+    if len(text.split()) < p.min_words:
         return "too_few_words"
-    if len(text) < p.basic_min_chars:
+    if len(text) < p.min_chars:
         return "too_few_chars"
     w, h = _size(rows, "width", i), _size(rows, "height", i)
     if w is None or h is None or min(w, h) <= 0:
         return "image_size_unknown"
-    if min(w, h) < p.basic_min_side:
+    if min(w, h) < p.min_side:
         return "image_too_small"
-    if max(w, h) / min(w, h) > p.basic_max_aspect:
+    if max(w, h) / min(w, h) > p.max_aspect:
         return "aspect_ratio"
     return None
 
 
-def basic(rows: pa.Table, ctx: StepContext) -> StepResult:
-    texts = rows.column("text").to_pylist()
-    return StepResult.from_reasons([_reason(rows, i, t or "", ctx) for i, t in enumerate(texts)])
+class Basic(Step[BasicParams]):
+    """Language, text length, original image size and aspect ratio; rows only, no inputs."""
+
+    name = "basic"
+    params_model = BasicParams
+
+    def __call__(self, rows: pa.Table, ctx: StepContext) -> StepResult:
+        texts = rows.column("text").to_pylist()
+        reasons = [_reason(rows, i, t or "", self.params) for i, t in enumerate(texts)]
+        return StepResult.from_reasons(reasons)

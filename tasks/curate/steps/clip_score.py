@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from tasks.curate.steps.base import StepContext, StepResult, embeddings, missing_embedding_reasons
+from tasks.curate.params import ClipScoreParams
+from tasks.curate.steps.base import (
+    Step,
+    StepContext,
+    StepResult,
+    embeddings,
+    missing_embedding_reasons,
+)
 
 
 def top_fraction_threshold(scores: np.ndarray, fraction: float) -> float:
@@ -16,24 +23,31 @@ def top_fraction_threshold(scores: np.ndarray, fraction: float) -> float:
     return float(ranked[min(int(scores.size * fraction), scores.size - 1)])
 
 
-def clip_score(rows: pa.Table, ctx: StepContext) -> StepResult:
-    img, mask_i = embeddings(rows, "image_emb")
-    txt, mask_t = embeddings(rows, "text_emb")
-    mask = mask_i & mask_t
-    score = np.full(rows.num_rows, np.nan)
-    if mask.any():
-        both_i = img[mask[mask_i]]
-        both_t = txt[mask[mask_t]]
-        score[mask] = np.einsum("ij,ij->i", both_i, both_t)  # already L2-normalised: cosine
-    p = ctx.params
-    if p.clip_score_fraction is not None:
-        threshold = top_fraction_threshold(score[mask], p.clip_score_fraction)
-    else:
-        threshold = float(p.clip_score_threshold)
-    reasons = missing_embedding_reasons(mask)
-    for i in np.flatnonzero(mask):
-        if score[i] < threshold:
-            reasons[i] = "clip_score_low"
-    return StepResult.from_reasons(
-        reasons, score=score, metrics={"clip_score_threshold": threshold}
-    )
+class ClipScore(Step[ClipScoreParams]):
+    """Cosine of each pair's stored image and text embeddings against a global threshold."""
+
+    name = "clip_score"
+    params_model = ClipScoreParams
+    requires = frozenset({"embeddings"})
+
+    def __call__(self, rows: pa.Table, ctx: StepContext) -> StepResult:
+        img, mask_i = embeddings(rows, "image_emb")
+        txt, mask_t = embeddings(rows, "text_emb")
+        mask = mask_i & mask_t
+        score = np.full(rows.num_rows, np.nan)
+        if mask.any():
+            both_i = img[mask[mask_i]]
+            both_t = txt[mask[mask_t]]
+            score[mask] = np.einsum("ij,ij->i", both_i, both_t)  # already L2-normalised: cosine
+        p = self.params
+        if p.fraction is not None:
+            threshold = top_fraction_threshold(score[mask], p.fraction)
+        else:
+            threshold = float(p.threshold)  # type: ignore[arg-type]  # params: one is set
+        reasons = missing_embedding_reasons(mask)
+        for i in np.flatnonzero(mask):
+            if score[i] < threshold:
+                reasons[i] = "clip_score_low"
+        return StepResult.from_reasons(
+            reasons, score=score, metrics={"clip_score_threshold": threshold}
+        )

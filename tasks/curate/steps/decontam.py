@@ -1,12 +1,12 @@
 """Eval-set decontamination: drop a pool image that is a near-duplicate of any evaluation image.
 
-The eval images are featurised in the pool's own form (`decontam_eval_view`, see
+The eval images are featurised in the pool's own form (`decontaminate.eval_view`, see
 evalsets.EvalView): as the crawl stored them, plus crops. A pool image is flagged when
 - its pHash AND dHash are within the thresholds of the same eval image (whole view), and its
-  image embedding is close enough to that eval image's (`decontam_hash_embed_min`), or
-- the same holds for one of the eval image's crops (`decontam_crop_*`; the embedding gate uses
-  the whole eval image, crops are not embedded), or
-- its embedding alone reaches `decontam_embed_threshold` (off by default: the teacher's embeddings
+  image embedding is close enough to that eval image's (`decontaminate.hash_embed_min`), or
+- the same holds for one of the eval image's crops (`decontaminate.crop_*`; the embedding gate
+  uses the whole eval image, crops are not embedded), or
+- its embedding alone reaches `decontaminate.embed_threshold` (off by default: the teacher's embeddings
   put whole families of clip-art, e.g. every generated star, above 0.96).
 Hashes see luminance only and confuse look-alike shapes; the embedding gate removes most of those.
 """
@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.curate.features import hex_to_u64
-from tasks.curate.steps.base import StepContext, StepResult, embeddings
+from tasks.curate.params import DecontaminateParams
+from tasks.curate.steps.base import Input, Step, StepContext, StepResult, embeddings
 from tasks.curate.steps.dedup import _codes, hamming_pairs
 
 REASON_HASH = "eval_near_duplicate_phash"
@@ -116,18 +117,35 @@ def _gated(
     return {r: j for r, (j, _) in hits.items()}
 
 
-def decontaminate(rows: pa.Table, ctx: StepContext) -> StepResult:
-    ev = ctx.eval_features
-    if ev is None or ev.num_rows == 0:
-        raise ValueError(f"decontaminate: no evaluation images found under {ctx.params.eval_dir}")
-    p = ctx.params
+class Decontaminate(Step[DecontaminateParams]):
+    """Flags pool images that are near-duplicates of an eval image (hashes, crops, embeddings)."""
+
+    name = "decontaminate"
+    params_model = DecontaminateParams
+    requires = frozenset({"hashes", "eval_features"})
+
+    def inputs(self) -> frozenset[Input]:
+        """Embeddings only when a cosine gate or threshold is set."""
+        extra: frozenset[Input] = frozenset({"embeddings"})
+        return self.requires | extra if self.params.uses_embeddings() else self.requires
+
+    def __call__(self, rows: pa.Table, ctx: StepContext) -> StepResult:
+        ev = ctx.eval_features
+        if ev is None or ev.num_rows == 0:
+            raise ValueError(
+                f"decontaminate: no evaluation images found under {ctx.params.paths.eval_dir}"
+            )
+        return _decide(rows, ev, self.params)
+
+
+def _decide(rows: pa.Table, ev: pa.Table, p: DecontaminateParams) -> StepResult:
     ids = ev.column("id").to_pylist()
     variants = (
         ev.column("variant").to_pylist() if "variant" in ev.column_names else ["full"] * ev.num_rows
     )
     whole = np.array([i for i, v in enumerate(variants) if v == "full"], dtype=np.int64)
     crops = np.array([i for i, v in enumerate(variants) if v != "full"], dtype=np.int64)
-    use_emb = p.decontam_uses_embeddings()
+    use_emb = p.uses_embeddings()
     cos = _Cosines(rows, ev, variants) if use_emb else None
 
     reasons: list[str | None] = [None] * rows.num_rows
@@ -136,26 +154,24 @@ def decontaminate(rows: pa.Table, ctx: StepContext) -> StepResult:
     if cos is not None:
         best, arg = cos.best(whole)
         score = best
-        if p.decontam_embed_threshold is not None:
-            for i in np.flatnonzero(np.nan_to_num(best, nan=-2.0) >= p.decontam_embed_threshold):
+        if p.embed_threshold is not None:
+            for i in np.flatnonzero(np.nan_to_num(best, nan=-2.0) >= p.embed_threshold):
                 reasons[i], refs[i] = REASON_EMBED, ids[arg[i]]
         for i in np.flatnonzero(~cos.row_mask):
             reasons[i] = "no_embedding"
-    if p.decontam_crops and len(crops):
+    if p.crops and len(crops):
         crop_pairs = _hash_pairs(
-            rows, ev, crops, p.decontam_crop_hash_max_distance, p.decontam_crop_dhash_max_distance
+            rows, ev, crops, p.crop_hash_max_distance, p.crop_dhash_max_distance
         )
-        for row, j in _gated(crop_pairs, cos, p.decontam_crop_embed_min).items():
+        for row, j in _gated(crop_pairs, cos, p.crop_embed_min).items():
             reasons[row], refs[row] = REASON_CROP, ids[j]
-    whole_pairs = _hash_pairs(
-        rows, ev, whole, p.decontam_hash_max_distance, p.decontam_dhash_max_distance
-    )
-    for row, j in _gated(whole_pairs, cos, p.decontam_hash_embed_min).items():
+    whole_pairs = _hash_pairs(rows, ev, whole, p.hash_max_distance, p.dhash_max_distance)
+    for row, j in _gated(whole_pairs, cos, p.hash_embed_min).items():
         reasons[row], refs[row] = REASON_HASH, ids[j]
     ph, dh = rows.column("phash").to_pylist(), rows.column("dhash").to_pylist()
-    for i in range(rows.num_rows):
-        if reasons[i] is None and (ph[i] is None or dh[i] is None):
-            reasons[i] = "no_image_hash"
+    for k in range(rows.num_rows):
+        if reasons[k] is None and (ph[k] is None or dh[k] is None):
+            reasons[k] = "no_image_hash"
     counts = {r: sum(x == r for x in reasons) for r in (REASON_HASH, REASON_CROP, REASON_EMBED)}
     return StepResult.from_reasons(
         reasons,

@@ -10,10 +10,22 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.curate.features import hex_to_u64
-from tasks.curate.steps.base import StepContext, StepResult
+from tasks.curate.params import PerceptualDedupParams
+from tasks.curate.steps.base import Step, StepContext, StepResult
 
 
-def exact_dedup(rows: pa.Table, ctx: StepContext) -> StepResult:
+class ExactDedup(Step[None]):
+    """Same bytes (the crawl's sha256, else the stored image's): the first uid is kept."""
+
+    name = "exact_dedup"
+    requires = frozenset({"hashes"})
+
+    def __call__(self, rows: pa.Table, ctx: StepContext) -> StepResult:
+        return exact_dedup(rows)
+
+
+def exact_dedup(rows: pa.Table) -> StepResult:
+    """Rows visited in uid order; later members of a sha256 group name the first as `ref`."""
     uids = rows.column("uid").to_pylist()
     pool_sha = (
         rows.column("sha256").to_pylist() if "sha256" in rows.column_names else [None] * len(uids)
@@ -53,12 +65,24 @@ def hamming_pairs(
     lims, dist, ids = index.range_search(
         np.ascontiguousarray(a), max_distance + 1
     )  # radius is exclusive
-    rows = np.repeat(np.arange(len(a)), np.diff(lims.astype(np.int64)))
+    per_query: np.ndarray = np.diff(np.asarray(lims, dtype=np.int64))
+    rows = np.repeat(np.arange(len(a)), per_query)
     return rows, ids.astype(np.int64), dist.astype(np.int64)
 
 
-def perceptual_dedup(rows: pa.Table, ctx: StepContext) -> StepResult:
+class PerceptualDedup(Step[PerceptualDedupParams]):
     """Two images are duplicates when BOTH pHash and dHash are within the Hamming threshold."""
+
+    name = "perceptual_dedup"
+    params_model = PerceptualDedupParams
+    requires = frozenset({"hashes"})
+
+    def __call__(self, rows: pa.Table, ctx: StepContext) -> StepResult:
+        return perceptual_dedup(rows, self.params.max_distance)
+
+
+def perceptual_dedup(rows: pa.Table, d: int) -> StepResult:
+    """Greedy in uid order: a row within `d` bits (pHash and dHash) of a kept row is dropped."""
     uids = rows.column("uid").to_pylist()
     ph, dh = rows.column("phash").to_pylist(), rows.column("dhash").to_pylist()
     n = len(uids)
@@ -71,7 +95,6 @@ def perceptual_dedup(rows: pa.Table, ctx: StepContext) -> StepResult:
     if len(ok) < 2:
         return StepResult.from_reasons(reasons, ref=refs, score=score)
     order = ok[np.argsort([uids[i] for i in ok], kind="stable")]
-    d = ctx.params.phash_max_distance
     pc = _codes([ph[i] for i in order])
     a, b, dist = hamming_pairs(pc, pc, d)
     du = hex_to_u64([dh[i] for i in order])

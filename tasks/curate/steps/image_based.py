@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from tasks.curate.steps.base import StepContext, StepResult, embeddings, missing_embedding_reasons
+from tasks.curate.params import ImageBasedParams
+from tasks.curate.steps.base import (
+    Step,
+    StepContext,
+    StepResult,
+    embeddings,
+    missing_embedding_reasons,
+)
 
 
 def spherical_kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20) -> np.ndarray:
@@ -25,22 +32,36 @@ def spherical_kmeans(x: np.ndarray, k: int, seed: int, niter: int = 20) -> np.nd
         max_points_per_centroid=100_000,
     )
     km.train(np.ascontiguousarray(x, dtype=np.float32))
-    return km.centroids
+    return np.asarray(km.centroids)
 
 
 def nearest(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return np.argmax(x @ centroids.T, axis=1) if len(x) else np.zeros(0, dtype=np.int64)
 
 
-def image_based(rows: pa.Table, ctx: StepContext) -> StepResult:
-    target = ctx.cache.get("target_image_emb")
-    if target is None or len(target) == 0:
-        raise ValueError("image_based: no target images were embedded (check image_target_dir)")
+class ImageBased(Step[ImageBasedParams]):
+    """Keeps the pool clusters nearest to at least one target-task image."""
+
+    name = "image_based"
+    params_model = ImageBasedParams
+    requires = frozenset({"embeddings", "target_embeddings"})
+
+    def __call__(self, rows: pa.Table, ctx: StepContext) -> StepResult:
+        target = ctx.target_embeddings
+        if target is None or len(target) == 0:
+            raise ValueError(
+                "image_based: no target images were embedded (check image_based.target_dir)"
+            )
+        return image_based(rows, target, self.params.kmeans_k, ctx.params.seed)
+
+
+def image_based(rows: pa.Table, target: np.ndarray, k: int, seed: int) -> StepResult:
+    """k-means of the rows' image embeddings; a cluster is kept when it is some target's nearest."""
     img, mask = embeddings(rows, "image_emb")
     reasons = missing_embedding_reasons(mask)
     score = np.full(rows.num_rows, np.nan)
     if len(img):
-        centroids = spherical_kmeans(img, ctx.params.image_kmeans_k, ctx.params.seed)
+        centroids = spherical_kmeans(img, k, seed)
         wanted = set(nearest(target, centroids).tolist())
         clusters = nearest(img, centroids)
         score[mask] = clusters

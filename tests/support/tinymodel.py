@@ -1,6 +1,7 @@
 """A tiny randomly initialised open_clip model saved in the contract's folder layout.
 
-Used by the evaluate tests and the CLIP_benchmark comparison until trained models exist. The
+Used by the evaluate and CLIP library tests and the CLIP_benchmark comparison: a trained-model
+folder in seconds, without a training run. The
 folder holds `open_clip_config.json` ({"model_cfg", "preprocess_cfg"}, so open_clip's
 `local-dir:` schema and CLIP_benchmark `--model local-dir:<folder>` load it), `checkpoint.pt`,
 `model.safetensors` and `open_clip_model.safetensors`.

@@ -1,4 +1,4 @@
-"""Model registry: open_clip architecture names plus the JSON configs kept in tasks/train/configs.
+"""Model registry: open_clip architecture names plus the JSON configs kept in tasks/clip/configs.
 
 Architectures are data (open_clip's idea): a config names the towers, this module resolves the
 offline mirrors of pretrained towers, builds the model through open_clip and loads tower weights.
@@ -13,14 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tasks.train.towers import load_image_tower, resolve_hf_name
+from tasks.clip.errors import UnknownModelError
+from tasks.clip.towers import load_image_tower, resolve_hf_name
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 _registered = False
-
-
-class UnknownModelError(ValueError):
-    """The model name is neither an open_clip architecture nor a repo config."""
 
 
 @dataclass
@@ -47,7 +44,17 @@ def register_repo_configs() -> None:
         _registered = True
 
 
+def register_config_file(path: Path) -> str:
+    """Make one architecture JSON outside tasks/clip/configs known to open_clip; returns its name."""
+    import open_clip
+
+    register_repo_configs()
+    open_clip.add_model_config(path)
+    return path.stem
+
+
 def known_models() -> list[str]:
+    """Every architecture name `model_config` accepts: open_clip's own plus the repo configs."""
     import open_clip
 
     register_repo_configs()

@@ -1,5 +1,9 @@
 """Decode safely, normalise to RGB and resize/encode with img2dataset's modes and conventions.
 
+A library module below the stages: crawl stores every image through it, curate's
+decontamination looks at eval images through it, both with the same `ResizeParams` section
+(crawl's `resize` section in params/crawl.yaml), so the two can never disagree.
+
 Safety: the pixel count is read from the header and checked before any pixel is decoded, so a
 tiny file declaring 50,000 x 50,000 pixels never allocates gigabytes. JPEGs are decoded with
 libjpeg's DCT scaling ("draft") straight to the smallest power-of-two size still >= the target,
@@ -11,9 +15,14 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from tasks.crawl.errors import CrawlError
+from pydantic import Field
+
+from tasks.base import ParamsSection
+
+ResizeMode = Literal["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"]
+Encoding = Literal["jpg", "webp", "png"]
 
 MAGIC: tuple[tuple[bytes, int, str], ...] = (  # (signature, offset, format)
     (b"\xff\xd8\xff", 0, "jpeg"),
@@ -28,18 +37,45 @@ MAGIC: tuple[tuple[bytes, int, str], ...] = (  # (signature, offset, format)
 )
 WHITE = (255, 255, 255)  # img2dataset pads borders and flattens alpha onto white
 
+# Error class -> what it means: the faults an image itself can have. The crawl counts them
+# among its own error classes (tasks/crawl/errors.py), so the names are part of its contract.
+IMAGE_ERROR_CLASSES: dict[str, str] = {
+    "not_an_image": "the bytes do not start with a known image signature",
+    "unsupported_format": "a real image format this crawler does not rasterise (SVG)",
+    "decompression_bomb": "the declared pixel count exceeds the limit",
+    "decode_error": "the image is truncated or corrupt",
+    "image_too_small": "smaller than the minimum size",
+}
 
-@dataclass(frozen=True)
-class ResizeConfig:
-    """Picklable resize / encode settings."""
 
-    image_size: int = 256
-    resize_mode: str = "border"
-    resize_only_if_bigger: bool = False
-    encode_format: str = "jpg"
-    encode_quality: int = 95
-    max_image_pixels: int = 120_000_000
-    min_image_size: int = 0
+class ImageError(Exception):
+    """An image refused or undecodable, with its error class; callers record it and move on."""
+
+    def __init__(self, error_class: str, detail: str = "") -> None:
+        if error_class not in IMAGE_ERROR_CLASSES:
+            raise ValueError(f"unknown image error class {error_class!r}")
+        super().__init__(f"{error_class}: {detail}" if detail else error_class)
+        self.error_class = error_class
+        self.detail = detail
+
+
+class ResizeParams(ParamsSection):
+    """How images are decoded, resized and encoded: crawl's `resize` section, read by curate too.
+
+    The two decode limits belong here because the resizer enforces them while decoding (before
+    any pixel is allocated); an image the crawl would refuse is refused the same way elsewhere.
+    """
+
+    # One field, one line, one comment: the contract test reads them this way.
+    # fmt: off
+    resize_mode: ResizeMode = "border"  # img2dataset's resize modes
+    image_size: int = Field(default=256, ge=8, le=8192)  # px target of the resize
+    resize_only_if_bigger: bool = False  # never upscale when true
+    encode_format: Encoding = "jpg"  # output image encoding
+    encode_quality: int = Field(default=95, ge=1, le=100)  # JPEG/WebP quality (PNG: compress level = quality // 10)
+    max_image_pixels: int = Field(default=120_000_000, ge=1)  # width*height above this = decompression bomb
+    min_image_size: int = Field(default=0, ge=0)  # px; images whose smaller side is below are refused
+    # fmt: on
 
 
 @dataclass
@@ -84,7 +120,7 @@ def to_rgb(img: Any) -> Any:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def target_size(w: int, h: int, cfg: ResizeConfig) -> tuple[int, int]:
+def target_size(w: int, h: int, cfg: ResizeParams) -> tuple[int, int]:
     """Size before padding/cropping: smallest side (keep_ratio, center_crop) or largest side = size."""
     s = cfg.image_size
     if cfg.resize_mode == "no":
@@ -96,28 +132,28 @@ def target_size(w: int, h: int, cfg: ResizeConfig) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
-def _open_checked(body: bytes, cfg: ResizeConfig) -> Any:
+def _open_checked(body: bytes, cfg: ResizeParams) -> Any:
     from PIL import Image
 
     fmt = sniff(body)
     if fmt is None:
         head = body[:512].lstrip().lower()
         if head.startswith((b"<svg", b"<?xml")) and b"<svg" in body[:4096].lower():
-            raise CrawlError("unsupported_format", "SVG (vector) image")
-        raise CrawlError("not_an_image", f"first bytes {body[:8]!r}")
+            raise ImageError("unsupported_format", "SVG (vector) image")
+        raise ImageError("not_an_image", f"first bytes {body[:8]!r}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             img = Image.open(io.BytesIO(body))
         except Image.DecompressionBombError as exc:
-            raise CrawlError("decompression_bomb", str(exc)) from None
+            raise ImageError("decompression_bomb", str(exc)) from None
         except (OSError, ValueError, SyntaxError) as exc:
-            raise CrawlError("decode_error", f"{type(exc).__name__}: {exc}") from None
+            raise ImageError("decode_error", f"{type(exc).__name__}: {exc}") from None
     w, h = img.size
     if w * h > cfg.max_image_pixels:
-        raise CrawlError("decompression_bomb", f"{w}x{h} = {w * h} px > {cfg.max_image_pixels}")
+        raise ImageError("decompression_bomb", f"{w}x{h} = {w * h} px > {cfg.max_image_pixels}")
     if min(w, h) < max(1, cfg.min_image_size):
-        raise CrawlError("image_too_small", f"{w}x{h} < {cfg.min_image_size}")
+        raise ImageError("image_too_small", f"{w}x{h} < {cfg.min_image_size}")
     return img
 
 
@@ -125,7 +161,7 @@ EXIF_FORMATS = frozenset({"jpeg", "mpo", "webp", "tiff"})  # formats that carry 
 SHRINKABLE = frozenset({"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "1"})
 
 
-def _shrink_native(img: Any, cfg: ResizeConfig) -> Any:
+def _shrink_native(img: Any, cfg: ResizeParams) -> Any:
     """Integer box-reduce a large image in its own mode before any RGB conversion.
 
     Converting a 10000 x 10000 image to RGB first would allocate 300 MB per decode thread;
@@ -146,7 +182,7 @@ def _shrink_native(img: Any, cfg: ResizeConfig) -> Any:
 COMPOSITE_FIRST_MAX_PIXELS = 16_000_000  # 48 MB of RGB per decode thread at most
 
 
-def _normalise(img: Any, cfg: ResizeConfig) -> Any:
+def _normalise(img: Any, cfg: ResizeParams) -> Any:
     """Upright decoded image -> RGB, shrunk by an integer factor when far larger than the target.
 
     Colour images with alpha are flattened onto white before shrinking, as img2dataset does:
@@ -161,7 +197,7 @@ def _normalise(img: Any, cfg: ResizeConfig) -> Any:
     return to_rgb(_shrink_native(img, cfg))
 
 
-def decode(body: bytes, cfg: ResizeConfig) -> tuple[Any, int, int, str]:
+def decode(body: bytes, cfg: ResizeParams) -> tuple[Any, int, int, str]:
     """Bytes -> (RGB image upright, original width, original height, source format)."""
     from PIL import Image, ImageOps
 
@@ -181,16 +217,16 @@ def decode(body: bytes, cfg: ResizeConfig) -> tuple[Any, int, int, str]:
         if fmt in EXIF_FORMATS or "exif" in img.info:  # skip the EXIF parse where none can be
             img = ImageOps.exif_transpose(img) or img
         img = _normalise(img, cfg)
-    except CrawlError:
+    except ImageError:
         raise
     except Exception as exc:  # truncated data, bad chunks, unsupported codecs
-        raise CrawlError("decode_error", f"{type(exc).__name__}: {exc}") from None
+        raise ImageError("decode_error", f"{type(exc).__name__}: {exc}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = prev
     return img, ow, oh, fmt
 
 
-def resize(img: Any, cfg: ResizeConfig) -> Any:
+def resize(img: Any, cfg: ResizeParams) -> Any:
     """img2dataset's modes: no, keep_ratio, keep_ratio_largest, center_crop, border (white pad)."""
     from PIL import Image
 
@@ -219,19 +255,19 @@ _ENCODERS: dict[str, tuple[str, Any]] = {  # our format name -> (Pillow format, 
 }
 
 
-def encode(img: Any, cfg: ResizeConfig) -> bytes:
+def encode(img: Any, cfg: ResizeParams) -> bytes:
     fmt, kwargs = _ENCODERS[cfg.encode_format]
     buf = io.BytesIO()
     img.save(buf, fmt, **kwargs(cfg.encode_quality))
     return buf.getvalue()
 
 
-def process_image(body: bytes, cfg: ResizeConfig) -> Processed:
-    """Bytes of a downloaded image -> the encoded, resized output (CrawlError on any fault)."""
+def process_image(body: bytes, cfg: ResizeParams) -> Processed:
+    """Bytes of a downloaded image -> the encoded, resized output (ImageError on any fault)."""
     img, ow, oh, fmt = decode(body, cfg)
     out = resize(img, cfg)
     try:
         data = encode(out, cfg)
     except (OSError, ValueError) as exc:
-        raise CrawlError("decode_error", f"encode: {type(exc).__name__}: {exc}") from None
+        raise ImageError("decode_error", f"encode: {type(exc).__name__}: {exc}") from None
     return Processed(data, out.size[0], out.size[1], ow, oh, fmt)

@@ -1,0 +1,78 @@
+"""Report step: decontamination quality on the sample's planted copies (recall, look-alikes).
+
+It runs after every decision, over EVERY pool image that passed the input checks (not only the
+rows that reached decontamination), so earlier filters cannot hide misses; it never changes a
+keep mask, and it writes no pool column.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.curate.steps.base import ReportStep, Step, StepContext
+
+
+class PlantedQA(ReportStep):
+    """Recall / false positives of `decontaminate` on the copies the sample stage planted."""
+
+    name = "planted_qa"
+    follows = "decontaminate"
+    requires = frozenset({"hashes", "eval_features"})
+
+    def __call__(self, rows: pa.Table, step: Step[Any], ctx: StepContext) -> dict[str, Any]:
+        from tasks.curate.apply import input_reasons
+        from tasks.curate.evalsets import planted_recall
+        from tasks.io.paths import resolve_path
+
+        path = resolve_path(self.params.planted_qa.path)
+        if path is None or not path.exists() or ctx.eval_features is None:
+            return {}
+        ok = np.flatnonzero([r is None for r in input_reasons(rows)])
+        sub = rows.take(pa.array(ok, pa.int64()))
+        res = step(sub, ctx)
+        refs = res.ref or [None] * sub.num_rows
+        return planted_recall(
+            path,
+            sub.column("url").to_pylist(),
+            res.reason,
+            refs,
+            distances=self._flagged_distances(sub, res.reason, refs, ctx),
+            lookalike_mad=self.params.planted_qa.lookalike_mad,
+        )
+
+    def _flagged_distances(
+        self, rows: pa.Table, reasons: list[str | None], refs: list[str | None], ctx: StepContext
+    ) -> list[float | None]:
+        """Pixel distance of each flagged row's image to the eval image it was matched to (None
+        for rows not flagged): what tells look-alikes from false positives in the metrics."""
+        from tasks.curate.evalsets import eval_view, pixel_distances, read_eval_images
+        from tasks.curate.features import existing_shard
+        from tasks.io.paths import resolve_path
+        from tasks.io.wds import read_images
+
+        p = self.params
+        flagged = [i for i, r in enumerate(reasons) if r and r.startswith("eval_") and refs[i]]
+        uids, shards = rows.column("uid").to_pylist(), rows.column("shard").to_pylist()
+        by_shard: dict[Path, set[str]] = {}
+        for i in flagged:
+            path = existing_shard(resolve_path(p.paths.crawl_dir), shards[i])
+            if path is not None:
+                by_shard.setdefault(path, set()).add(uids[i])
+        pool_imgs: dict[str, bytes] = {}
+        for path, wanted in by_shard.items():
+            pool_imgs.update({u: data for u, data, _ in read_images(path, wanted)})
+        eval_imgs = read_eval_images(
+            resolve_path(p.paths.eval_dir), {str(refs[i]) for i in flagged}
+        )
+        view = eval_view(p.decontaminate, ctx.crawl_resize)
+        dist = pixel_distances(
+            [(pool_imgs.get(uids[i]), eval_imgs.get(str(refs[i]))) for i in flagged], view
+        )
+        out: list[float | None] = [None] * rows.num_rows
+        for i, d in zip(flagged, dist, strict=True):
+            out[i] = d
+        return out

@@ -1,0 +1,26 @@
+"""The shared I/O layer every stage uses: atomic writes and completion markers (`atomic`),
+webdataset shards (`wds`), CLIP_benchmark eval sets (`clipbench`), params paths (`paths`).
+
+Library code: imports no stage package. The atomic helpers are re-exported here, so
+`from tasks.io import atomic_write_json` keeps working.
+"""
+
+from tasks.io.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    done_marker,
+    is_done,
+    mark_done,
+    put_atomic,
+)
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "done_marker",
+    "is_done",
+    "mark_done",
+    "put_atomic",
+]

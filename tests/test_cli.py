@@ -1,0 +1,25 @@
+"""The command line's own helpers (the stages themselves are run in tests/test_doors.py)."""
+
+from __future__ import annotations
+
+import yaml
+
+from tasks import PROJECT_ROOT
+from tasks.cli import _default_site_dir, main
+
+
+def test_serve_sample_defaults_to_the_sample_stage_site() -> None:
+    out_dir = yaml.safe_load((PROJECT_ROOT / "params" / "sample.yaml").read_text())["out_dir"]
+    assert _default_site_dir() == PROJECT_ROOT / out_dir / "site"
+
+
+def test_stages_lists_the_registry_in_order(capsys) -> None:
+    assert main(["stages"]) == 0
+    assert capsys.readouterr().out.split() == [
+        "sample",
+        "crawl",
+        "teacher",
+        "curate",
+        "train",
+        "evaluate",
+    ]
