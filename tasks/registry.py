@@ -62,7 +62,7 @@ STAGES: dict[str, StageSpec] = {
             name="sample",
             params_model="tasks.sample.params:SampleParams",
             run_function="tasks.sample.stage:run",
-            code=("tasks/sample", *_COMMON),
+            code=("tasks/sample", "tasks/progress.py", *_COMMON),
         ),
         StageSpec(
             name="crawl",
@@ -72,16 +72,31 @@ STAGES: dict[str, StageSpec] = {
                 "tasks/crawl",
                 "tasks/imaging",
                 "tasks/pool.py",
+                "tasks/progress.py",
                 *_COMMON,
             ),
             upstream=("sample",),
         ),
         StageSpec(
+            name="decontaminate",
+            params_model="tasks.decontaminate.params:DecontaminateParams",
+            run_function="tasks.decontaminate.stage:run",
+            code=(
+                "tasks/decontaminate",
+                "tasks/decontam",
+                # eval images are hashed as the crawl resized the pool's images
+                "tasks/imaging",
+                "tasks/paramsfiles.py",
+                *_COMMON,
+            ),
+            upstream=("sample", "crawl"),
+        ),
+        StageSpec(
             name="teacher",
             params_model="tasks.train.params:TrainParams",
             run_function="tasks.train.stage:run",
-            code=("tasks/train", "tasks/clip", *_COMMON),
-            upstream=("crawl",),
+            code=("tasks/train", "tasks/clip", "tasks/progress.py", *_COMMON),
+            upstream=("crawl", "decontaminate"),
         ),
         StageSpec(
             name="curate",
@@ -90,10 +105,12 @@ STAGES: dict[str, StageSpec] = {
             code=(
                 "tasks/curate",
                 "tasks/clip",
+                "tasks/decontam",
                 # eval images are hashed as the crawl resized the pool's images
                 "tasks/imaging",
                 "tasks/pool.py",
                 "tasks/paramsfiles.py",
+                "tasks/progress.py",
                 *_COMMON,
             ),
             upstream=("crawl", "teacher"),
@@ -102,15 +119,15 @@ STAGES: dict[str, StageSpec] = {
             name="train",
             params_model="tasks.train.params:TrainParams",
             run_function="tasks.train.stage:run",
-            code=("tasks/train", "tasks/clip", *_COMMON),
-            upstream=("curate", "teacher"),
+            code=("tasks/train", "tasks/clip", "tasks/progress.py", *_COMMON),
+            upstream=("curate", "teacher", "decontaminate"),
         ),
         StageSpec(
             name="evaluate",
             params_model="tasks.evaluate.params:EvaluateParams",
             run_function="tasks.evaluate.stage:run",
-            code=("tasks/evaluate", "tasks/clip", *_COMMON),
-            upstream=("sample", "teacher", "train"),
+            code=("tasks/evaluate", "tasks/clip", "tasks/progress.py", *_COMMON),
+            upstream=("sample", "decontaminate", "teacher", "train"),
         ),
     ]
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +46,10 @@ class Settings(BaseSettings):
     )
     cache_dir: Path = Field(default_factory=_default_cache_dir)  # downloads (Debian packages)
     door: str = "python"  # which entry point started this run: cli, dvc, prefect, python
+    progress: Literal["auto", "bar", "lines", "off"] = (
+        "auto"  # long steps: auto = a bar on a terminal, plain lines in logs (tasks/progress.py)
+    )
+    progress_interval_s: float = Field(default=10.0, ge=0)  # seconds between progress lines
 
     @property
     def tracking_uri(self) -> str:

@@ -9,8 +9,10 @@ from tasks.cli import _default_site_dir, main
 
 
 def test_serve_sample_defaults_to_the_sample_stage_site() -> None:
+    from tasks.settings import get_settings
+
     out_dir = yaml.safe_load((PROJECT_ROOT / "params" / "sample.yaml").read_text())["out_dir"]
-    assert _default_site_dir() == PROJECT_ROOT / out_dir / "site"
+    assert _default_site_dir() == get_settings().root / out_dir / "site"  # outputs' root
 
 
 def test_stages_lists_the_registry_in_order(capsys) -> None:
@@ -18,6 +20,7 @@ def test_stages_lists_the_registry_in_order(capsys) -> None:
     assert capsys.readouterr().out.split() == [
         "sample",
         "crawl",
+        "decontaminate",
         "teacher",
         "curate",
         "train",

@@ -102,6 +102,7 @@ def test_contract_helpers_recurse_into_sections():
 # Sections of another stage's params file that a stage reads itself; DVC tracks exactly those keys
 # (`- params/crawl.yaml:` then `- resize`), so a change elsewhere in that file re-runs nothing.
 SECTION_PARAMS: dict[str, list[dict[str, list[str]]]] = {
+    "decontaminate": [{"params/crawl.yaml": ["resize"]}],  # eval images hashed as the crawl resized
     "curate": [{"params/crawl.yaml": ["resize"]}],  # eval images hashed as the crawl resized
 }
 

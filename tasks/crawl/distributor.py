@@ -60,7 +60,7 @@ def run_shard_jobs(
     total_images: int,
     on_done: Callable[[dict[str, Any]], None],
     show: bool = True,
-    desc: str = "crawl",
+    desc: str = "crawl: downloading",
 ) -> float:
     """Submit at most `in_flight` shard tasks at a time; call `on_done` per finished shard (driver side).
 
@@ -72,7 +72,8 @@ def run_shard_jobs(
     shards already finished have been handed to `on_done`.
     """
     import ray
-    from tqdm import tqdm
+
+    from tasks.progress import Progress
 
     remote = ray.remote(num_cpus=cpus, max_retries=0)(stream_shard)
     started = time.perf_counter()
@@ -81,7 +82,8 @@ def run_shard_jobs(
     finished: list[dict[str, Any]] = []
     failure: BaseException | None = None
     done = ok = 0
-    bar = tqdm(total=total_images, desc=desc, unit="img", disable=not show, mininterval=1.0)
+    # a bar on a terminal, plain lines in logs (DVC, Prefect): tasks/progress.py
+    bar = Progress(desc, total=total_images, unit="images", mode=None if show else "off")
 
     def submit() -> None:
         while pending and len(running) < in_flight:
@@ -133,12 +135,8 @@ def run_shard_jobs(
             for future in handed:
                 if future.done() and future.exception() is not None:
                     raise future.exception()  # type: ignore[misc]
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            bar.n = done
-            bar.set_postfix(
-                img_s=f"{done / elapsed:.1f}", success=f"{ok / max(done, 1):.1%}", refresh=False
-            )
-            bar.refresh()
+            if done > bar.done:
+                bar.update(done - bar.done, success=f"{ok / max(done, 1):.1%}")
         for future in handed:
             future.result()
     finally:

@@ -177,7 +177,7 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         total,
         on_done,
         p.output.progress,
-        "retry",
+        "crawl: retrying",
     )
     return {
         "retry_shards": len(jobs),

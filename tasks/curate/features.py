@@ -1,4 +1,5 @@
-"""Per-image features on Ray Data: sha256, pHash, dHash (tasks), CLIP embeddings (actor pool).
+"""Per-image features on Ray Data: sha256, pHash, dHash (the library's tasks/decontam), CLIP
+embeddings (actor pool).
 
 Shards are read where they are processed; the model is built once per actor (`__init__`), never
 shipped from the driver. Undecodable images come back with a reason, not as missing rows.
@@ -6,7 +7,6 @@ shipped from the driver. Undecodable images come back with a reason, not as miss
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,66 +14,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-
-def hash_hex(h: Any) -> str:
-    return str(h)
-
-
-def hex_to_u64(values: list[str | None]) -> np.ndarray:
-    """Hex hashes -> uint64 (0 where missing; callers mask missing rows themselves)."""
-    return np.array([int(v, 16) if v else 0 for v in values], dtype=np.uint64)
-
-
-def _read_shard(item: dict[str, Any]) -> list[dict[str, Any]]:
-    from tasks.io.wds import read_images
-
-    texts = dict(zip(item["uids"], item["texts"], strict=True))
-    prefix = item.get("prefix", "")
-    rows = [
-        {"uid": prefix + uid, "image": data, "text": texts.get(uid) or ""}
-        for uid, data, _ in read_images(item["shard"], set(item["uids"]))
-    ]
-    missing = set(item["uids"]) - {r["uid"].removeprefix(prefix) for r in rows}
-    rows.extend(
-        {"uid": prefix + uid, "image": b"", "text": texts.get(uid) or ""} for uid in sorted(missing)
-    )
-    return rows
-
-
-def hash_batch(batch: pa.Table) -> pa.Table:
-    """sha256 of the stored bytes + pHash + dHash (64-bit, hex); a reason when the image is bad."""
-    import imagehash
-
-    from tasks.curate.images import decode_rgb
-
-    sha: list[str | None] = []
-    ph: list[str | None] = []
-    dh: list[str | None] = []
-    reasons: list[str | None] = []
-    for data in batch.column("image").to_pylist():
-        if not data:
-            sha.append(None)
-            ph.append(None)
-            dh.append(None)
-            reasons.append("image_missing")
-            continue
-        sha.append(hashlib.sha256(data).hexdigest())
-        try:
-            img = decode_rgb(data)
-        except Exception:
-            ph.append(None)
-            dh.append(None)
-            reasons.append("image_undecodable")
-            continue
-        ph.append(hash_hex(imagehash.phash(img)))
-        dh.append(hash_hex(imagehash.dhash(img)))
-        reasons.append(None)
-    return (
-        batch.append_column("image_sha256", pa.array(sha, pa.string()))
-        .append_column("phash", pa.array(ph, pa.string()))
-        .append_column("dhash", pa.array(dh, pa.string()))
-        .append_column("image_reason", pa.array(reasons, pa.string()))
-    )
+from tasks.decontam.hashing import hash_batch
+from tasks.decontam.reading import read_shard
+from tasks.progress import Progress
 
 
 class Embedder:
@@ -134,12 +77,15 @@ def compute_features(
     prefixes: dict[str, str] | None = None,
     view: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
     chunk: int = 1000,
+    what: str = "images",
 ) -> pa.Table:
     """Features of every (uid, text) listed per shard path: uid, image_sha256, phash, dhash,
     image_reason, and with a model image_emb / text_emb. Runs on the current Ray.
     `prefixes` (shard -> text) makes uids unique when shards reuse keys (eval sets do).
     `view` maps one read row to the rows to featurise instead (evalsets.EvalView: the crawl's
-    resize + encode, crops); image_sha256 is then the digest of the viewed bytes."""
+    resize + encode, crops); image_sha256 is then the digest of the viewed bytes.
+    Progress ("curate: embedding <what> 1,200/40,000 ...") counts the images read, on the driver
+    as batches arrive: a view's crops are not counted, so the total is known up front."""
     import ray
 
     items = [  # at most `chunk` rows per block, so one big shard (an eval set) spreads over CPUs
@@ -155,7 +101,7 @@ def compute_features(
     if not items:
         return pa.table({"uid": pa.array([], pa.string())})
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(_read_shard)
+    ds = ds.flat_map(read_shard)
     if view is not None:
         ds = ds.flat_map(view)
     ds = ds.map_batches(hash_batch, batch_format="pyarrow", batch_size=256)
@@ -170,8 +116,21 @@ def compute_features(
         )
     else:
         ds = ds.map_batches(lambda b: b.drop_columns(["image"]), batch_format="pyarrow")
-    parts = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    total = sum(len(rows) for rows in shard_rows.values())
+    label = f"curate: {'embedding' if model_ref is not None else 'hashing'} {what}"
+    parts: list[pa.Table] = []
+    with Progress(label, total=total, unit="images") as progress:
+        for part in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            parts.append(part)
+            progress.update(whole_images(part))
     return fix_vectors(pa.concat_tables(parts, promote_options="permissive"))
+
+
+def whole_images(batch: pa.Table) -> int:
+    """Rows of a batch that stand for one read image each (a view's crops stand for none)."""
+    if "variant" not in batch.column_names:
+        return batch.num_rows
+    return sum(v in (None, "full") for v in batch.column("variant").to_pylist())
 
 
 def fix_vectors(table: pa.Table) -> pa.Table:

@@ -81,8 +81,9 @@ def _metadata(p: CurateParams, out_dir: Path, metrics: dict[str, Any]) -> tuple[
 
 def _eval_features(ctx: StepContext) -> None:
     """Hashes (and embeddings) of every eval image in the pool's form: evalsets.EvalView."""
-    from tasks.curate.evalsets import eval_prefixes, eval_shards, eval_view, with_eval_ids
+    from tasks.curate.evalsets import eval_view
     from tasks.curate.features import compute_features
+    from tasks.decontam.views import eval_prefixes, eval_shards, with_eval_ids
 
     p = ctx.params
     eval_dir = resolve_path(p.paths.eval_dir)
@@ -102,6 +103,7 @@ def _eval_features(ctx: StepContext) -> None:
         p.compute.cpus_per_worker,
         prefixes=eval_prefixes(shards, eval_dir),
         view=eval_view(p.decontaminate, ctx.crawl_resize),
+        what="eval images",
     )
     ctx.eval_features = with_eval_ids(feats)
 
@@ -123,6 +125,7 @@ def _target_embeddings(ctx: StepContext) -> None:
         p.compute.embed_workers,
         p.compute.embed_batch_size,
         p.compute.cpus_per_worker,
+        what="target images",
     )
     ctx.target_embeddings = np.asarray(embeddings(feats, "image_emb")[0])
 
@@ -154,4 +157,7 @@ def prepare(
     for name, build in SIDE_INPUTS.items():
         if name in needed:
             build(ctx)
-    return read_rows(pool), ctx, metrics
+    rows = read_rows(pool)
+    if "pool_rows" in needed:  # the same table: steps see every row, not only their survivors
+        ctx.pool_rows = rows
+    return rows, ctx, metrics

@@ -125,7 +125,7 @@ class ClipScoreParams(StepSection):
     """DataComp's CLIP-score filter."""
 
     # fmt: off
-    fraction: float | None = Field(default=0.3, gt=0.0, le=1.0)  # keep top fraction over all rows reaching the step
+    fraction: float | None = Field(default=0.3, gt=0.0, le=1.0)  # keep score >= the one at rank int(N * fraction) of ALL N downloaded, embedded pool rows
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)  # fixed cosine threshold; used when fraction is None
     # fmt: on
 
@@ -186,6 +186,16 @@ class PlantedQAParams(ParamsSection):
     # fmt: on
 
 
+class HoldoutParams(ParamsSection):
+    """A seeded random part of the curated set that no model trains on: the membership audit's
+    non-members, drawn from the same distribution as the training pairs (tasks/curate/holdout.py)."""
+
+    # fmt: off
+    fraction: float = Field(default=0.05, ge=0.0, le=0.5)  # share of the kept pairs held out, round(n * fraction); 0 = none
+    seed: int = 0  # which pairs: the lowest sha256("<seed>:<uid>") are held out
+    # fmt: on
+
+
 class ComputeParams(ParamsSection):
     """How much of Ray the stage takes (small defaults leave room for reads on 2 CPUs)."""
 
@@ -234,6 +244,7 @@ class CurateParams(StageParams):
     semantic_dedup: SemanticDedupParams = SemanticDedupParams()  # step semantic_dedup (SemDeDup)
     balance: BalanceParams = BalanceParams()  # step balance (MetaCLIP)
     planted_qa: PlantedQAParams = PlantedQAParams()  # report on the planted copies, after decontaminate
+    holdout: HoldoutParams = HoldoutParams()  # held-out pairs, after every step; never in the training shards
     compute: ComputeParams = ComputeParams()  # Ray actors, batch sizes, CPUs
     outputs: OutputsParams = OutputsParams()  # shards and report
     # fmt: on

@@ -122,6 +122,7 @@ def ensure_features(
         p.compute.embed_workers,
         p.compute.embed_batch_size,
         p.compute.cpus_per_worker,
+        what="pool images",
     )
     if missing:
         feats = pa.concat_tables(

@@ -1,4 +1,5 @@
-"""The curate stage: pool -> prepared inputs (Ray) -> ordered steps -> subset, shards, report.
+"""The curate stage: pool -> prepared inputs (Ray) -> ordered steps -> held-out part -> subset,
+shards (training and held-out), report.
 
 What is prepared is the union of the inputs the run's steps declare (tasks/curate/inputs.py);
 steps and report steps come from lookup tables (tasks/curate/steps/registry.py): nothing here
@@ -29,14 +30,27 @@ def model_ref(p: CurateParams) -> str | None:
     return str(resolve_path(clip_model))
 
 
-def _decide(pool: Any, rows: pa.Table, steps: list[Step[Any]], ctx: StepContext) -> Outcome:
-    """Set up every step once, apply them in order, rewrite the decision columns of the pool."""
+def _decide(
+    pool: Any, rows: pa.Table, steps: list[Step[Any]], ctx: StepContext
+) -> tuple[Outcome, np.ndarray]:
+    """Set up every step once, apply them in order, hold out part of what they kept, rewrite the
+    decision columns of the pool. Returns the outcome and the held-out mask."""
     from tasks.curate.apply import apply_steps
+    from tasks.curate.holdout import holdout_mask
     from tasks.curate.poolio import clear_columns, write_columns
 
     for step in steps:
         step.setup(ctx)
     outcome = apply_steps(rows, steps, ctx)
+    held = holdout_mask(rows.column("uid").to_pylist(), outcome.keep, ctx.params.holdout)
+    outcome.columns["curate_holdout"] = pa.array(held, pa.bool_())
+    outcome.funnel.append(
+        {
+            "step": "holdout",
+            "left": int((outcome.keep & ~held).sum()),
+            "dropped": {"held_out": int(held.sum())} if held.any() else {},
+        }
+    )
     decision_cols = [
         c
         for c in pool.schema.names
@@ -46,19 +60,14 @@ def _decide(pool: Any, rows: pa.Table, steps: list[Step[Any]], ctx: StepContext)
         pool, [c for c in decision_cols if c not in ("curate_text_reason", "curate_image_reason")]
     )
     write_columns(pool, pa.table({"uid": rows.column("uid"), **outcome.columns}))
-    return outcome
+    return outcome, held
 
 
-def _subset(rows: pa.Table, keep: np.ndarray, out_dir: Path) -> list[str]:
-    import pyarrow.parquet as pq
+def _subset(rows: pa.Table, keep: np.ndarray, path: Path) -> list[str]:
+    """The uids of `keep` as a sorted parquet list at `path`."""
+    from tasks.curate.holdout import write_uids
 
-    from tasks.io import atomic_write_bytes
-
-    uids = sorted(rows.column("uid").filter(pa.array(keep)).to_pylist())
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.table({"uid": pa.array(uids, pa.string())}), sink)
-    atomic_write_bytes(out_dir / "subset_uids.parquet", sink.getvalue().to_pybytes())
-    return uids
+    return write_uids(path, rows.column("uid").filter(pa.array(keep)).to_pylist())
 
 
 def _caption_fields(rows: pa.Table, pool: Any, keep: np.ndarray) -> dict[str, dict[str, Any]]:
@@ -72,8 +81,9 @@ def _caption_fields(rows: pa.Table, pool: Any, keep: np.ndarray) -> dict[str, di
 
 
 def _materialise(
-    rows: pa.Table, pool: Any, keep: np.ndarray, p: CurateParams, out_dir: Path
-) -> dict[str, Any]:
+    rows: pa.Table, pool: Any, keep: np.ndarray, p: CurateParams, dest: Path
+) -> tuple[int, int]:
+    """Write the `keep` rows as shuffled shards under `dest`: (shards written, kept without image)."""
     from tasks.curate.features import existing_shard
     from tasks.curate.materialise import materialise
 
@@ -89,9 +99,9 @@ def _materialise(
                 shard_of[uid] = path
     missing = len(fields) - len(shard_of)
     written = materialise(
-        {u: fields[u] for u in shard_of}, shard_of, out_dir / "shards", p.outputs.shard_size, p.seed
+        {u: fields[u] for u in shard_of}, shard_of, dest, p.outputs.shard_size, p.seed
     )
-    return {"shards_written": len(written), "kept_without_image": missing}
+    return len(written), missing
 
 
 def _grids(
@@ -155,12 +165,18 @@ def run(params: CurateParams) -> dict[str, Any]:
     pool = open_pool_table(params.paths.pool_uri)
     steps, reports = build_steps(params), build_reports(params)
     rows, ctx, metrics = prepare(pool, params, out_dir, needed_inputs([*steps, *reports]))
-    outcome = _decide(pool, rows, steps, ctx)
-    uids = _subset(rows, outcome.keep, out_dir)
+    outcome, held = _decide(pool, rows, steps, ctx)
+    train = outcome.keep & ~held  # the training set: kept by every step and not held out
+    uids = _subset(rows, train, out_dir / "subset_uids.parquet")
+    held_uids = _subset(rows, held, out_dir / "holdout_uids.parquet")
     metrics.update(pool_rows=rows.num_rows, subset_size=len(uids), **outcome.metrics)
+    metrics.update(curated_size=int(outcome.keep.sum()), holdout_size=len(held_uids))
     metrics.update({f"funnel_{f['step']}": f["left"] for f in outcome.funnel})
     if params.outputs.materialise:
-        metrics.update(_materialise(rows, pool, outcome.keep, params, out_dir))
+        shards, missing = _materialise(rows, pool, train, params, out_dir / "shards")
+        metrics.update(shards_written=shards, kept_without_image=missing)
+        shards, missing = _materialise(rows, pool, held, params, out_dir / "holdout")
+        metrics.update(holdout_shards_written=shards, holdout_without_image=missing)
     metrics.update(_reports(rows, reports, steps, ctx))
     write_report(
         out_dir / "report",

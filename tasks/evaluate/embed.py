@@ -16,6 +16,9 @@ from typing import Any
 import numpy as np
 
 from tasks.evaluate.params import EmbedParams
+from tasks.progress import Progress
+
+LABEL = "evaluate: embedding images"  # progress lines of long embedding passes
 
 
 def decode_image(data: bytes) -> Any:
@@ -55,6 +58,7 @@ def encode_images_local(
     batch_size: int,
     amp: bool = False,
     threads: int = 1,
+    label: str = LABEL,
 ) -> Any:
     """Batches in order; with threads > 0 the next batches are decoded while the model runs."""
     import torch
@@ -62,19 +66,31 @@ def encode_images_local(
     batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     if not batches:
         return torch.zeros(0)
+    progress = Progress(label, total=len(images), unit="images")
     if threads <= 0:
-        return torch.cat([encode_pixels(model, pixel_batch(b, preprocess), amp) for b in batches])
+        with progress:
+            return torch.cat(
+                [
+                    _counted(encode_pixels(model, pixel_batch(b, preprocess), amp), progress)
+                    for b in batches
+                ]
+            )
     chunks = []
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(threads) as pool, progress:
         pending = deque(pool.submit(pixel_batch, b, preprocess) for b in batches[: threads + 1])
         for nxt in batches[threads + 1 :] + [None] * (threads + 1):
             pixels = pending.popleft().result()
             if nxt is not None:
                 pending.append(pool.submit(pixel_batch, nxt, preprocess))
-            chunks.append(encode_pixels(model, pixels, amp))
+            chunks.append(_counted(encode_pixels(model, pixels, amp), progress))
             if not pending:
                 break
     return torch.cat(chunks)
+
+
+def _counted(features: Any, progress: Progress) -> Any:
+    progress.update(len(features))
+    return features
 
 
 def encode_texts(
@@ -110,8 +126,11 @@ class ImageEmbedder:
         return {"index": np.asarray(batch["index"]), "embedding": emb.numpy()}
 
 
-def encode_images_ray(model_ref: str, images: Sequence[bytes], params: EmbedParams) -> Any:
-    """Embed through `map_batches` with a small actor pool; rows come back sorted by index."""
+def encode_images_ray(
+    model_ref: str, images: Sequence[bytes], params: EmbedParams, label: str = LABEL
+) -> Any:
+    """Embed through `map_batches` with a small actor pool; rows come back sorted by index.
+    Progress is counted here, on the driver, as the pool's batches arrive."""
     import ray
     import torch
 
@@ -126,22 +145,27 @@ def encode_images_ray(model_ref: str, images: Sequence[bytes], params: EmbedPara
         num_cpus=params.cpus_per_actor,
     )
     index, emb = [], []
-    for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
-        index.append(batch["index"])
-        emb.append(batch["embedding"])
+    with Progress(label, total=len(items), unit="images") as progress:
+        for batch in out.iter_batches(batch_size=None, batch_format="numpy"):
+            index.append(batch["index"])
+            emb.append(batch["embedding"])
+            progress.update(len(batch["index"]))
     order = np.argsort(np.concatenate(index), kind="stable")
     return torch.from_numpy(np.concatenate(emb)[order]).float()
 
 
-def encode_images(loaded: Any, images: Sequence[bytes], params: EmbedParams) -> Any:
-    """The Ray pool for sets of `ray_min_samples` images or more when Ray is up, else in process."""
+def encode_images(
+    loaded: Any, images: Sequence[bytes], params: EmbedParams, label: str = LABEL
+) -> Any:
+    """The Ray pool for sets of `ray_min_samples` images or more when Ray is up, else in process.
+    `label` starts the progress lines a long pass prints (tasks/progress.py)."""
     use_ray = len(images) >= params.ray_min_samples
     if use_ray:
         import ray
 
         use_ray = ray.is_initialized()
     if use_ray:
-        return encode_images_ray(loaded.ref, images, params)
+        return encode_images_ray(loaded.ref, images, params, label)
     return encode_images_local(
-        loaded.model, loaded.preprocess, images, params.batch_size, params.amp
+        loaded.model, loaded.preprocess, images, params.batch_size, params.amp, label=label
     )

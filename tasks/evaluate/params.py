@@ -47,19 +47,23 @@ class EmbedParams(_Section):
 
 
 class ProbeParams(_Section):
-    """Linear probe: logistic regression on frozen image features, C chosen on a validation split."""
+    """Linear probe: logistic regression on frozen image features, C chosen on a validation split.
+
+    A set with a `train_split` trains there (C on its validation part) and only scores the test
+    split; a set without one is probed by stratified k-fold over the test split (nested C choice).
+    """
 
     enabled: bool = True  # run the probe at all
     datasets: list[str] = Field(
         default_factory=lambda: list(CLASSIFICATION_SETS)
     )  # classification sets probed
     train_split: str = "train"  # split the probe trains on when the set has it
-    fallback_train_fraction: float = Field(
-        default=0.5, gt=0.0, lt=1.0
-    )  # no train split: this share of the test split (stratified) trains, the rest tests
+    folds: int = Field(
+        default=5, ge=2, le=50
+    )  # no train split: stratified k-fold over the test split, each image scored once
     val_proportion: float = Field(
         default=0.2, gt=0.0, lt=1.0
-    )  # share of the probe-train data held out to choose C
+    )  # share of the probe's training data (train split, or a fold's training part) that chooses C
     c_grid: list[float] = Field(
         default_factory=lambda: [0.01, 0.1, 1.0, 10.0, 100.0], min_length=1
     )  # inverse L2 strengths tried
@@ -116,18 +120,45 @@ class RobustnessParams(_Section):
     seed: int = Field(default=0, ge=0)  # patch choice and initialisation
 
 
-class MembershipParams(_Section):
-    """LeakyCLIP-style audit: can training pairs be told from held-out pairs by similarity or loss?"""
+class MembershipTarget(_Section):
+    """One audited model, the pairs it trained on, and held-out pairs of the SAME distribution."""
 
+    # fmt: off
+    model: str = "data/models/train"  # model folder or models:/ URI (loaded again unless among `models`)
+    members: str | None = "data/curate/shards"  # pairs it trained on (webdataset folder); None = not available
+    held_out: str | None = "data/curate/holdout"  # same-distribution pairs it never trained on; None = it has none: no AUC, the result says so
+    note: str = ""  # recorded with the result: what the model trained on, why nothing is held out
+    # fmt: on
+
+
+def _default_targets() -> list[MembershipTarget]:
+    """The student against curate's holdout; the teacher, which has no held-out part, said so."""
+    return [
+        MembershipTarget(),
+        MembershipTarget(
+            model="data/models/teacher",
+            members=None,
+            held_out=None,
+            note="the teacher trains on the whole crawled pool: "
+            "no part of its training data is held out",
+        ),
+    ]
+
+
+class MembershipParams(_Section):
+    """LeakyCLIP-style audit: can training pairs be told from held-out pairs of the same
+    distribution by similarity or loss? AUC with a bootstrap CI and TPR at 1% FPR."""
+
+    # fmt: off
     enabled: bool = True  # run the audit at all
-    models: list[str] = Field(
-        default_factory=lambda: ["data/models/train"]
-    )  # models audited (folders or models:/ URIs; loaded again unless among `models`)
-    members: str = "data/curate/shards"  # the audited model's training pairs (webdataset folder, .txt captions)
-    non_members: str = "data/sample/eval/retrieval"  # held-out pairs never trained on (wds folder)
-    max_pairs: int = Field(default=512, ge=4)  # pairs drawn from each side
+    targets: list[MembershipTarget] = Field(default_factory=_default_targets)  # audited models, each with its members and held-out pairs
+    shift_non_members: str | None = "data/sample/eval/retrieval"  # extra, labelled "distribution shift, not membership": members vs this eval set; None = skip
+    max_pairs: int = Field(default=512, ge=4)  # most pairs per side (members: as many as held-out)
     loss_batch: int = Field(default=32, ge=2)  # pairs per contrastive batch when scoring the loss
-    seed: int = Field(default=0, ge=0)  # sampling and batching
+    bootstrap: int = Field(default=1000, ge=10)  # bootstrap resamples for the AUC confidence interval
+    confidence: float = Field(default=0.95, gt=0.0, lt=1.0)  # level of that interval (percentile)
+    seed: int = Field(default=0, ge=0)  # sampling, batching and bootstrap
+    # fmt: on
 
 
 class EvaluateParams(StageParams):
@@ -156,6 +187,7 @@ class EvaluateParams(StageParams):
         default_factory=dict
     )  # dataset -> scoreboard metric (default acc1 / mean_recall@1)
     output_dir: str = "data/evaluate"  # results JSON, scoreboard and plots
+    leakage_dir: str | None = None  # decontaminate's outputs, for leakage.json; None = no report
     embed: EmbedParams = Field(default_factory=EmbedParams)  # embedding computation
     probe: ProbeParams = Field(default_factory=ProbeParams)  # linear probe
     perception: PerceptionParams = Field(default_factory=PerceptionParams)  # PerceptionCLIP

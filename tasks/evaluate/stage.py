@@ -43,7 +43,13 @@ def evaluate_model(
     """Embed each set once, then run the tasks that apply to it."""
     from tasks.evaluate import suite
     from tasks.evaluate.embed import encode_images
-    from tasks.evaluate.scoreboard import main_metric, main_value
+    from tasks.evaluate.scoreboard import (
+        PROBE_METRIC,
+        PROBE_TASK,
+        main_metric,
+        main_value,
+        make_row,
+    )
 
     metrics: dict[str, Any] = {}
     rows: list[Row] = []
@@ -58,11 +64,13 @@ def evaluate_model(
         else:
             m = suite.retrieval_task(loaded, s, img, params, out)
         metric = main_metric(s.task, name, params.main_metrics)
-        rows.append(Row(loaded.name, name, s.task, metric, main_value(m, metric)))
+        rows.append(make_row(loaded.name, s, s.task, metric, main_value(m, metric)))
         m = {
             k: v for k, v in m.items() if v == v
         }  # NaN (acc5 below 5 classes) stays in the JSON only
         m.update(_extras(loaded, s, img, params, out, m))
+        if PROBE_METRIC in m:  # shown with its chance and baseline, outside the average
+            rows.append(make_row(loaded.name, s, PROBE_TASK, PROBE_METRIC, m[PROBE_METRIC], False))
         metrics[name] = m
     metrics["images_per_s"] = n_images / seconds if seconds else 0.0
     return metrics, rows
@@ -91,6 +99,21 @@ def _extras(
     return extra
 
 
+def _leak_report(params: EvaluateParams, out: Path, sets: list[str]) -> dict[str, Any]:
+    """Per model and eval set, eval images in its training data (tasks/evaluate/leakage.py);
+    computed first (it is cheap, and a missing input fails before hours of evaluation), written
+    to leakage.json; {} when `leakage_dir` is None."""
+    if params.leakage_dir is None:
+        return {}
+    from tasks.evaluate import leakage
+    from tasks.evaluate.loading import model_label
+    from tasks.io import atomic_write_json
+
+    reports = leakage.audit({model_label(r): r for r in params.models}, params.leakage_dir, sets)
+    atomic_write_json(out / "leakage.json", leakage.as_table(reports))
+    return reports
+
+
 def run(params: EvaluateParams) -> dict[str, Any]:
     """Evaluate `params.models`; return per-model metrics and the scoreboard means."""
     from tasks.evaluate import scoreboard
@@ -103,6 +126,7 @@ def run(params: EvaluateParams) -> dict[str, Any]:
             "evaluate: no dataset to evaluate (params.datasets and public_datasets are empty or absent)"
         )
     metrics: dict[str, Any] = {"skipped_public_datasets": len(skipped)}
+    leaks = _leak_report(params, out, [n for n in sets if n in params.datasets])
     rows: list[Row] = []
     loaded_models: dict[str, LoadedModel] = {}
     for ref in params.models:
@@ -110,17 +134,19 @@ def run(params: EvaluateParams) -> dict[str, Any]:
         loaded_models[ref] = loaded
         metrics[loaded.name], model_rows = evaluate_model(loaded, sets, params, out)
         rows.extend(model_rows)
+        if loaded.name in leaks:
+            metrics[loaded.name]["leakage"] = leaks[loaded.name]
     for model, mean in scoreboard.means(rows).items():
         metrics[model]["scoreboard_mean"] = mean
+    scoreboard.attach(metrics, rows)
     atomic_write_json(out / "scoreboard.json", scoreboard.as_table(rows))
     scoreboard.log_table(rows)
+    scoreboard.save_figures(rows, out)
     if params.membership.enabled:
         from tasks.evaluate import membership
 
-        for ref in params.membership.models:
-            loaded = loaded_models.get(ref) or load_model(ref)
-            metrics.setdefault(loaded.name, {})["membership"] = membership.audit(
-                loaded, params.membership, out, params.embed
-            )
+        audits = membership.run_audits(params.membership, loaded_models, out, params.embed)
+        for name, results in audits.items():  # membership, and membership_shift (labelled)
+            metrics.setdefault(name, {}).update(results)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics

@@ -75,10 +75,14 @@ def retrieval_task(
 
 def probe_task(
     loaded: LoadedModel, s: EvalSet, img: Any, params: EvaluateParams, out: Path
-) -> dict[str, float]:
-    """The probe trains on the set's train split when it has one, else on a stratified half of the test split."""
+) -> dict[str, Any]:
+    """Probe on the set's train split when it has one (test only scored), else k-fold over test.
+
+    The record (CLIP_benchmark's JSON) says which scheme ran (`split_scheme`), how many images
+    trained and were scored, the validation accuracy per C, and for k-fold every fold's numbers.
+    """
     from tasks.evaluate.datasets import has_split
-    from tasks.evaluate.linear_probe import probe, stratified_split
+    from tasks.evaluate.linear_probe import kfold_probe, probe
 
     p = params.probe
     test_x, test_y = img.numpy(), np.asarray(s.labels)
@@ -86,32 +90,41 @@ def probe_task(
         s.name, params.eval_root, params.public_root, p.train_split
     ):
         train = load_set(s.name, params.eval_root, params.public_root, p.train_split)
-        train_x, train_y, source = (
-            encode_images(loaded, train.images, params.embed).numpy(),
+        train_x = encode_images(loaded, train.images, params.embed).numpy()
+        result = probe(
+            train_x,
             np.asarray(train.labels),
-            p.train_split,
+            test_x,
+            test_y,
+            len(s.classnames),
+            p.c_grid,
+            p.val_proportion,
+            p.max_iter,
+            p.seed,
         )
     else:
-        tr, te = stratified_split(test_y, p.fallback_train_fraction, p.seed)
-        train_x, train_y, test_x, test_y = test_x[tr], test_y[tr], test_x[te], test_y[te]
-        source = f"{p.fallback_train_fraction:.0%} of {s.split}"
-    result = probe(
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        len(s.classnames),
-        p.c_grid,
-        p.val_proportion,
-        p.max_iter,
-        p.seed,
-    )
+        result = kfold_probe(
+            test_x,
+            test_y,
+            len(s.classnames),
+            p.c_grid,
+            p.folds,
+            p.val_proportion,
+            p.max_iter,
+            p.seed,
+        )
     rec = results.record(
         s.name, loaded.arch, loaded.ref, "linear_probe", result.metrics, params.language
     )
-    rec["probe_train"] = source
+    rec.update(
+        split_scheme=result.split_scheme,
+        train_images=result.train_images,
+        test_images=result.test_images,
+        val_accuracy={str(c): a for c, a in result.val_accuracy.items()},
+        folds=result.folds,
+    )
     results.write_record(out, loaded.name, rec)
-    return result.metrics
+    return {**result.metrics, "lp_split_scheme": result.split_scheme}
 
 
 def _write(

@@ -190,8 +190,14 @@ def write_eval_sets(
     emoji_all: list[Item],
     fashion_samples: Sequence[Sample],
     out: Path,
+    fashion_train: Sequence[Sample] = (),
 ) -> dict[str, list[EvalRecord]]:
-    """Write every eval set under out/; return the records by set name."""
+    """Write every eval set under out/; return the records (of the evaluated `test` splits).
+
+    `fashion_train` becomes fashion_mnist's `train` split (for the linear probe; not an eval
+    set, so it has no records). Sets built from the site's held-out items have no train split:
+    their items are too few to spare, and every one of them is kept off the site.
+    """
     emoji_order = sorted(emoji_all, key=lambda it: it.rank)
     groups = list(dict.fromkeys(it.category for it in emoji_order))
     subgroups = list(dict.fromkeys(it.subcategory for it in emoji_order))
@@ -218,6 +224,11 @@ def write_eval_sets(
         out, "fashion_mnist", sets["fashion_mnist"], fashion_mnist.CLASSNAMES,
         TEMPLATES["fashion_mnist"], shard,
     )  # fmt: skip
+    if fashion_train:
+        clipbench.write_classification(
+            out / "fashion_mnist", fashion_mnist.CLASSNAMES, TEMPLATES["fashion_mnist"],
+            fashion_train, shard, split="train",
+        )  # fmt: skip
     for name, (items, attr, order, templates) in specs.items():
         sets[name], classnames, used = classification(name, items, attr, order, templates)
         write_set(out, name, sets[name], classnames, used, shard)

@@ -97,8 +97,17 @@ def load_sources(params: SampleParams, roots: dict[str, Path], work: Path) -> di
                 fashion_mnist.load_test_samples,
                 (roots["dataset-fashion-mnist"], params.fashion_mnist_max_items),
             ),
+            "fashion_train": (
+                fashion_mnist.load_train_samples,
+                (
+                    roots["dataset-fashion-mnist"],
+                    params.fashion_mnist_train_max_items,
+                    params.seed,
+                ),
+            ),
             "wordnet": (wordnet.write_wordnet, (roots["wordnet-base"], work / "wordnet.parquet")),
-        }
+        },
+        label="sample: reading packages",
     )
 
 
@@ -156,7 +165,7 @@ def write_archives(
         )
         for k, chunk in enumerate(chunks)
     }
-    done = run_all(calls)
+    done = run_all(calls, label="sample: writing WARC/WAT archives")
     index = {
         "base_url": params.base_url,
         "warc": [done[k]["warc"] for k in sorted(done)],
@@ -173,7 +182,9 @@ def build(params: SampleParams, roots: dict[str, Path], tmp: Path) -> dict[str, 
     work = tmp / ".work"
     loaded = load_sources(params, roots, work)
     on_site, held = heldout.split(params, loaded)
-    sets = heldout.write_eval_sets(params, held, loaded["emoji"], loaded["fashion"], tmp / "eval")
+    sets = heldout.write_eval_sets(
+        params, held, loaded["emoji"], loaded["fashion"], tmp / "eval", loaded["fashion_train"]
+    )
     tables.write_eval_items(sets, tmp / "eval" / "items.parquet")
     planted = planting.choose(sets, params.planted_count, params.planted_transforms, params.seed)
     tables.write_planted(planted, tmp / "eval" / "planted_near_duplicates.parquet")
@@ -195,6 +206,7 @@ def build(params: SampleParams, roots: dict[str, Path], tmp: Path) -> dict[str, 
         },
         **count_site(tmp / "site", rows, disallowed),
         "eval": {name: len(records) for name, records in sets.items()},
+        "eval_train_split": {"fashion_mnist": len(loaded["fashion_train"])},
         "planted_near_duplicates": len(planted),
         "broken_links": broken,
         "archives": {"warc": len(index["warc"]), "wat": len(index["wat"])},

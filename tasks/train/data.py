@@ -3,6 +3,10 @@
 Every worker reads the same global sample stream and keeps its slice of each global batch, so
 N workers see exactly the batches one worker would (the equivalence the tests check), and a
 resumed run skips the consumed batches without decoding them (exact resume).
+
+Samples whose key (the crawl's uid) is in the run's `exclude_uids` list (decontaminate's
+flagged eval copies) are dropped from the raw stream before shuffling, so no worker, epoch or
+resume ever sees them, and the counts that size the run leave them out too.
 """
 
 from __future__ import annotations
@@ -43,17 +47,49 @@ def list_shards(spec: str) -> list[str]:
     return shards
 
 
-def count_samples(shards: list[str]) -> int:
-    """Samples with an image, from tar headers only (no decoding), to check batch sizes up front."""
-    total = 0
+def load_excluded(spec: str | None) -> frozenset[str]:
+    """The uids never trained on: the `uid` column of a parquet file (decontaminate's
+    flagged_uids.parquet); empty for None. A missing or unreadable file is a DataError naming it:
+    training on without the list would train on the eval copies it names."""
+    if spec is None:
+        return frozenset()
+    import pyarrow.parquet as pq
+
+    path = resolve_path(spec)
+    if not path.is_file():
+        raise DataError(
+            f"exclude_uids {spec!r}: file not found ({path}); run the decontaminate stage first"
+        )
+    try:
+        schema = pq.read_schema(path)
+    except Exception as exc:
+        raise DataError(f"exclude_uids {spec!r}: not a parquet file ({exc})") from None
+    if "uid" not in schema.names:
+        raise DataError(f"exclude_uids {spec!r}: no `uid` column (columns: {schema.names})")
+    uids = pq.read_table(path, columns=["uid"]).column("uid").to_pylist()
+    return frozenset(str(u) for u in uids if u is not None)
+
+
+def sample_counts(shards: list[str], exclude: frozenset[str] = frozenset()) -> tuple[int, int]:
+    """(samples with an image that are trained on, samples skipped as excluded), from tar
+    headers only (no decoding), to check batch sizes up front."""
+    kept = skipped = 0
     for shard in shards:
         try:
-            total += len(sample_keys(shard, IMAGE_EXTS))
+            keys = sample_keys(shard, IMAGE_EXTS)
         except ShardError as exc:
             raise DataError(f"shard {exc}") from None
         except OSError as exc:
             raise DataError(f"shard {shard}: not a readable tar file ({exc})") from None
-    return total
+        out = sum(k in exclude for k in keys)
+        kept += len(keys) - out
+        skipped += out
+    return kept, skipped
+
+
+def count_samples(shards: list[str], exclude: frozenset[str] = frozenset()) -> int:
+    """Samples with an image that are trained on (excluded uids left out)."""
+    return sample_counts(shards, exclude)[0]
 
 
 def _shard_samples(shard: str) -> Iterator[dict[str, Any]]:
@@ -63,8 +99,11 @@ def _shard_samples(shard: str) -> Iterator[dict[str, Any]]:
     yield from wds.tariterators.tarfile_samples([{"url": shard}])
 
 
-def raw_stream(shards: list[str], seed: int, resample: bool) -> Iterator[dict[str, Any]]:
-    """Endless raw samples (bytes, undecoded): shards drawn with replacement or in seeded epochs."""
+def raw_stream(
+    shards: list[str], seed: int, resample: bool, exclude: frozenset[str] = frozenset()
+) -> Iterator[dict[str, Any]]:
+    """Endless raw samples (bytes, undecoded): shards drawn with replacement or in seeded epochs;
+    samples without an image or with an excluded key are skipped."""
     rng = random.Random(seed)
     while True:
         order = (
@@ -72,7 +111,7 @@ def raw_stream(shards: list[str], seed: int, resample: bool) -> Iterator[dict[st
         )
         for shard in order:
             for sample in _shard_samples(shard):
-                if image_ext(sample) is not None:
+                if image_ext(sample) is not None and sample.get("__key__") not in exclude:
                     yield sample
 
 
@@ -90,10 +129,15 @@ def shuffled(stream: Iterator[dict[str, Any]], size: int, seed: int) -> Iterator
 
 
 def global_batches(
-    shards: list[str], batch_size: int, seed: int, resample: bool, buffer: int
+    shards: list[str],
+    batch_size: int,
+    seed: int,
+    resample: bool,
+    buffer: int,
+    exclude: frozenset[str] = frozenset(),
 ) -> Iterator[list[dict[str, Any]]]:
     """Global batches of raw samples, each sample tagged with its global index in the stream."""
-    stream = shuffled(raw_stream(shards, seed, resample), buffer, seed)
+    stream = shuffled(raw_stream(shards, seed, resample, exclude), buffer, seed)
     index = 0
     while True:
         batch = []
@@ -183,10 +227,13 @@ def worker_batches(
     fields: dict[str, float],
     start_step: int = 0,
     augment: bool = True,
+    exclude: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[Any, Any]]:
-    """This worker's slice of every global batch from `start_step` on, decoded."""
+    """This worker's slice of every global batch from `start_step` on, decoded; `exclude`d keys
+    never appear."""
     local = batch_size // world
-    for step, batch in enumerate(global_batches(shards, batch_size, seed, resample, buffer)):
+    batches = global_batches(shards, batch_size, seed, resample, buffer, exclude)
+    for step, batch in enumerate(batches):
         if step < start_step:
             continue  # consumed before the checkpoint: skipped undecoded
         yield decode_batch(

@@ -29,6 +29,7 @@ class TrainParams(StageParams):
 
     # data
     shards: str = "data/curate/shards"  # folder of webdataset *.tar shards (or a glob)
+    exclude_uids: str | None = None  # parquet with a `uid` column (decontaminate's flagged_uids.parquet): samples never trained on; None = none
     caption_fields: dict[str, float] = Field(default_factory=lambda: {"txt": 1.0})  # sample field -> probability of using it as the caption
     resample: bool = True  # draw shards with replacement (webdataset resampling) instead of epoch passes
     shuffle_buffer: int = Field(default=256, ge=1)  # samples held for shuffling

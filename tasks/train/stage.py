@@ -20,15 +20,19 @@ class TrainError(RuntimeError):
 
 
 def preflight(p: TrainParams) -> tuple[list[str], int]:
-    """Every input problem found before any worker starts: shards, data size, model name, tower file."""
+    """Every input problem found before any worker starts: shards, the exclusion list, data size
+    (excluded samples left out), model name, tower file."""
     from tasks.clip import model_config
     from tasks.clip.towers import resolve_pkg_path
-    from tasks.train.data import DataError, count_samples, list_shards
+    from tasks.train.data import DataError, count_samples, list_shards, load_excluded
 
     shards = list_shards(p.shards)
-    n = count_samples(shards)
+    n = count_samples(shards, load_excluded(p.exclude_uids))
     if n == 0:
-        raise DataError(f"shards {p.shards!r}: {len(shards)} shard(s) hold no image samples")
+        raise DataError(
+            f"shards {p.shards!r}: {len(shards)} shard(s) hold no image samples"
+            + (f" outside exclude_uids {p.exclude_uids!r}" if p.exclude_uids else "")
+        )
     if p.batch_size > n:
         raise DataError(f"batch_size {p.batch_size} is larger than the {n} samples in {p.shards!r}")
     model_config(p.model)
@@ -51,9 +55,12 @@ def run_directory(p: TrainParams, name: str) -> tuple[Path, str]:
     """One folder per distinct computation: only an identical run resumes from it."""
     from tasks.io.paths import resolve_path
 
-    fingerprint = hashlib.sha256(
-        json.dumps(p.fingerprint_fields(), sort_keys=True).encode()
-    ).hexdigest()[:12]
+    fields = p.fingerprint_fields()
+    if p.exclude_uids:  # another list is another computation, even under the same path
+        fields["exclude_uids_sha256"] = hashlib.sha256(
+            resolve_path(p.exclude_uids).read_bytes()
+        ).hexdigest()
+    fingerprint = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
     return resolve_path(p.run_root) / f"{name}-{fingerprint}", fingerprint
 
 
@@ -141,8 +148,11 @@ def finish(
     """Tag the data version, plot, log the model folder, register it; build the metrics dict."""
     import mlflow
 
+    from tasks.train.data import load_excluded, sample_counts
     from tasks.train.tracking import data_lineage, data_version, log_loss_plot, register_model
 
+    excluded = load_excluded(p.exclude_uids)
+    _, skipped = sample_counts(shards, excluded)
     history = summary["history"]
     losses = [loss for _, loss in history]
     k = max(1, min(5, len(losses) // 4))
@@ -151,6 +161,8 @@ def finish(
         "resumed_from_step": summary["start_step"],
         "samples_seen": p.steps * p.batch_size,
         "train_samples": n,
+        "excluded_uids": len(excluded),  # uids in exclude_uids (decontaminate's flags)
+        "excluded_samples": skipped,  # samples of the shards never trained on because listed
         "loss_first": sum(losses[:k]) / k,
         "loss_last": sum(losses[-k:]) / k,
         "samples_per_s": summary["samples_per_s"],

@@ -108,8 +108,9 @@ def train_worker(config: dict[str, Any]) -> None:
     import torch
 
     from tasks.clip import build_model
+    from tasks.progress import Progress
     from tasks.train.checkpoints import export_model_folder
-    from tasks.train.data import list_shards, worker_batches
+    from tasks.train.data import list_shards, load_excluded, worker_batches
     from tasks.train.loop import (
         LOSSES,
         StepResult,
@@ -164,6 +165,7 @@ def train_worker(config: dict[str, Any]) -> None:
         fields=p.caption_fields,
         start_step=start,
         augment=p.train_augment,
+        exclude=load_excluded(p.exclude_uids),
     )
     logger = (
         StepLogger(config.get("tracking_uri"), config.get("run_id"))
@@ -171,6 +173,14 @@ def train_worker(config: dict[str, Any]) -> None:
         else StepLogger(None, None)
     )
     speeds: list[float] = []
+    # "teacher: training 120/300 (40%), 1.7 steps/s, ETA 2 min, loss ...", from rank 0 only
+    progress = Progress(
+        f"{Path(config['output_dir']).name}: training",
+        total=p.steps,
+        unit="steps",
+        done=start,
+        mode=None if rank == 0 else "off",
+    )
 
     def on_step(r: StepResult) -> None:
         history.append([r.step, r.loss])
@@ -183,12 +193,7 @@ def train_worker(config: dict[str, Any]) -> None:
         }
         if r.step % p.log_every == 0 or r.step + 1 == p.steps:
             logger.log(r.step, values)
-        if rank == 0 and (r.step % max(1, p.steps // 20) == 0 or r.step + 1 == p.steps):
-            print(
-                f"[train] step {r.step + 1}/{p.steps} loss {r.loss:.4f} lr {r.lr:.2e} "
-                f"scale {r.logit_scale:.2f} {r.samples_per_s:.1f} samples/s",
-                flush=True,
-            )
+        progress.update(1, loss=r.loss, lr=r.lr, samples_per_s=r.samples_per_s)
         done = r.step + 1
         if done % p.checkpoint_every == 0 or done == p.steps:
             logger.flush()
@@ -215,6 +220,7 @@ def train_worker(config: dict[str, Any]) -> None:
         on_step=on_step,
         last_good=lambda: ckpt.last_path,
     )
+    progress.close()
     logger.flush()
     if rank == 0:
         model.eval()

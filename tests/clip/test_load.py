@@ -63,12 +63,17 @@ def test_relative_folder_resolves_under_the_project_root(
     assert _same_model(model, _reference_model(), tokenizer)
 
 
-def test_mlflow_uris_load_the_logged_folder(tiny_folder: Path, mlflow_store: str) -> None:
+def test_mlflow_uris_load_the_logged_folder(
+    tiny_folder: Path, mlflow_store: str, tmp_path: Path
+) -> None:
     import mlflow
 
     mlflow.set_tracking_uri(mlflow_store)
-    mlflow.set_experiment("clip-lib-test")
-    with mlflow.start_run() as run:
+    # An explicit location: without one MLflow puts artifacts in ./mlruns of the working folder.
+    exp = mlflow.create_experiment(
+        "clip-lib-test", artifact_location=(tmp_path / "mlartifacts").as_uri()
+    )
+    with mlflow.start_run(experiment_id=exp) as run:
         mlflow.log_artifacts(str(tiny_folder), artifact_path="model")
     client = mlflow.MlflowClient(mlflow_store)
     client.create_registered_model("clip-lib-test")

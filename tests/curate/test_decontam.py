@@ -10,11 +10,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.curate.evalsets import EvalView, crop, pixel_distances, planted_recall
-from tasks.curate.features import embed_table, hash_batch
+from tasks.curate.features import embed_table
 from tasks.curate.params import CurateParams
 from tasks.curate.steps.base import StepContext
 from tasks.curate.steps.registry import build_step
+from tasks.decontam.hashing import hash_batch
+from tasks.decontam.planted import planted_recall
+from tasks.decontam.views import EvalView, crop, pixel_distances
 from tasks.imaging.resize import ResizeParams, process_image
 
 from .conftest import image_bytes

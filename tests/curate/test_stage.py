@@ -31,7 +31,7 @@ def _params(hp, out, **kw) -> CurateParams:
         semantic_dedup=dict(eps=1e-7),
     )
     for key, value in kw.items():
-        base[key] = {**base[key], **value} if isinstance(value, dict) else value
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
     return CurateParams(**base)
 
 
@@ -45,7 +45,7 @@ def test_stage_end_to_end(hand_pool, tmp_path, ray_session):
     from tasks.curate.stage import run
 
     out = tmp_path / "out"
-    metrics = run(_params(hand_pool, out))
+    metrics = run(_params(hand_pool, out, holdout={"fraction": 0.25, "seed": 3}))
     rows = {r["uid"]: r for r in _pool(hand_pool)}
     assert len(rows) == 43, "curation never deletes pool rows"
     for uid, expected in hand_pool.expect.items():
@@ -59,18 +59,22 @@ def test_stage_end_to_end(hand_pool, tmp_path, ray_session):
         rows["bshort"]["curate_clip_score_keep"] is None
         and rows["bshort"]["curate_basic_keep"] is False
     )
-    kept = sorted(u for u, r in rows.items() if r["curate_keep"])
+    curated = sorted(u for u, r in rows.items() if r["curate_keep"])
+    held = sorted(u for u, r in rows.items() if r["curate_holdout"])
+    kept = sorted(set(curated) - set(held))  # the training set
+    assert set(held) < set(curated) and len(held) == round(len(curated) * 0.25) > 0
+    assert all(rows[u]["curate_holdout"] is False for u in kept), "every row gets the column"
     subset = pq.read_table(out / "subset_uids.parquet").column("uid").to_pylist()
     assert subset == kept and metrics["subset_size"] == len(kept) > 0
-    # materialised once: every kept sample, with every caption field, in shuffled shards
-    seen = {}
-    for shard in sorted((out / "shards").glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            for m in tar.getmembers():
-                seen.setdefault(m.name.split(".")[0], {})[m.name.split(".", 1)[1]] = (
-                    tar.extractfile(m).read()
-                )
+    assert pq.read_table(out / "holdout_uids.parquet").column("uid").to_pylist() == held
+    assert metrics["holdout_size"] == len(held) and metrics["curated_size"] == len(curated)
+    # materialised once: every training sample, with every caption field, in shuffled shards;
+    # the held-out ones in holdout/, in the same layout, and never among the training shards
+    seen = _shard_samples(out / "shards")
     assert sorted(seen) == kept
+    held_seen = _shard_samples(out / "holdout")
+    assert sorted(held_seen) == held and set(held_seen).isdisjoint(seen)
+    assert all({"jpg", "txt", "json"} <= set(parts) for parts in held_seen.values())
     sample = seen[kept[0]]
     meta = json.loads(sample["json"])
     assert (
@@ -92,7 +96,20 @@ def test_stage_end_to_end(hand_pool, tmp_path, ray_session):
     ).exists()
     assert list((out / "report").glob("grid_dropped_basic.png"))
     funnel = json.loads((out / "report" / "funnel.json").read_text())
-    assert [f["step"] for f in funnel] == ["input", *_params(hand_pool, out).steps]
+    assert [f["step"] for f in funnel] == ["input", *_params(hand_pool, out).steps, "holdout"]
+    assert funnel[-1] == {"step": "holdout", "left": len(kept), "dropped": {"held_out": len(held)}}
+
+
+def _shard_samples(folder) -> dict[str, dict[str, bytes]]:
+    """uid -> {extension: bytes} over every .tar in `folder`."""
+    seen: dict[str, dict[str, bytes]] = {}
+    for shard in sorted(folder.glob("*.tar")):
+        with tarfile.open(shard) as tar:
+            for m in tar.getmembers():
+                seen.setdefault(m.name.split(".")[0], {})[m.name.split(".", 1)[1]] = (
+                    tar.extractfile(m).read()
+                )
+    return seen
 
 
 def test_rebalance_reuses_matches_and_features(hand_pool, tmp_path, ray_session):
@@ -197,7 +214,8 @@ def test_registered_stage_through_the_runner(
     run = mlflow.get_run(metrics["_mlflow_run_id"])
     assert (
         run.data.params["curate.balance.t"] == "8"
-        and run.data.metrics["funnel_balance"] == metrics["subset_size"]
+        and run.data.metrics["funnel_holdout"] == metrics["subset_size"]
+        and run.data.metrics["funnel_balance"] == metrics["subset_size"] + metrics["holdout_size"]
     )
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "report")}
     assert "report/funnel.png" in artifacts and "report/entry_counts.png" in artifacts

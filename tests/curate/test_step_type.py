@@ -52,6 +52,7 @@ def test_inputs_are_the_union_of_what_the_steps_declare():
         "hashes",
         "embeddings",
         "eval_features",
+        "pool_rows",  # clip_score's top fraction is taken over the whole pool
     }
 
 

@@ -61,35 +61,64 @@ def test_basic_filter_reasons(tmp_path):
     assert strict.reason == ["too_few_chars", "aspect_ratio"]
 
 
-def test_clip_score_global_top_fraction_and_fixed_threshold(tmp_path):
+def _scored(scores: list[float | None], **cols) -> pa.Table:
+    """Rows whose image . text cosine is exactly `score` (None = no embeddings)."""
+    img = [None if s is None else [1.0, 0.0] for s in scores]
+    txt = [None if s is None else [s, float(np.sqrt(1.0 - s * s))] for s in scores]
+    return pa.table({"image_emb": vectors(img), "text_emb": vectors(txt), **cols})
+
+
+def test_top_fraction_threshold_is_datacomps_rank():
     from tasks.curate.steps.clip_score import top_fraction_threshold
 
     scores = np.array([0.9, 0.1, 0.5, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6, 0.0])
-    assert (
-        top_fraction_threshold(scores, 0.3) == 0.6
-    )  # rank int(10 * 0.3) = 3 of the descending list
-    img = [[1.0, 0.0]] * 5 + [None]
-    txt = [
-        [1.0, 0.0],
-        [0.0, 1.0],
-        [1.0, 1.0],
-        [1.0, 0.2],
-        [1.0, -2.0],
-        [1.0, 0.0],
-    ]  # cos 1, 0, .71, .98, .45
-    rows = pa.table({"image_emb": vectors(img), "text_emb": vectors(txt)})
-    got = decide("clip_score", rows, tmp_path, clip_score={"fraction": 0.4})
-    assert got.reason[5] == "no_embedding" and np.isnan(got.score[5])
-    assert got.keep.tolist() == [
-        True,
-        False,
-        True,
-        True,
-        False,
-        False,
-    ]  # top 40% of 5: threshold = rank 2 = .71
+    # DataComp: -np.sort(-scores)[int(N * fraction)], the 0-based rank 3 of the descending list
+    assert top_fraction_threshold(scores, 0.3) == 0.6
+    assert top_fraction_threshold(scores, 1.0) == 0.0, "fraction 1 keeps every scored row"
+    assert top_fraction_threshold(np.array([]), 0.3) == float("inf")
+
+
+def test_clip_score_threshold_is_the_whole_pools_quantile_not_the_survivors(tmp_path):
+    """The survivors' own top-25% cut (rank int(5 * .25) = 1 -> 0.5) would keep 0.9 and 0.5; the
+    pool's (10 downloaded, embedded rows: rank int(10 * .25) = 2 -> 0.7) keeps 0.9 only."""
+    pool_scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05]
+    pool = pa.concat_tables(
+        [
+            _scored(pool_scores, status=["success"] * 10),
+            # not part of N: failed downloads (one with stale vectors), an undecodable image
+            _scored([None, 0.95, None], status=["http_404", "http_404", "success"]),
+        ]
+    )
+    survivors = _scored([0.9, 0.5, 0.3, 0.2, None])
+    got = decide(
+        "clip_score",
+        survivors,
+        tmp_path,
+        ctx_kw={"pool_rows": pool},
+        clip_score={"fraction": 0.25},
+    )
+    assert got.metrics["clip_score_threshold"] == pytest.approx(0.7)
+    assert got.metrics["clip_score_pool_n"] == 10
+    assert got.keep.tolist() == [True, False, False, False, False]
+    assert got.reason[1:] == ["clip_score_low"] * 3 + ["no_embedding"]
+    assert got.metrics["clip_score_passed"] == 1 and got.metrics["clip_score_reaching"] == 5
+    assert np.isnan(got.score[4]) and got.score[0] == pytest.approx(0.9)
+
+
+def test_clip_score_fraction_without_pool_rows_is_a_named_error(tmp_path):
+    with pytest.raises(ValueError, match="pool_rows"):
+        decide("clip_score", _scored([0.5]), tmp_path, clip_score={"fraction": 0.3})
+
+
+def test_clip_score_fixed_threshold_needs_no_pool(tmp_path):
+    from tasks.curate.steps.registry import build_step
+
+    rows = _scored([0.9, 0.1, 0.85, 0.79, None])
     fixed = decide("clip_score", rows, tmp_path, clip_score={"fraction": None, "threshold": 0.8})
-    assert fixed.keep.tolist() == [True, False, False, True, False, False]
+    assert fixed.keep.tolist() == [True, False, True, False, False]
+    params = CurateParams(clip_score={"fraction": None, "threshold": 0.8})
+    assert "pool_rows" not in build_step("clip_score", params).inputs()
+    assert "pool_rows" in build_step("clip_score", CurateParams()).inputs()
 
 
 def test_text_based_first_synset(tmp_path):

@@ -59,3 +59,69 @@ def test_single_class_is_refused():
     x = np.ones((4, 2))
     with pytest.raises(ValueError, match="single class"):
         probe(x, np.zeros(4, dtype=int), x, np.zeros(4, dtype=int), 2, c_grid=[1.0])
+
+
+def test_kfold_scores_every_test_image_once_and_says_so():
+    from tasks.evaluate.linear_probe import kfold_probe
+
+    x, y = _blobs([12, 9, 7], 3, 0.3, seed=3)
+    res = kfold_probe(x, y, 3, c_grid=[0.1, 10.0], folds=5, seed=0)
+    assert res.split_scheme == "kfold-5 on test (no train split)"
+    assert len(res.folds) == 5
+    assert sum(f["test_images"] for f in res.folds) == len(y) == res.test_images
+    accs = [f["lp_acc1"] for f in res.folds]
+    assert res.metrics["lp_acc1"] == pytest.approx(np.mean(accs))
+    assert res.metrics["lp_acc1_std"] == pytest.approx(np.std(accs, ddof=1))
+    assert res.metrics["lp_acc1_min"] == min(accs) and res.metrics["lp_acc1_max"] == max(accs)
+    assert res.metrics["lp_acc1"] >= 0.9
+    assert res.metrics["C"] in (0.1, 10.0)
+
+
+def test_kfold_chooses_c_without_the_fold_it_scores(monkeypatch):
+    """Nested: each fold's C is chosen on images of its training part only."""
+    from tasks.evaluate import linear_probe
+
+    x, y = _blobs(10, 3, 0.3, seed=4)
+    x = np.concatenate([x, np.arange(len(y))[:, None] * 1e-6], axis=1)  # last column: row id
+    seen: list[set[int]] = []
+    choose = linear_probe.choose_c
+
+    def spy(fx, fy, *args, **kwargs):
+        seen.append({round(v * 1e6) for v in fx[:, -1]})
+        return choose(fx, fy, *args, **kwargs)
+
+    monkeypatch.setattr(linear_probe, "choose_c", spy)
+    folds = linear_probe.stratified_folds(y, 4, seed=0)
+    linear_probe.kfold_probe(x, y, 3, c_grid=[1.0], folds=4, seed=0)
+    assert len(seen) == 4
+    for k, ids in enumerate(seen):
+        scored = set(np.flatnonzero(folds == k).tolist())
+        assert ids and not ids & scored
+        assert ids | scored == set(range(len(y)))
+
+
+def test_stratified_folds_spread_each_class_and_follow_the_seed():
+    from tasks.evaluate.linear_probe import stratified_folds
+
+    y = np.array([0] * 10 + [1] * 5 + [2] * 3)
+    folds = stratified_folds(y, 5, seed=0)
+    assert sorted(np.bincount(folds, minlength=5)) == [3, 3, 4, 4, 4]
+    assert np.bincount(folds[y == 0], minlength=5).tolist() == [2] * 5
+    assert np.bincount(folds[y == 1], minlength=5).tolist() == [1] * 5
+    assert len(set(folds[y == 2])) == 3  # a class smaller than k lands in distinct folds
+    assert np.array_equal(folds, stratified_folds(y, 5, seed=0))
+    assert not np.array_equal(folds, stratified_folds(y, 5, seed=1))
+    with pytest.raises(ValueError, match="cannot fill 5 folds"):
+        stratified_folds(np.array([0, 1, 0]), 5, seed=0)
+
+
+def test_train_scheme_fits_on_train_only():
+    """Train labels mapped c -> c+1: fitting on train scores ~0 on test, fitting on test ~1."""
+    x, y = _blobs(20, 4, 0.2, seed=5)
+    tx, ty = _blobs(10, 4, 0.2, seed=5, draw=1)
+    res = probe(x, (y + 1) % 4, tx, ty, 4, c_grid=[1.0, 10.0])
+    assert res.metrics["lp_acc1"] <= 0.05
+    assert res.split_scheme.startswith("train split") and res.train_images == len(y)
+    assert res.test_images == len(ty)
+    control = probe(tx, ty, tx, ty, 4, c_grid=[1.0, 10.0])
+    assert control.metrics["lp_acc1"] >= 0.95

@@ -16,6 +16,8 @@ from .sets import make_retrieval
 def _params(tmp_path, tiny_model, eval_root, **extra) -> dict:
     members = tmp_path / "members"
     make_retrieval(members, n=16, seed=5)
+    held_out = tmp_path / "held_out"  # the same kind of pairs, never trained on
+    make_retrieval(held_out, n=12, seed=6)
     base = {
         "models": [str(tiny_model)],
         "eval_root": str(eval_root),
@@ -35,11 +37,14 @@ def _params(tmp_path, tiny_model, eval_root, **extra) -> dict:
             "adv_steps": 2,
         },
         "membership": {
-            "models": [str(tiny_model)],
-            "members": str(members),
-            "non_members": str(eval_root / "retrieval"),
+            "targets": [
+                {"model": str(tiny_model), "members": str(members), "held_out": str(held_out)},
+                {"model": str(tmp_path / "teacher"), "members": None, "held_out": None},
+            ],
+            "shift_non_members": str(eval_root / "retrieval"),
             "max_pairs": 8,
             "loss_batch": 4,
+            "bootstrap": 50,
         },
     }
     base.update(extra)
@@ -74,7 +79,12 @@ def test_stage_through_runner(tmp_path, tiny_model, eval_root, mlflow_store, ray
         )
         / 2
     )
-    assert {"similarity_auc", "loss_auc", "similarity_tpr_at_1pct_fpr"} <= set(m["membership"])
+    audit = m["membership"]
+    assert {"similarity_auc", "loss_auc", "similarity_tpr_at_1pct_fpr"} <= set(audit)
+    assert audit["held_out"].endswith("held_out") and audit["pairs_per_side"] == 8
+    assert audit["loss_auc_ci_low"] <= audit["loss_auc"] <= audit["loss_auc_ci_high"]
+    assert m["membership_shift"]["label"] == "distribution shift, not membership"
+    assert metrics["teacher"]["membership"]["measured"] is False, "no held-out data: said so"
     out = tmp_path / "out"
     rec = json.loads((out / "tiny" / "colours_zeroshot_classification.json").read_text())
     assert set(rec) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
@@ -91,6 +101,18 @@ def test_stage_through_runner(tmp_path, tiny_model, eval_root, mlflow_store, ray
         assert any(p.name.endswith(plot) for p in (out / "plots" / "tiny").iterdir()), plot
     board = json.loads((out / "scoreboard.json").read_text())
     assert board["dataset"][-1] == "average"
+    # every score next to its chance level and trivial baseline (colours: 6 classes x 4 images)
+    assert board["metric"] == ["acc1", "lp_acc1", "mean_recall@1", "unweighted mean"]
+    assert board["chance"][:2] == [pytest.approx(1 / 6)] * 2
+    assert board["trivial_baseline"][:2] == [pytest.approx(1 / 6)] * 2
+    # retrieval: 12 images, 2 captions each; R@1 chance 1/12 (text -> image), 1/24 (image -> text)
+    assert board["chance"][2] == pytest.approx((1 / 12 + 1 / 24) / 2)
+    assert board["trivial_baseline"][2] == pytest.approx(1 / 12)  # 2 of 24 captions are positive
+    assert m["colours"]["reference"]["acc1"]["chance"] == pytest.approx(1 / 6)
+    # the fixture's colours set has a train split: the probe trained there
+    probe_rec = json.loads((out / "tiny" / "colours_linear_probe.json").read_text())
+    assert probe_rec["split_scheme"].startswith("train split") and probe_rec["train_images"] == 24
+    assert (out / "plots" / "tiny" / "scoreboard.png").exists()
 
     import mlflow
 

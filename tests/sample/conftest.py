@@ -14,6 +14,7 @@ SMALL = {
     "tuxpaint_max_items": 120,
     "gimp_max_pages": 25,
     "fashion_mnist_max_items": 300,
+    "fashion_mnist_train_max_items": 50,
     "planted_count": 24,
     "items_per_page": 20,
     "pages_per_archive": 40,

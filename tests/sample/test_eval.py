@@ -143,3 +143,60 @@ def test_transformations_keep_the_picture():
     assert Counter(planted.transform(buf.getvalue(), "jpeg", "x")[1] for _ in range(2)) == {
         "jpg": 2
     }
+
+
+def _split_members(folder: Path, split: str) -> dict[str, bytes]:
+    members: dict[str, bytes] = {}
+    for n in range(int((folder / split / "nshards.txt").read_text())):
+        members.update(_members(folder / split / f"{n}.tar"))
+    return members
+
+
+def test_fashion_mnist_train_split_is_a_seeded_balanced_subset(small_sample):
+    """The probe's train split: CLIP_benchmark layout, real train images, balanced, no eval data."""
+    import numpy as np
+
+    from tasks.sample import fashion_mnist
+    from tasks.sample.debian import extracted_dir, find_path
+    from tasks.settings import get_settings
+
+    out, params, counts = small_sample
+    folder = out / "eval" / "fashion_mnist"
+    members = _split_members(folder, "train")
+    keys = sorted({m.rsplit(".", 1)[0] for m in members})
+    n = params.fashion_mnist_train_max_items
+    assert keys == [f"s{i:07d}" for i in range(n)]
+    assert counts["eval_train_split"] == {"fashion_mnist": n}
+    labels = [int(members[f"{k}.cls"]) for k in keys]
+    assert Counter(labels) == dict.fromkeys(range(10), n // 10)
+    # the very images of the train IDX file at the seeded indices, in file order
+    pkg = extracted_dir(get_settings().cache_dir) / "dataset-fashion-mnist"
+    images = fashion_mnist.read_idx(find_path(pkg, "train-images-idx3-ubyte*", "fashion"))
+    chosen = fashion_mnist.balanced_subset(
+        fashion_mnist.read_idx(find_path(pkg, "train-labels-idx1-ubyte*", "fashion")),
+        n,
+        params.seed,
+    )
+    for key, index in zip(keys[:5], chosen[:5], strict=True):
+        pixels = np.asarray(Image.open(io.BytesIO(members[f"{key}.png"])))
+        assert np.array_equal(pixels, images[index])
+    # not an eval set: decontamination's items list and the test split hold none of it
+    items = pq.read_table(out / "eval" / "items.parquet").to_pylist()
+    train_hashes = {hashlib.sha256(members[f"{k}.png"]).hexdigest() for k in keys}
+    assert not train_hashes & {r["image_sha256"] for r in items}
+    assert len(items) == sum(counts["eval"].values())
+
+
+def test_balanced_subset_follows_seed_and_cap():
+    import numpy as np
+
+    from tasks.sample.fashion_mnist import balanced_subset
+
+    labels = np.repeat(np.arange(3), [10, 10, 4])
+    a = balanced_subset(labels, 10, seed=0)
+    assert list(np.bincount(labels[a])) == [4, 3, 3]  # 10 // 3 each, the first class one more
+    assert np.array_equal(a, np.sort(a)) and len(set(a)) == 10
+    assert np.array_equal(a, balanced_subset(labels, 10, seed=0))
+    assert not np.array_equal(a, balanced_subset(labels, 10, seed=1))
+    assert list(np.bincount(labels[balanced_subset(labels, 18, seed=0)])) == [6, 6, 4]  # capped
+    assert np.array_equal(balanced_subset(labels, 0, seed=0), np.arange(24))

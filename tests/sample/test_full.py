@@ -18,6 +18,7 @@ def test_full_build_has_enough_for_the_crawl_benchmark(tmp_path, ray_session):
     assert counts["images"]["distinct_urls"] >= 5000
     assert counts["pages"]["gimp"] == 685
     assert counts["eval"]["fashion_mnist"] == 10_000
+    assert counts["eval_train_split"] == {"fashion_mnist": 2000}  # the probe's train split
     assert counts["planted_near_duplicates"] == params.planted_count
     groups = (tmp_path / "s" / "eval" / "emoji_groups" / "classnames.txt").read_text().splitlines()
     subgroups = (

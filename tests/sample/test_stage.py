@@ -67,6 +67,7 @@ def test_bad_params_are_refused(override):
 
 def test_out_dir_resolves_under_the_project():
     from tasks.io.paths import resolve_path
+    from tasks.settings import get_settings
 
-    assert resolve_path("data/sample") == PROJECT_ROOT / "data" / "sample"
+    assert resolve_path("data/sample") == get_settings().root / "data" / "sample"
     assert resolve_path("/abs/x") == Path("/abs/x")

@@ -23,13 +23,17 @@ from tasks.curate.params import CurateParams
 if TYPE_CHECKING:
     from tasks.imaging.resize import ResizeParams
 
-Input = Literal["matches", "hashes", "embeddings", "eval_features", "target_embeddings"]
+Input = Literal[
+    "matches", "hashes", "embeddings", "eval_features", "target_embeddings", "pool_rows"
+]
 """Prepared data a step may read:
 - matches: `entry_ids` of every row against the MetaCLIP metadata (text checks always run);
 - hashes: `image_sha256`, `phash`, `dhash` of every pool image;
 - embeddings: `image_emb`, `text_emb` of every pool pair (needs `paths.clip_model`);
 - eval_features: `StepContext.eval_features`, the eval images in the pool's form;
 - target_embeddings: `StepContext.target_embeddings`, the target task's image embeddings.
+- pool_rows: `StepContext.pool_rows`, EVERY prepared pool row (whatever earlier steps drop),
+  for decisions taken over the whole pool (clip_score's DataComp top fraction).
 """
 
 P = TypeVar("P", bound=ParamsSection | None)
@@ -66,6 +70,7 @@ class StepContext:
     eval_features: pa.Table | None = None  # id, variant, phash, dhash, image_emb (eval_features)
     target_embeddings: np.ndarray | None = None  # L2-normalised rows (target_embeddings)
     crawl_resize: ResizeParams | None = None  # crawl's resize section the eval view used
+    pool_rows: pa.Table | None = None  # every prepared pool row, not only survivors (pool_rows)
 
 
 class Step(ABC, Generic[P]):

@@ -1,7 +1,7 @@
 """Eval-set decontamination: drop a pool image that is a near-duplicate of any evaluation image.
 
 The eval images are featurised in the pool's own form (`decontaminate.eval_view`, see
-evalsets.EvalView): as the crawl stored them, plus crops. A pool image is flagged when
+tasks/decontam/views.py EvalView): as the crawl stored them, plus crops. A pool image is flagged when
 - its pHash AND dHash are within the thresholds of the same eval image (whole view), and its
   image embedding is close enough to that eval image's (`decontaminate.hash_embed_min`), or
 - the same holds for one of the eval image's crops (`decontaminate.crop_*`; the embedding gate
@@ -9,6 +9,8 @@ evalsets.EvalView): as the crawl stored them, plus crops. A pool image is flagge
 - its embedding alone reaches `decontaminate.embed_threshold` (off by default: the teacher's embeddings
   put whole families of clip-art, e.g. every generated star, above 0.96).
 Hashes see luminance only and confuse look-alike shapes; the embedding gate removes most of those.
+The hash matching is the library's (tasks/decontam/matching.py), the same the `decontaminate`
+stage runs before any model trains; the embedding gate on top is curate's own.
 """
 
 from __future__ import annotations
@@ -16,38 +18,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from tasks.curate.features import hex_to_u64
 from tasks.curate.params import DecontaminateParams
 from tasks.curate.steps.base import Input, Step, StepContext, StepResult, embeddings
-from tasks.curate.steps.dedup import _codes, hamming_pairs
+from tasks.decontam.matching import REASON_CROP, REASON_HASH, hash_pairs, variants
 
-REASON_HASH = "eval_near_duplicate_phash"
-REASON_CROP = "eval_near_duplicate_crop"
 REASON_EMBED = "eval_near_duplicate_embedding"
-
-
-def _hash_pairs(
-    rows: pa.Table, ev: pa.Table, eval_rows: np.ndarray, max_p: int, max_d: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(row, eval row, pHash distance) for every pair within BOTH thresholds (pHash and dHash to
-    the same eval image: on the sample's clip-art, pHash alone confuses look-alike shapes),
-    restricted to the given eval rows."""
-    empty = np.array([], dtype=np.int64)
-    ph, dh = rows.column("phash").to_pylist(), rows.column("dhash").to_pylist()
-    have = np.array([i for i, h in enumerate(ph) if h is not None and dh[i] is not None], np.int64)
-    eval_ph, eval_dh = ev.column("phash").to_pylist(), ev.column("dhash").to_pylist()
-    eval_have = np.array(
-        [j for j in eval_rows if eval_ph[j] is not None and eval_dh[j] is not None], np.int64
-    )
-    if not len(have) or not len(eval_have):
-        return empty, empty, empty
-    a, b, dist = hamming_pairs(
-        _codes([ph[i] for i in have]), _codes([eval_ph[j] for j in eval_have]), max_p
-    )
-    row_d = hex_to_u64([dh[i] for i in have])
-    eval_d = hex_to_u64([eval_dh[j] for j in eval_have])
-    both = np.bitwise_count(row_d[a] ^ eval_d[b]) <= max_d
-    return have[a[both]], eval_have[b[both]], dist[both]
 
 
 class _Cosines:
@@ -140,13 +115,11 @@ class Decontaminate(Step[DecontaminateParams]):
 
 def _decide(rows: pa.Table, ev: pa.Table, p: DecontaminateParams) -> StepResult:
     ids = ev.column("id").to_pylist()
-    variants = (
-        ev.column("variant").to_pylist() if "variant" in ev.column_names else ["full"] * ev.num_rows
-    )
-    whole = np.array([i for i, v in enumerate(variants) if v == "full"], dtype=np.int64)
-    crops = np.array([i for i, v in enumerate(variants) if v != "full"], dtype=np.int64)
+    kinds = variants(ev)
+    whole = np.array([i for i, v in enumerate(kinds) if v == "full"], dtype=np.int64)
+    crops = np.array([i for i, v in enumerate(kinds) if v != "full"], dtype=np.int64)
     use_emb = p.uses_embeddings()
-    cos = _Cosines(rows, ev, variants) if use_emb else None
+    cos = _Cosines(rows, ev, kinds) if use_emb else None
 
     reasons: list[str | None] = [None] * rows.num_rows
     refs: list[str | None] = [None] * rows.num_rows
@@ -160,12 +133,12 @@ def _decide(rows: pa.Table, ev: pa.Table, p: DecontaminateParams) -> StepResult:
         for i in np.flatnonzero(~cos.row_mask):
             reasons[i] = "no_embedding"
     if p.crops and len(crops):
-        crop_pairs = _hash_pairs(
+        crop_pairs = hash_pairs(
             rows, ev, crops, p.crop_hash_max_distance, p.crop_dhash_max_distance
         )
         for row, j in _gated(crop_pairs, cos, p.crop_embed_min).items():
             reasons[row], refs[row] = REASON_CROP, ids[j]
-    whole_pairs = _hash_pairs(rows, ev, whole, p.hash_max_distance, p.dhash_max_distance)
+    whole_pairs = hash_pairs(rows, ev, whole, p.hash_max_distance, p.dhash_max_distance)
     for row, j in _gated(whole_pairs, cos, p.hash_embed_min).items():
         reasons[row], refs[row] = REASON_HASH, ids[j]
     ph, dh = rows.column("phash").to_pylist(), rows.column("dhash").to_pylist()

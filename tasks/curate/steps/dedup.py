@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from tasks.curate.features import hex_to_u64
 from tasks.curate.params import PerceptualDedupParams
 from tasks.curate.steps.base import Step, StepContext, StepResult
+from tasks.decontam.hashing import hamming_pairs, hash_codes, hex_to_u64
 
 
 class ExactDedup(Step[None]):
@@ -49,27 +49,6 @@ def exact_dedup(rows: pa.Table) -> StepResult:
     return StepResult.from_reasons(reasons, ref=refs)
 
 
-def _codes(values: list[str | None]) -> np.ndarray:
-    """uint64 hashes -> faiss' binary code layout (8 uint8 per row)."""
-    return hex_to_u64(values).astype(">u8").view(np.uint8).reshape(-1, 8)
-
-
-def hamming_pairs(
-    a: np.ndarray, b: np.ndarray, max_distance: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All (i in a, j in b, distance) with Hamming distance <= max_distance (faiss binary range search)."""
-    import faiss
-
-    index = faiss.IndexBinaryFlat(64)
-    index.add(np.ascontiguousarray(b))
-    lims, dist, ids = index.range_search(
-        np.ascontiguousarray(a), max_distance + 1
-    )  # radius is exclusive
-    per_query: np.ndarray = np.diff(np.asarray(lims, dtype=np.int64))
-    rows = np.repeat(np.arange(len(a)), per_query)
-    return rows, ids.astype(np.int64), dist.astype(np.int64)
-
-
 class PerceptualDedup(Step[PerceptualDedupParams]):
     """Two images are duplicates when BOTH pHash and dHash are within the Hamming threshold."""
 
@@ -95,7 +74,7 @@ def perceptual_dedup(rows: pa.Table, d: int) -> StepResult:
     if len(ok) < 2:
         return StepResult.from_reasons(reasons, ref=refs, score=score)
     order = ok[np.argsort([uids[i] for i in ok], kind="stable")]
-    pc = _codes([ph[i] for i in order])
+    pc = hash_codes([ph[i] for i in order])
     a, b, dist = hamming_pairs(pc, pc, d)
     du = hex_to_u64([dh[i] for i in order])
     keep_pairs = (a < b) & (np.bitwise_count(du[a] ^ du[b]) <= d)

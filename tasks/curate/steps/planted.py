@@ -25,7 +25,7 @@ class PlantedQA(ReportStep):
 
     def __call__(self, rows: pa.Table, step: Step[Any], ctx: StepContext) -> dict[str, Any]:
         from tasks.curate.apply import input_reasons
-        from tasks.curate.evalsets import planted_recall
+        from tasks.decontam.planted import planted_recall
         from tasks.io.paths import resolve_path
 
         path = resolve_path(self.params.planted_qa.path)
@@ -49,8 +49,9 @@ class PlantedQA(ReportStep):
     ) -> list[float | None]:
         """Pixel distance of each flagged row's image to the eval image it was matched to (None
         for rows not flagged): what tells look-alikes from false positives in the metrics."""
-        from tasks.curate.evalsets import eval_view, pixel_distances, read_eval_images
+        from tasks.curate.evalsets import eval_view
         from tasks.curate.features import existing_shard
+        from tasks.decontam.views import pixel_distances, read_eval_images
         from tasks.io.paths import resolve_path
         from tasks.io.wds import read_images
 
