@@ -103,7 +103,10 @@ def test_contract_helpers_recurse_into_sections():
 # (`- params/crawl.yaml:` then `- resize`), so a change elsewhere in that file re-runs nothing.
 SECTION_PARAMS: dict[str, list[dict[str, list[str]]]] = {
     "decontaminate": [{"params/crawl.yaml": ["resize"]}],  # eval images hashed as the crawl resized
-    "curate": [{"params/crawl.yaml": ["resize"]}],  # eval images hashed as the crawl resized
+    "curate": [
+        {"params/crawl.yaml": ["resize"]},  # eval images hashed as the crawl resized
+        {"params/decontaminate.yaml": ["match"]},  # hash matching of the teacher's protection
+    ],
 }
 
 
@@ -145,3 +148,72 @@ def test_stage_packages_import_neither_prefect_nor_dvc():
                 names = [node.module]
             for mod in names:
                 assert mod.split(".")[0] not in {"prefect", "dvc"}, f"{path} imports {mod}"
+
+
+SHARED_FIELDS_LIMIT = 3  # field names two sections of different stages may not have in common
+
+
+def _shared_section_fields(models: dict[str, type[BaseModel]]) -> list[str]:
+    """Pairs of sections (ParamsSection, at any depth) of different stages' params models that
+    share SHARED_FIELDS_LIMIT or more field names: one concern declared twice. Stages that run
+    with the very same params model (teacher and train) are one declaration, compared once."""
+    by_model: dict[type[BaseModel], str] = {}
+    for stage, model in models.items():
+        by_model.setdefault(model, stage)
+    sections = [
+        (stage, path, section)
+        for model, stage in by_model.items()
+        for path, section in _models(model, stage)
+        if issubclass(section, ParamsSection)
+    ]
+    found = []
+    for i, (stage_a, path_a, a) in enumerate(sections):
+        for stage_b, path_b, b in sections[i + 1 :]:
+            common = sorted(set(a.model_fields) & set(b.model_fields))
+            if stage_a != stage_b and len(common) >= SHARED_FIELDS_LIMIT:
+                found.append(f"{path_a} and {path_b} both declare {common}")
+    return found
+
+
+def test_no_section_is_declared_by_two_stages():
+    """A stage reads another stage's section (tasks.paramsfiles.read_section, a dvc.yaml params
+    dependency on that key) instead of re-declaring its fields."""
+    shared = _shared_section_fields({name: spec.model() for name, spec in STAGES.items()})
+    assert not shared, f"read the owner's section instead of re-declaring it: {shared}"
+
+
+def test_shared_section_check_catches_a_redeclared_section():
+    """The check above can fail: curate's decontaminate section re-declaring the hash thresholds
+    of the decontaminate stage's `match` (as it once did) is caught; one common name is not."""
+    from tasks.base import StageParams
+    from tasks.decontam.params import HashMatchParams
+
+    class Match(HashMatchParams):
+        eval_view: str = "crawl"  # planted
+
+    class Gate(ParamsSection):
+        eval_view: str = "crawl"  # planted
+        hash_max_distance: int = 4  # planted
+        dhash_max_distance: int = 8  # planted
+        crops: list[float] = [0.82, 0.9]  # planted
+        hash_embed_min: float | None = 0.85  # planted
+
+    class Owner(StageParams):
+        match: Match = Match()  # planted
+
+    class Reader(StageParams):
+        decontaminate: Gate = Gate()  # planted
+
+    assert _shared_section_fields({"owner": Owner, "reader": Reader}) == [
+        "owner.match and reader.decontaminate both declare "
+        "['crops', 'dhash_max_distance', 'eval_view', 'hash_max_distance']"
+    ]
+
+    class OneName(ParamsSection):
+        eval_view: str = "raw"  # planted
+
+    class Other(StageParams):
+        decontaminate: OneName = OneName()  # planted
+
+    assert _shared_section_fields({"owner": Owner, "other": Other}) == []
+    assert _shared_section_fields({"teacher": Owner, "train": Owner}) == []

@@ -55,3 +55,17 @@ def test_curate_reads_the_crawl_resize_of_the_settings_root(tmp_path, monkeypatc
     finally:
         monkeypatch.delenv("CLIPMILL_ROOT")
         get_settings.cache_clear()
+
+
+def test_read_section_part_reads_only_the_models_fields(tmp_path):
+    """`part=True`: the owner's other fields of the section are left to the owner."""
+    from tasks.decontam.params import HashMatchParams
+
+    path = tmp_path / "decontaminate.yaml"
+    path.write_text("match:\n  eval_view: raw\n  crops: []\n")
+    assert read_section(path, "match", HashMatchParams, part=True).crops == []
+    with pytest.raises(ParamsError, match="unknown field 'match.eval_view'"):
+        read_section(path, "match", HashMatchParams)
+    path.write_text("match:\n  eval_view: raw\n  crops: [1.5]\n")
+    with pytest.raises(ParamsError, match="kept fractions"):
+        read_section(path, "match", HashMatchParams, part=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tasks.decontam.params import HashMatchParams
 from tasks.decontam.views import EvalView
 from tasks.imaging.resize import ResizeParams
 from tasks.io.wds import sample_keys
@@ -19,13 +20,16 @@ if TYPE_CHECKING:
     from tasks.curate.params import DecontaminateParams
 
 
-def eval_view(p: DecontaminateParams, resize: ResizeParams | None) -> EvalView:
+def eval_view(
+    p: DecontaminateParams, match: HashMatchParams, resize: ResizeParams | None
+) -> EvalView:
     """The view decontamination asks for: `eval_view`, the crawl's `resize` section, crops.
 
-    `resize` is read from params/crawl.yaml (tasks/curate/inputs.py) and may be None for the
+    `match` is the `match` section of params/decontaminate.yaml and `resize` the `resize` section
+    of params/crawl.yaml (both read by tasks/curate/inputs.py); `resize` may be None for the
     "raw" view, which does not resize.
     """
-    return EvalView(mode=p.eval_view, resize=resize or ResizeParams(), crops=tuple(p.crops))
+    return EvalView(mode=p.eval_view, resize=resize or ResizeParams(), crops=tuple(match.crops))
 
 
 def image_shards(folder: Path) -> dict[Path, list[tuple[str, str]]]:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.decontam.hashing import hash_batch
-from tasks.decontam.reading import read_shard
+from tasks.decontam.reading import read_shard, shard_items
 from tasks.progress import Progress
 
 
@@ -88,16 +88,7 @@ def compute_features(
     as batches arrive: a view's crops are not counted, so the total is known up front."""
     import ray
 
-    items = [  # at most `chunk` rows per block, so one big shard (an eval set) spreads over CPUs
-        {
-            "shard": str(shard),
-            "uids": [u for u, _ in rows[i : i + chunk]],
-            "texts": [t for _, t in rows[i : i + chunk]],
-            "prefix": (prefixes or {}).get(str(shard), ""),
-        }
-        for shard, rows in sorted(shard_rows.items())
-        for i in range(0, len(rows), chunk)
-    ]
+    items = shard_items(shard_rows, prefixes, chunk)  # at most `chunk` rows per block
     if not items:
         return pa.table({"uid": pa.array([], pa.string())})
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))

@@ -17,10 +17,12 @@ import pyarrow as pa
 from tasks.curate.params import CurateParams
 from tasks.curate.stage import model_ref
 from tasks.curate.steps.base import Input, StepContext
+from tasks.decontam.params import HashMatchParams
 from tasks.imaging.resize import ResizeParams
 from tasks.io.paths import resolve_path
 
 CRAWL_RESIZE_SECTION = "resize"  # the section of params/crawl.yaml the eval view reads
+DECONTAMINATE_MATCH_SECTION = "match"  # the section of params/decontaminate.yaml: hash matching
 BASE_COLUMNS = [  # the pool columns (tasks/pool.py) every run reads
     "uid",
     "url",
@@ -50,6 +52,24 @@ def crawl_resize() -> ResizeParams:
     from tasks.paramsfiles import read_section
 
     return read_section(crawl_params_file(), CRAWL_RESIZE_SECTION, ResizeParams)
+
+
+def decontaminate_params_file() -> Path:
+    """params/decontaminate.yaml under the settings' root: the decontaminate stage's file."""
+    from tasks.settings import get_settings
+
+    return get_settings().root / "params" / "decontaminate.yaml"
+
+
+def decontaminate_match() -> HashMatchParams:
+    """The hash thresholds and eval crops of the decontaminate stage (its `match` section, the
+    stage's own `eval_view` left out), read from its params file (never re-declared here); a
+    fault there is a ParamsError naming that file and field."""
+    from tasks.paramsfiles import read_section
+
+    return read_section(
+        decontaminate_params_file(), DECONTAMINATE_MATCH_SECTION, HashMatchParams, part=True
+    )
 
 
 def read_rows(pool: Any) -> pa.Table:
@@ -94,7 +114,8 @@ def _eval_features(ctx: StepContext) -> None:
         )
     if p.decontaminate.eval_view == "crawl":
         ctx.crawl_resize = crawl_resize()
-    ref = model_ref(p) if p.decontaminate.uses_embeddings() else None
+    ctx.hash_match = match = decontaminate_match()
+    ref = model_ref(p) if p.decontaminate.uses_embeddings(bool(match.crops)) else None
     feats = compute_features(
         {str(k): v for k, v in shards.items()},
         ref,
@@ -102,7 +123,7 @@ def _eval_features(ctx: StepContext) -> None:
         p.compute.embed_batch_size,
         p.compute.cpus_per_worker,
         prefixes=eval_prefixes(shards, eval_dir),
-        view=eval_view(p.decontaminate, ctx.crawl_resize),
+        view=eval_view(p.decontaminate, match, ctx.crawl_resize),
         what="eval images",
     )
     ctx.eval_features = with_eval_ids(feats)

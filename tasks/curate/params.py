@@ -1,8 +1,10 @@
 """Typed parameters of the curate stage: one frozen section per step, plus paths, compute, outputs.
 
 Pydantic only, so validating them imports nothing heavy (the step table is imported only to say
-which steps need a model when none is named). Crawl's resize settings are NOT repeated here:
-decontamination reads the `resize` section of params/crawl.yaml itself (tasks/curate/inputs.py).
+which steps need a model when none is named). Crawl's resize settings and the decontaminate
+stage's hash thresholds are NOT repeated here: decontamination reads the `resize` section of
+params/crawl.yaml and the `match` section of params/decontaminate.yaml itself
+(tasks/curate/inputs.py).
 """
 
 from __future__ import annotations
@@ -86,37 +88,30 @@ class PerceptualDedupParams(StepSection):
 
 
 class DecontaminateParams(StepSection):
-    """Eval-set decontamination (tasks/curate/steps/decontam.py explains the rules).
+    """Eval-set decontamination (tasks/curate/steps/decontam.py explains the rules): curate's
+    embedding gates on top of the hash matching.
 
     Eval images are compared as the pool's images were stored: "crawl" runs them through the
     crawl's own resize + encode with the `resize` section of params/crawl.yaml; "raw" compares
-    them as stored (a pool of raw, un-resized images).
+    them as stored (a pool of raw, un-resized images). The hash thresholds and eval crops are NOT
+    repeated here: the step reads the `match` section of params/decontaminate.yaml
+    (tasks/curate/inputs.py), the hash matching of the stage that protects the teacher.
     """
 
     # fmt: off
     eval_view: Literal["raw", "crawl"] = "crawl"  # how eval images are hashed and embedded
-    hash_max_distance: int = Field(default=4, ge=0, le=64)  # pHash Hamming bits to an eval image (AND dHash below)
-    dhash_max_distance: int = Field(default=8, ge=0, le=64)  # dHash Hamming bits to the same eval image
     hash_embed_min: float | None = Field(default=0.85, ge=-1.0, le=1.0)  # a hash match also needs this image-embedding cosine to that eval image; None = hashes alone
-    crops: list[float] = [0.82, 0.9]  # crops of each eval image also hashed: kept fraction of each side, 3x3 positions each; [] = none
-    crop_hash_max_distance: int = Field(default=8, ge=0, le=64)  # pHash Hamming bits to an eval crop (AND dHash below)
-    crop_dhash_max_distance: int = Field(default=12, ge=0, le=64)  # dHash Hamming bits to the same eval crop
     crop_embed_min: float | None = Field(default=0.78, ge=-1.0, le=1.0)  # a crop match also needs this cosine to the whole eval image; None = hashes alone
     embed_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)  # cosine to an eval image that flags on its own; None = off
     # fmt: on
 
-    @model_validator(mode="after")
-    def _crops_are_fractions(self) -> DecontaminateParams:
-        if any(not 0.0 < k < 1.0 for k in self.crops):
-            raise ValueError(f"crops are kept fractions in (0, 1): {self.crops}")
-        return self
-
-    def uses_embeddings(self) -> bool:
-        """True when image embeddings are compared (a threshold or a gate is set)."""
+    def uses_embeddings(self, crops: bool) -> bool:
+        """True when image embeddings are compared (a threshold or a gate is set); `crops`:
+        whether eval crops are matched (the `match` section of params/decontaminate.yaml)."""
         gates = (
             self.embed_threshold,
             self.hash_embed_min,
-            self.crop_embed_min if self.crops else None,
+            self.crop_embed_min if crops else None,
         )
         return any(t is not None for t in gates)
 

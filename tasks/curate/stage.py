@@ -141,16 +141,25 @@ def _reports(
 def _recorded_inputs(ctx: StepContext) -> dict[str, Any]:
     """Values read from other stages' params files, recorded with the run (report/inputs.json,
     MLflow params `curate.inputs.*`): what this run used, since they are not curate's params."""
-    from tasks.curate.inputs import CRAWL_RESIZE_SECTION, crawl_params_file
+    from tasks.curate.inputs import (
+        CRAWL_RESIZE_SECTION,
+        DECONTAMINATE_MATCH_SECTION,
+        crawl_params_file,
+        decontaminate_params_file,
+    )
 
-    if ctx.crawl_resize is None:
-        return {}
-    return {
-        "crawl": {
+    recorded: dict[str, Any] = {}
+    if ctx.crawl_resize is not None:
+        recorded["crawl"] = {
             "file": str(crawl_params_file()),
             CRAWL_RESIZE_SECTION: ctx.crawl_resize.model_dump(mode="json"),
         }
-    }
+    if ctx.hash_match is not None:
+        recorded["decontaminate"] = {
+            "file": str(decontaminate_params_file()),
+            DECONTAMINATE_MATCH_SECTION: ctx.hash_match.model_dump(mode="json"),
+        }
+    return recorded
 
 
 def run(params: CurateParams) -> dict[str, Any]:

@@ -2,18 +2,19 @@
 compute. Crawl's resize settings are not repeated: the stage reads the `resize` section of
 params/crawl.yaml (eval images are hashed as the crawl stored the pool's images).
 
-The thresholds are the hash part of curate's `decontaminate` section with the same defaults;
-here no embedding gate follows, so a hash match alone flags (curate adds its gate later).
+The hash thresholds are declared once, in the library (tasks/decontam/params.py); curate's
+decontaminate step reads this file's `match` section for its own hash matching. Here no embedding
+gate follows, so a hash match alone flags (curate adds its gate later).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from tasks.base import ParamsSection, StageParams
-from tasks.decontam.matching import HashThresholds
+from tasks.decontam.params import HashMatchParams
 
 
 class PathsParams(ParamsSection):
@@ -27,33 +28,13 @@ class PathsParams(ParamsSection):
     # fmt: on
 
 
-class MatchParams(ParamsSection):
-    """When a crawl image counts as a copy of an eval image (pHash AND dHash, whole view or crop)."""
+class MatchParams(HashMatchParams):
+    """When a crawl image counts as a copy of an eval image: the library's hash-matching fields
+    (tasks/decontam/params.py, also read by curate's decontaminate step) plus the eval view."""
 
     # fmt: off
     eval_view: Literal["raw", "crawl"] = "crawl"  # eval images hashed through the crawl's resize + encode, or as stored
-    hash_max_distance: int = Field(default=4, ge=0, le=64)  # pHash Hamming bits to an eval image (AND dHash below)
-    dhash_max_distance: int = Field(default=8, ge=0, le=64)  # dHash Hamming bits to the same eval image
-    crops: list[float] = [0.82, 0.9]  # crops of each eval image also hashed: kept fraction of each side, 3x3 positions each; [] = none
-    crop_hash_max_distance: int = Field(default=8, ge=0, le=64)  # pHash Hamming bits to an eval crop (AND dHash below)
-    crop_dhash_max_distance: int = Field(default=12, ge=0, le=64)  # dHash Hamming bits to the same eval crop
     # fmt: on
-
-    @model_validator(mode="after")
-    def _crops_are_fractions(self) -> MatchParams:
-        if any(not 0.0 < k < 1.0 for k in self.crops):
-            raise ValueError(f"crops are kept fractions in (0, 1): {self.crops}")
-        return self
-
-    def thresholds(self) -> HashThresholds:
-        """The library's thresholds for these values."""
-        return HashThresholds(
-            hash_max_distance=self.hash_max_distance,
-            dhash_max_distance=self.dhash_max_distance,
-            crops=bool(self.crops),
-            crop_hash_max_distance=self.crop_hash_max_distance,
-            crop_dhash_max_distance=self.crop_dhash_max_distance,
-        )
 
 
 class QAParams(ParamsSection):

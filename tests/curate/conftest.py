@@ -29,6 +29,28 @@ def image_bytes(
     return buf.getvalue()
 
 
+def use_decontaminate_match(root: Path, monkeypatch: pytest.MonkeyPatch, **match) -> Path:
+    """Make `root` the settings' root with a copy of the committed params whose
+    params/decontaminate.yaml `match` section has `match` set: curate's decontaminate step reads
+    its hash thresholds and eval crops there (tasks/curate/inputs.py), as it reads crawl's
+    `resize`. Returns the file."""
+    import shutil
+
+    import yaml
+
+    from tasks import PROJECT_ROOT
+    from tasks.settings import get_settings
+
+    shutil.copytree(PROJECT_ROOT / "params", root / "params", dirs_exist_ok=True)
+    path = root / "params" / "decontaminate.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["match"].update(match)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("CLIPMILL_ROOT", str(root))  # undone after the test (tests/conftest.py)
+    get_settings.cache_clear()
+    return path
+
+
 def reencode(data: bytes, size: tuple[int, int], quality: int = 70) -> bytes:
     from PIL import Image
 

@@ -15,6 +15,7 @@ from tasks.curate.params import CurateParams
 from tasks.curate.steps.base import StepContext
 from tasks.curate.steps.registry import build_step
 from tasks.decontam.hashing import hash_batch
+from tasks.decontam.params import HashMatchParams
 from tasks.decontam.planted import planted_recall
 from tasks.decontam.views import EvalView, crop, pixel_distances
 from tasks.imaging.resize import ResizeParams, process_image
@@ -78,15 +79,19 @@ def decontaminate(rows: pa.Table, ctx: StepContext):
     return build_step("decontaminate", ctx.params)(rows, ctx)
 
 
-def _decide(pool: dict[str, bytes], evals: dict[str, bytes], **kw) -> dict[str, tuple]:
+def _decide(
+    pool: dict[str, bytes], evals: dict[str, bytes], crops: list[float], **kw
+) -> dict[str, tuple]:
+    """`crops` is the `match` section of params/decontaminate.yaml the run would read."""
     from tasks.curate.evalsets import eval_view
 
     p = _params(**kw)
-    view = eval_view(p.decontaminate, CRAWL)
-    res = decontaminate(
-        _pool_table(pool),
-        StepContext(params=p, out_dir=Path("."), eval_features=_eval_table(evals, view)),
+    match = HashMatchParams(crops=crops)
+    view = eval_view(p.decontaminate, match, CRAWL)
+    ctx = StepContext(
+        params=p, out_dir=Path("."), eval_features=_eval_table(evals, view), hash_match=match
     )
+    res = decontaminate(_pool_table(pool), ctx)
     return {u: (r, ref) for u, r, ref in zip(pool, res.reason, res.ref, strict=True)}
 
 
@@ -185,7 +190,8 @@ def test_hash_match_needs_the_embedding_gate(cos, flagged):
     rows, ev = _emb_tables(cos)
     # the step only reads stored embeddings; a model is named because the params require one
     p = _params(clip_model="random:clipmill-tiny", hash_embed_min=0.85)
-    res = decontaminate(rows, StepContext(params=p, out_dir=Path("."), eval_features=ev))
+    ctx = StepContext(params=p, out_dir=Path("."), eval_features=ev, hash_match=HashMatchParams())
+    res = decontaminate(rows, ctx)
     assert (res.reason[0] == "eval_near_duplicate_phash") is flagged
     assert res.score[0] == pytest.approx(cos, abs=1e-5)
 

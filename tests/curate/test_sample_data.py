@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from .conftest import use_decontaminate_match
 from .sample_pool import SAMPLE, build_site_pool, build_small_sample, sample_available
 
 
@@ -21,10 +22,13 @@ def _planted(sample):
     return pq.read_table(sample / "eval" / "planted_near_duplicates.parquet").num_rows
 
 
-def _run(tmp_path, others, sample, **decontaminate):
+def _run(tmp_path, monkeypatch, others, sample, **match):
+    """`match`: the hash settings of params/decontaminate.yaml's `match` section (curate's
+    decontaminate step reads them there), in a copy of params/ under a root of this test."""
     from tasks.curate.params import CurateParams
     from tasks.curate.stage import run
 
+    use_decontaminate_match(tmp_path / "root", monkeypatch, **match)
     uri = build_site_pool(tmp_path, others, sample=sample)
     params = CurateParams(
         paths={
@@ -42,7 +46,6 @@ def _run(tmp_path, others, sample, **decontaminate):
             "embed_threshold": None,
             "hash_embed_min": None,
             "crop_embed_min": None,
-            **decontaminate,
         },
         planted_qa={"path": str(sample / "eval" / "planted_near_duplicates.parquet")},
         outputs={"materialise": False, "report_examples": 0},
@@ -50,12 +53,12 @@ def _run(tmp_path, others, sample, **decontaminate):
     return run(params)
 
 
-def test_decontamination_finds_planted_copies(tmp_path, sample_dir):
-    m = _run(tmp_path, others=300, sample=sample_dir, crops=[])
+def test_decontamination_finds_planted_copies(tmp_path, monkeypatch, sample_dir):
+    m = _run(tmp_path, monkeypatch, others=300, sample=sample_dir, crops=[])
     print({k: v for k, v in m.items() if k.startswith("decontam")})
     assert m["decontam_planted_in_pool"] == m["decontam_planted"] == _planted(sample_dir) > 0
     # whole-image hashes alone: nearly every resize / jpeg / colour-shift copy but not the crops
-    # (25 of 100), which need eval crops (decontaminate.crops; slow here, so off); measured 0.71
+    # (25 of 100), which need eval crops (decontaminate's match.crops; slow here, so off); measured 0.71
     assert m["decontam_recall"] >= 0.7
     assert m["decontam_recall_resize"] >= 0.9 and m["decontam_recall_crop"] <= 0.2
     # look-alike clip-art (star shapes, identical flags) is flagged too: measured ~3-5% of other
@@ -65,8 +68,8 @@ def test_decontamination_finds_planted_copies(tmp_path, sample_dir):
 
 
 @pytest.mark.slow
-def test_decontamination_whole_site(tmp_path, sample_dir):
-    m = _run(tmp_path, others=None, sample=sample_dir)
+def test_decontamination_whole_site(tmp_path, monkeypatch, sample_dir):
+    m = _run(tmp_path, monkeypatch, others=None, sample=sample_dir)
     print({k: v for k, v in m.items() if k.startswith(("decontam", "funnel"))})
     # measured (hashes only, no teacher, eval crops on): recall 0.90 (crops 0.72; 0.71 overall
     # without crops), 1343 flagged of ~12.6k other site images, 903 of them look-alikes, 440 not;

@@ -167,8 +167,12 @@ def test_a_new_step_gets_its_input_one_setup_and_its_artifacts_reported(
 
 
 def test_params_sections_and_checks_live_with_their_step():
+    from tasks.decontam.params import HashMatchParams
+
     with pytest.raises(ValueError, match="kept fractions"):
-        CurateParams(decontaminate={"crops": [1.5]})
+        HashMatchParams(crops=[1.5])  # params/decontaminate.yaml's match, read by curate too
+    with pytest.raises(ValueError, match="unknown field|Extra inputs"):
+        CurateParams.model_validate({"decontaminate": {"crops": [0.9]}})  # not re-declared
     with pytest.raises(ValueError, match="clip_score.fraction or clip_score.threshold"):
         CurateParams(steps=["clip_score"], clip_score={"fraction": None})
     # a section of a step not in `steps` may stay unusable
@@ -194,3 +198,27 @@ def test_report_records_the_inputs_read_from_other_stages(tmp_path, mlflow_store
     assert json.loads((tmp_path / "inputs.json").read_text()) == recorded
     params = mlflow.get_run(run.info.run_id).data.params
     assert params["curate.inputs.crawl.resize.image_size"] == "256"
+
+
+def test_decontaminate_reads_the_match_section_of_the_decontaminate_stage(tmp_path, monkeypatch):
+    """Hash thresholds and eval crops come from <root>/params/decontaminate.yaml's `match` (its
+    own `eval_view` left to that stage); without crops the crop gate asks for no embeddings."""
+    from tasks.curate.inputs import decontaminate_match
+    from tasks.curate.stage import _recorded_inputs
+    from tasks.curate.steps.base import StepContext
+
+    from .conftest import use_decontaminate_match
+
+    gate_only_crops = CurateParams(
+        steps=["decontaminate"],
+        decontaminate={"embed_threshold": None, "hash_embed_min": None, "crop_embed_min": 0.78},
+    )
+    assert needed_inputs(build_steps(gate_only_crops)) == {"hashes", "eval_features", "embeddings"}
+    path = use_decontaminate_match(tmp_path, monkeypatch, crops=[], hash_max_distance=2)
+    match = decontaminate_match()
+    assert match.crops == [] and match.hash_max_distance == 2 and match.dhash_max_distance == 8
+    assert needed_inputs(build_steps(gate_only_crops)) == {"hashes", "eval_features"}
+    ctx = StepContext(params=gate_only_crops, out_dir=tmp_path, hash_match=match)
+    assert _recorded_inputs(ctx) == {
+        "decontaminate": {"file": str(path), "match": match.model_dump(mode="json")}
+    }

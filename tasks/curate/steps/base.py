@@ -21,6 +21,7 @@ from tasks.base import ParamsSection
 from tasks.curate.params import CurateParams
 
 if TYPE_CHECKING:
+    from tasks.decontam.params import HashMatchParams
     from tasks.imaging.resize import ResizeParams
 
 Input = Literal[
@@ -70,6 +71,7 @@ class StepContext:
     eval_features: pa.Table | None = None  # id, variant, phash, dhash, image_emb (eval_features)
     target_embeddings: np.ndarray | None = None  # L2-normalised rows (target_embeddings)
     crawl_resize: ResizeParams | None = None  # crawl's resize section the eval view used
+    hash_match: HashMatchParams | None = None  # decontaminate's `match` section (eval_features)
     pool_rows: pa.Table | None = None  # every prepared pool row, not only survivors (pool_rows)
 
 

@@ -4,13 +4,15 @@ The eval images are featurised in the pool's own form (`decontaminate.eval_view`
 tasks/decontam/views.py EvalView): as the crawl stored them, plus crops. A pool image is flagged when
 - its pHash AND dHash are within the thresholds of the same eval image (whole view), and its
   image embedding is close enough to that eval image's (`decontaminate.hash_embed_min`), or
-- the same holds for one of the eval image's crops (`decontaminate.crop_*`; the embedding gate
-  uses the whole eval image, crops are not embedded), or
+- the same holds for one of the eval image's crops (`decontaminate.crop_embed_min`; the embedding
+  gate uses the whole eval image, crops are not embedded), or
 - its embedding alone reaches `decontaminate.embed_threshold` (off by default: the teacher's embeddings
   put whole families of clip-art, e.g. every generated star, above 0.96).
 Hashes see luminance only and confuse look-alike shapes; the embedding gate removes most of those.
-The hash matching is the library's (tasks/decontam/matching.py), the same the `decontaminate`
-stage runs before any model trains; the embedding gate on top is curate's own.
+The hash matching is the library's (tasks/decontam/matching.py) with the thresholds and crops of
+the `match` section of params/decontaminate.yaml (read by tasks/curate/inputs.py, never
+re-declared in curate's params): the same the `decontaminate` stage runs before any model trains;
+the embedding gate on top is curate's own.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import pyarrow as pa
 from tasks.curate.params import DecontaminateParams
 from tasks.curate.steps.base import Input, Step, StepContext, StepResult, embeddings
 from tasks.decontam.matching import REASON_CROP, REASON_HASH, hash_pairs, variants
+from tasks.decontam.params import HashMatchParams
 
 REASON_EMBED = "eval_near_duplicate_embedding"
 
@@ -100,9 +103,13 @@ class Decontaminate(Step[DecontaminateParams]):
     requires = frozenset({"hashes", "eval_features"})
 
     def inputs(self) -> frozenset[Input]:
-        """Embeddings only when a cosine gate or threshold is set."""
+        """Embeddings only when a cosine gate or threshold is set (the crop gate only with
+        crops, which params/decontaminate.yaml's `match` section says)."""
+        from tasks.curate.inputs import decontaminate_match
+
         extra: frozenset[Input] = frozenset({"embeddings"})
-        return self.requires | extra if self.params.uses_embeddings() else self.requires
+        crops = bool(decontaminate_match().crops)
+        return self.requires | extra if self.params.uses_embeddings(crops) else self.requires
 
     def __call__(self, rows: pa.Table, ctx: StepContext) -> StepResult:
         ev = ctx.eval_features
@@ -110,15 +117,17 @@ class Decontaminate(Step[DecontaminateParams]):
             raise ValueError(
                 f"decontaminate: no evaluation images found under {ctx.params.paths.eval_dir}"
             )
-        return _decide(rows, ev, self.params)
+        if ctx.hash_match is None:
+            raise ValueError("decontaminate: no hash match section (prepared with eval_features)")
+        return _decide(rows, ev, self.params, ctx.hash_match)
 
 
-def _decide(rows: pa.Table, ev: pa.Table, p: DecontaminateParams) -> StepResult:
+def _decide(rows: pa.Table, ev: pa.Table, p: DecontaminateParams, m: HashMatchParams) -> StepResult:
     ids = ev.column("id").to_pylist()
     kinds = variants(ev)
     whole = np.array([i for i, v in enumerate(kinds) if v == "full"], dtype=np.int64)
     crops = np.array([i for i, v in enumerate(kinds) if v != "full"], dtype=np.int64)
-    use_emb = p.uses_embeddings()
+    use_emb = p.uses_embeddings(bool(m.crops))
     cos = _Cosines(rows, ev, kinds) if use_emb else None
 
     reasons: list[str | None] = [None] * rows.num_rows
@@ -132,13 +141,13 @@ def _decide(rows: pa.Table, ev: pa.Table, p: DecontaminateParams) -> StepResult:
                 reasons[i], refs[i] = REASON_EMBED, ids[arg[i]]
         for i in np.flatnonzero(~cos.row_mask):
             reasons[i] = "no_embedding"
-    if p.crops and len(crops):
+    if m.crops and len(crops):
         crop_pairs = hash_pairs(
-            rows, ev, crops, p.crop_hash_max_distance, p.crop_dhash_max_distance
+            rows, ev, crops, m.crop_hash_max_distance, m.crop_dhash_max_distance
         )
         for row, j in _gated(crop_pairs, cos, p.crop_embed_min).items():
             reasons[row], refs[row] = REASON_CROP, ids[j]
-    whole_pairs = hash_pairs(rows, ev, whole, p.hash_max_distance, p.dhash_max_distance)
+    whole_pairs = hash_pairs(rows, ev, whole, m.hash_max_distance, m.dhash_max_distance)
     for row, j in _gated(whole_pairs, cos, p.hash_embed_min).items():
         reasons[row], refs[row] = REASON_HASH, ids[j]
     ph, dh = rows.column("phash").to_pylist(), rows.column("dhash").to_pylist()
