@@ -19,11 +19,9 @@ def _holder(key: str, model: type[ParamsSection]) -> type[BaseModel]:
     return create_model(f"Section_{key}", **{key: (model, ...)})  # type: ignore[call-overload]
 
 
-def read_section(path: str | Path, key: str, model: type[S], *, part: bool = False) -> S:
+def read_section(path: str | Path, key: str, model: type[S]) -> S:
     """The top-level mapping `key` of the YAML file at `path`, validated by `model`.
 
-    `part=True` reads only the model's fields of the section: the other fields belong to the
-    file's owner (e.g. the `eval_view` of decontaminate's `match`), which validates them itself.
     Every fault (missing file, malformed YAML, no such section, a bad or unknown field) is one
     ParamsError naming the file and the dotted field, as the stage's own params are reported.
     """
@@ -32,8 +30,6 @@ def read_section(path: str | Path, key: str, model: type[S], *, part: bool = Fal
     if key not in data:
         raise ParamsError(f"{path}: no section {key!r} (expected a mapping of {model.__name__})")
     section = data[key]
-    if part and isinstance(section, dict):
-        section = {k: v for k, v in section.items() if k in model.model_fields}
     wanted = {key: section}
     try:
         holder = _holder(key, model).model_validate(wanted)

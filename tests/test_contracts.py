@@ -188,9 +188,6 @@ def test_shared_section_check_catches_a_redeclared_section():
     from tasks.base import StageParams
     from tasks.decontam.params import HashMatchParams
 
-    class Match(HashMatchParams):
-        eval_view: str = "crawl"  # planted
-
     class Gate(ParamsSection):
         eval_view: str = "crawl"  # planted
         hash_max_distance: int = 4  # planted
@@ -199,7 +196,7 @@ def test_shared_section_check_catches_a_redeclared_section():
         hash_embed_min: float | None = 0.85  # planted
 
     class Owner(StageParams):
-        match: Match = Match()  # planted
+        match: HashMatchParams = HashMatchParams()  # planted
 
     class Reader(StageParams):
         decontaminate: Gate = Gate()  # planted

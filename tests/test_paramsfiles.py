@@ -57,15 +57,21 @@ def test_curate_reads_the_crawl_resize_of_the_settings_root(tmp_path, monkeypatc
         get_settings.cache_clear()
 
 
-def test_read_section_part_reads_only_the_models_fields(tmp_path):
-    """`part=True`: the owner's other fields of the section are left to the owner."""
+def test_read_section_reads_the_whole_match_section(tmp_path):
+    """Curate reads decontaminate's whole `match` section (its `eval_view` included); a field
+    the library does not declare, or a bad value, is a ParamsError naming the file."""
     from tasks.decontam.params import HashMatchParams
 
     path = tmp_path / "decontaminate.yaml"
     path.write_text("match:\n  eval_view: raw\n  crops: []\n")
-    assert read_section(path, "match", HashMatchParams, part=True).crops == []
-    with pytest.raises(ParamsError, match="unknown field 'match.eval_view'"):
+    match = read_section(path, "match", HashMatchParams)
+    assert match.crops == [] and match.eval_view == "raw"
+    path.write_text("match:\n  eval_view: raw\n  embed_min: 0.8\n")
+    with pytest.raises(ParamsError, match="unknown field 'match.embed_min'"):
+        read_section(path, "match", HashMatchParams)
+    path.write_text("match:\n  eval_view: sideways\n")
+    with pytest.raises(ParamsError, match="match.eval_view"):
         read_section(path, "match", HashMatchParams)
     path.write_text("match:\n  eval_view: raw\n  crops: [1.5]\n")
     with pytest.raises(ParamsError, match="kept fractions"):
-        read_section(path, "match", HashMatchParams, part=True)
+        read_section(path, "match", HashMatchParams)

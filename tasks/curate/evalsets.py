@@ -1,4 +1,4 @@
-"""Curate's view of the eval images: the decontaminate step's params turned into the library's
+"""Curate's view of the eval images: decontaminate's `match` section turned into the library's
 EvalView, and the target images of the image-based filter.
 
 The model-free code (eval views, eval tars and ids, pixel distances, planted-copy recall) lives
@@ -9,27 +9,21 @@ trains.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from tasks.decontam.params import HashMatchParams
 from tasks.decontam.views import EvalView
 from tasks.imaging.resize import ResizeParams
 from tasks.io.wds import sample_keys
 
-if TYPE_CHECKING:
-    from tasks.curate.params import DecontaminateParams
 
-
-def eval_view(
-    p: DecontaminateParams, match: HashMatchParams, resize: ResizeParams | None
-) -> EvalView:
+def eval_view(match: HashMatchParams, resize: ResizeParams | None) -> EvalView:
     """The view decontamination asks for: `eval_view`, the crawl's `resize` section, crops.
 
-    `match` is the `match` section of params/decontaminate.yaml and `resize` the `resize` section
-    of params/crawl.yaml (both read by tasks/curate/inputs.py); `resize` may be None for the
-    "raw" view, which does not resize.
+    `match` is the `match` section of params/decontaminate.yaml (its `eval_view` and crops) and
+    `resize` the `resize` section of params/crawl.yaml (both read by tasks/curate/inputs.py);
+    `resize` may be None for the "raw" view, which does not resize.
     """
-    return EvalView(mode=p.eval_view, resize=resize or ResizeParams(), crops=tuple(match.crops))
+    return EvalView(mode=match.eval_view, resize=resize or ResizeParams(), crops=tuple(match.crops))
 
 
 def image_shards(folder: Path) -> dict[Path, list[tuple[str, str]]]:

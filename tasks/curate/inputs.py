@@ -62,14 +62,12 @@ def decontaminate_params_file() -> Path:
 
 
 def decontaminate_match() -> HashMatchParams:
-    """The hash thresholds and eval crops of the decontaminate stage (its `match` section, the
-    stage's own `eval_view` left out), read from its params file (never re-declared here); a
-    fault there is a ParamsError naming that file and field."""
+    """The eval view, hash thresholds and eval crops of the decontaminate stage (its `match`
+    section), read from its params file (never re-declared here); a fault there is a ParamsError
+    naming that file and field."""
     from tasks.paramsfiles import read_section
 
-    return read_section(
-        decontaminate_params_file(), DECONTAMINATE_MATCH_SECTION, HashMatchParams, part=True
-    )
+    return read_section(decontaminate_params_file(), DECONTAMINATE_MATCH_SECTION, HashMatchParams)
 
 
 def read_rows(pool: Any) -> pa.Table:
@@ -112,9 +110,9 @@ def _eval_features(ctx: StepContext) -> None:
         raise FileNotFoundError(
             f"decontaminate: no eval tars under {eval_dir} (run the sample stage first)"
         )
-    if p.decontaminate.eval_view == "crawl":
-        ctx.crawl_resize = crawl_resize()
     ctx.hash_match = match = decontaminate_match()
+    if match.eval_view == "crawl":
+        ctx.crawl_resize = crawl_resize()
     ref = model_ref(p) if p.decontaminate.uses_embeddings(bool(match.crops)) else None
     feats = compute_features(
         {str(k): v for k, v in shards.items()},
@@ -123,7 +121,7 @@ def _eval_features(ctx: StepContext) -> None:
         p.compute.embed_batch_size,
         p.compute.cpus_per_worker,
         prefixes=eval_prefixes(shards, eval_dir),
-        view=eval_view(p.decontaminate, match, ctx.crawl_resize),
+        view=eval_view(match, ctx.crawl_resize),
         what="eval images",
     )
     ctx.eval_features = with_eval_ids(feats)

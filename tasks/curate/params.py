@@ -91,15 +91,15 @@ class DecontaminateParams(StepSection):
     """Eval-set decontamination (tasks/curate/steps/decontam.py explains the rules): curate's
     embedding gates on top of the hash matching.
 
-    Eval images are compared as the pool's images were stored: "crawl" runs them through the
-    crawl's own resize + encode with the `resize` section of params/crawl.yaml; "raw" compares
-    them as stored (a pool of raw, un-resized images). The hash thresholds and eval crops are NOT
-    repeated here: the step reads the `match` section of params/decontaminate.yaml
-    (tasks/curate/inputs.py), the hash matching of the stage that protects the teacher.
+    Eval images are compared as the pool's images were stored (`eval_view` of the `match`
+    section of params/decontaminate.yaml): "crawl" runs them through the crawl's own resize +
+    encode with the `resize` section of params/crawl.yaml; "raw" compares them as stored (a pool
+    of raw, un-resized images). The eval view, hash thresholds and eval crops are NOT repeated
+    here: the step reads that `match` section (tasks/curate/inputs.py), the hash matching of the
+    stage that protects the teacher.
     """
 
     # fmt: off
-    eval_view: Literal["raw", "crawl"] = "crawl"  # how eval images are hashed and embedded
     hash_embed_min: float | None = Field(default=0.85, ge=-1.0, le=1.0)  # a hash match also needs this image-embedding cosine to that eval image; None = hashes alone
     crop_embed_min: float | None = Field(default=0.78, ge=-1.0, le=1.0)  # a crop match also needs this cosine to the whole eval image; None = hashes alone
     embed_threshold: float | None = Field(default=None, ge=-1.0, le=1.0)  # cosine to an eval image that flags on its own; None = off

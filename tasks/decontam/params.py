@@ -1,10 +1,12 @@
 """The hash-matching params section, declared once: the `match` section of
-params/decontaminate.yaml (the decontaminate stage's own, plus its `eval_view`), which curate's
-decontaminate step reads from that file (tasks/curate/inputs.py) instead of re-declaring it, so
-curate's hash matching is by construction the one that protects the teacher.
+params/decontaminate.yaml (the decontaminate stage's own), which curate's decontaminate step
+reads from that file (tasks/curate/inputs.py) instead of re-declaring it, so curate's hash matching
+(and the eval view it hashes) is by construction the one that protects the teacher.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from pydantic import Field, model_validator
 
@@ -13,9 +15,11 @@ from tasks.decontam.matching import HashThresholds
 
 
 class HashMatchParams(ParamsSection):
-    """When an image counts as a copy of an eval image (pHash AND dHash, whole view or crop)."""
+    """When an image counts as a copy of an eval image (pHash AND dHash, whole view or crop),
+    and how the eval images are viewed for it."""
 
     # fmt: off
+    eval_view: Literal["raw", "crawl"] = "crawl"  # how eval images are hashed and embedded: through the crawl's resize + encode, or as stored
     hash_max_distance: int = Field(default=4, ge=0, le=64)  # pHash Hamming bits to an eval image (AND dHash below)
     dhash_max_distance: int = Field(default=8, ge=0, le=64)  # dHash Hamming bits to the same eval image
     crops: list[float] = [0.82, 0.9]  # crops of each eval image also hashed: kept fraction of each side, 3x3 positions each; [] = none

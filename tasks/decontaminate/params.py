@@ -9,8 +9,6 @@ gate follows, so a hash match alone flags (curate adds its gate later).
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 
 from tasks.base import ParamsSection, StageParams
@@ -25,15 +23,6 @@ class PathsParams(ParamsSection):
     eval_dir: str = "data/sample/eval"  # CLIP_benchmark-layout eval sets; every set's test split is matched
     planted: str | None = "data/sample/eval/planted_near_duplicates.parquet"  # the sample's planted copies, for recall; None = no recall
     out_dir: str = "data/decontaminate"  # flagged_uids.parquet, planted_uids.parquet, summary.json
-    # fmt: on
-
-
-class MatchParams(HashMatchParams):
-    """When a crawl image counts as a copy of an eval image: the library's hash-matching fields
-    (tasks/decontam/params.py, also read by curate's decontaminate step) plus the eval view."""
-
-    # fmt: off
-    eval_view: Literal["raw", "crawl"] = "crawl"  # eval images hashed through the crawl's resize + encode, or as stored
     # fmt: on
 
 
@@ -58,7 +47,7 @@ class DecontaminateParams(StageParams):
 
     # fmt: off
     paths: PathsParams = PathsParams()  # shards checked, eval sets, planted copies, outputs
-    match: MatchParams = MatchParams()  # hash thresholds and the eval view
+    match: HashMatchParams = HashMatchParams()  # eval view and hash thresholds (the library's, read by curate too)
     qa: QAParams = QAParams()  # planted-copy report
     compute: ComputeParams = ComputeParams()  # Ray Data blocks
     # fmt: on

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -80,14 +81,18 @@ def decontaminate(rows: pa.Table, ctx: StepContext):
 
 
 def _decide(
-    pool: dict[str, bytes], evals: dict[str, bytes], crops: list[float], **kw
+    pool: dict[str, bytes],
+    evals: dict[str, bytes],
+    crops: list[float],
+    eval_view: Literal["raw", "crawl"] = "crawl",
 ) -> dict[str, tuple]:
-    """`crops` is the `match` section of params/decontaminate.yaml the run would read."""
-    from tasks.curate.evalsets import eval_view
+    """`crops` and `eval_view`: the `match` section of params/decontaminate.yaml the run would
+    read."""
+    from tasks.curate.evalsets import eval_view as view_of
 
-    p = _params(**kw)
-    match = HashMatchParams(crops=crops)
-    view = eval_view(p.decontaminate, match, CRAWL)
+    p = _params()
+    match = HashMatchParams(crops=crops, eval_view=eval_view)
+    view = view_of(match, CRAWL)
     ctx = StepContext(
         params=p, out_dir=Path("."), eval_features=_eval_table(evals, view), hash_match=match
     )

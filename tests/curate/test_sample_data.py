@@ -24,11 +24,12 @@ def _planted(sample):
 
 def _run(tmp_path, monkeypatch, others, sample, **match):
     """`match`: the hash settings of params/decontaminate.yaml's `match` section (curate's
-    decontaminate step reads them there), in a copy of params/ under a root of this test."""
+    decontaminate step reads them there, and its `eval_view`), in a copy of params/ under a root of this test."""
     from tasks.curate.params import CurateParams
     from tasks.curate.stage import run
 
-    use_decontaminate_match(tmp_path / "root", monkeypatch, **match)
+    # the pool holds the site's raw images (no crawl resize), so eval images are taken raw
+    use_decontaminate_match(tmp_path / "root", monkeypatch, eval_view="raw", **match)
     uri = build_site_pool(tmp_path, others, sample=sample)
     params = CurateParams(
         paths={
@@ -39,10 +40,8 @@ def _run(tmp_path, monkeypatch, others, sample, **match):
             "eval_dir": str(sample / "eval"),
         },
         steps=["exact_dedup", "perceptual_dedup", "decontaminate"],
-        # the pool holds the site's raw images (no crawl resize), so eval images are taken raw;
         # hashes alone (no teacher here)
         decontaminate={
-            "eval_view": "raw",
             "embed_threshold": None,
             "hash_embed_min": None,
             "crop_embed_min": None,

@@ -173,6 +173,8 @@ def test_params_sections_and_checks_live_with_their_step():
         HashMatchParams(crops=[1.5])  # params/decontaminate.yaml's match, read by curate too
     with pytest.raises(ValueError, match="unknown field|Extra inputs"):
         CurateParams.model_validate({"decontaminate": {"crops": [0.9]}})  # not re-declared
+    with pytest.raises(ValueError, match="unknown field|Extra inputs"):
+        CurateParams.model_validate({"decontaminate": {"eval_view": "raw"}})  # nor the view
     with pytest.raises(ValueError, match="clip_score.fraction or clip_score.threshold"):
         CurateParams(steps=["clip_score"], clip_score={"fraction": None})
     # a section of a step not in `steps` may stay unusable
@@ -201,8 +203,8 @@ def test_report_records_the_inputs_read_from_other_stages(tmp_path, mlflow_store
 
 
 def test_decontaminate_reads_the_match_section_of_the_decontaminate_stage(tmp_path, monkeypatch):
-    """Hash thresholds and eval crops come from <root>/params/decontaminate.yaml's `match` (its
-    own `eval_view` left to that stage); without crops the crop gate asks for no embeddings."""
+    """The eval view, hash thresholds and eval crops come from <root>/params/decontaminate.yaml's
+    `match`; without crops the crop gate asks for no embeddings."""
     from tasks.curate.inputs import decontaminate_match
     from tasks.curate.stage import _recorded_inputs
     from tasks.curate.steps.base import StepContext
@@ -214,9 +216,12 @@ def test_decontaminate_reads_the_match_section_of_the_decontaminate_stage(tmp_pa
         decontaminate={"embed_threshold": None, "hash_embed_min": None, "crop_embed_min": 0.78},
     )
     assert needed_inputs(build_steps(gate_only_crops)) == {"hashes", "eval_features", "embeddings"}
-    path = use_decontaminate_match(tmp_path, monkeypatch, crops=[], hash_max_distance=2)
+    path = use_decontaminate_match(
+        tmp_path, monkeypatch, crops=[], hash_max_distance=2, eval_view="raw"
+    )
     match = decontaminate_match()
     assert match.crops == [] and match.hash_max_distance == 2 and match.dhash_max_distance == 8
+    assert match.eval_view == "raw"
     assert needed_inputs(build_steps(gate_only_crops)) == {"hashes", "eval_features"}
     ctx = StepContext(params=gate_only_crops, out_dir=tmp_path, hash_match=match)
     assert _recorded_inputs(ctx) == {

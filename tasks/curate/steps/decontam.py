@@ -1,6 +1,6 @@
 """Eval-set decontamination: drop a pool image that is a near-duplicate of any evaluation image.
 
-The eval images are featurised in the pool's own form (`decontaminate.eval_view`, see
+The eval images are featurised in the pool's own form (`eval_view` of decontaminate's `match`, see
 tasks/decontam/views.py EvalView): as the crawl stored them, plus crops. A pool image is flagged when
 - its pHash AND dHash are within the thresholds of the same eval image (whole view), and its
   image embedding is close enough to that eval image's (`decontaminate.hash_embed_min`), or

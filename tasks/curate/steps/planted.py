@@ -70,7 +70,7 @@ class PlantedQA(ReportStep):
             resolve_path(p.paths.eval_dir), {str(refs[i]) for i in flagged}
         )
         assert ctx.hash_match is not None, "eval_features were prepared with the match section"
-        view = eval_view(p.decontaminate, ctx.hash_match, ctx.crawl_resize)
+        view = eval_view(ctx.hash_match, ctx.crawl_resize)
         dist = pixel_distances(
             [(pool_imgs.get(uids[i]), eval_imgs.get(str(refs[i]))) for i in flagged], view
         )
