@@ -43,7 +43,7 @@ def test_missing_file_is_a_params_error(tmp_path):
 
 def test_curate_reads_the_crawl_resize_of_the_settings_root(tmp_path, monkeypatch):
     """Curate's decontamination view takes crawl's `resize` section from <root>/params/crawl.yaml."""
-    from tasks.curate.inputs import crawl_resize
+    from tasks.decontam.views import crawl_resize
     from tasks.settings import get_settings
 
     (tmp_path / "params").mkdir()

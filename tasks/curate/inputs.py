@@ -18,10 +18,9 @@ from tasks.curate.params import CurateParams
 from tasks.curate.stage import model_ref
 from tasks.curate.steps.base import Input, StepContext
 from tasks.decontam.params import HashMatchParams
-from tasks.imaging.resize import ResizeParams
+from tasks.decontam.views import crawl_resize
 from tasks.io.paths import resolve_path
 
-CRAWL_RESIZE_SECTION = "resize"  # the section of params/crawl.yaml the eval view reads
 DECONTAMINATE_MATCH_SECTION = "match"  # the section of params/decontaminate.yaml: hash matching
 BASE_COLUMNS = [  # the pool columns (tasks/pool.py) every run reads
     "uid",
@@ -37,21 +36,6 @@ BASE_COLUMNS = [  # the pool columns (tasks/pool.py) every run reads
     "shard",
     "status",
 ]
-
-
-def crawl_params_file() -> Path:
-    """params/crawl.yaml under the settings' root: the one file the crawl stage runs with."""
-    from tasks.settings import get_settings
-
-    return get_settings().root / "params" / "crawl.yaml"
-
-
-def crawl_resize() -> ResizeParams:
-    """The crawl's resize + encode settings, read from its params file (never re-declared here);
-    a fault there is a ParamsError naming that file and field."""
-    from tasks.paramsfiles import read_section
-
-    return read_section(crawl_params_file(), CRAWL_RESIZE_SECTION, ResizeParams)
 
 
 def decontaminate_params_file() -> Path:

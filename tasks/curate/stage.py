@@ -141,12 +141,8 @@ def _reports(
 def _recorded_inputs(ctx: StepContext) -> dict[str, Any]:
     """Values read from other stages' params files, recorded with the run (report/inputs.json,
     MLflow params `curate.inputs.*`): what this run used, since they are not curate's params."""
-    from tasks.curate.inputs import (
-        CRAWL_RESIZE_SECTION,
-        DECONTAMINATE_MATCH_SECTION,
-        crawl_params_file,
-        decontaminate_params_file,
-    )
+    from tasks.curate.inputs import DECONTAMINATE_MATCH_SECTION, decontaminate_params_file
+    from tasks.decontam.views import CRAWL_RESIZE_SECTION, crawl_params_file
 
     recorded: dict[str, Any] = {}
     if ctx.crawl_resize is not None:

@@ -4,6 +4,7 @@ resize + encode, plus crops), and pixel distances that tell copies from look-ali
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -144,4 +145,50 @@ def pixel_distances(
             out.append(float(abs(thumbnail(pool_img) - thumbnail(viewed)).mean()))
         except Exception:
             out.append(None)
+    return out
+
+
+CRAWL_RESIZE_SECTION = (
+    "resize"  # the section of params/crawl.yaml the crawl view of eval images reads
+)
+
+
+def crawl_params_file() -> Path:
+    """params/crawl.yaml under the settings' root: the one file the crawl stage runs with."""
+    from tasks.settings import get_settings
+
+    return get_settings().root / "params" / "crawl.yaml"
+
+
+def crawl_resize() -> ResizeParams:
+    """The crawl's resize + encode settings, read from its params file (never re-declared by the
+    stages that view eval images as the crawl stored the pool); a fault there is a ParamsError
+    naming that file and field."""
+    from tasks.paramsfiles import read_section
+
+    return read_section(crawl_params_file(), CRAWL_RESIZE_SECTION, ResizeParams)
+
+
+def flagged_distances(
+    n_rows: int,
+    flagged: Sequence[tuple[int, str, str | Path, str]],
+    eval_dir: Path,
+    view: EvalView,
+) -> list[float | None]:
+    """Pixel distance (pixel_distances) of each flagged row's image to the eval image it was
+    matched to, by row index (None for rows not flagged): what tells look-alikes from false
+    positives in planted-copy reports. `flagged` = (row index, uid, shard path, eval id)."""
+    by_shard: dict[str, set[str]] = {}
+    for _, uid, shard, _ in flagged:
+        by_shard.setdefault(str(shard), set()).add(uid)
+    pool_imgs: dict[str, bytes] = {}
+    for shard, wanted in by_shard.items():
+        pool_imgs.update({u: data for u, data, _ in read_images(shard, wanted)})
+    eval_imgs = read_eval_images(eval_dir, {ref for *_, ref in flagged})
+    dist = pixel_distances(
+        [(pool_imgs.get(u), eval_imgs.get(ref)) for _, u, _, ref in flagged], view
+    )
+    out: list[float | None] = [None] * n_rows
+    for (i, *_), d in zip(flagged, dist, strict=True):
+        out[i] = d
     return out

@@ -25,20 +25,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from tasks.decontam.views import crawl_resize
 from tasks.decontaminate.params import DecontaminateParams
 from tasks.imaging.resize import ResizeParams
-
-CRAWL_RESIZE_SECTION = "resize"  # the section of params/crawl.yaml the eval view reads
-
-
-def crawl_resize() -> ResizeParams:
-    """The crawl's resize + encode settings, read from its params file (never re-declared here);
-    a fault there is a ParamsError naming that file and field."""
-    from tasks.paramsfiles import read_section
-    from tasks.settings import get_settings
-
-    path = get_settings().root / "params" / "crawl.yaml"
-    return read_section(path, CRAWL_RESIZE_SECTION, ResizeParams)
 
 
 def eval_features(p: DecontaminateParams) -> pa.Table:
@@ -104,28 +93,18 @@ def _flagged_distances(
 ) -> list[float | None]:
     """Pixel distance of each flagged row's image to the eval image it was matched to (None for
     rows not flagged): what tells look-alikes from false positives in the planted report."""
-    from tasks.decontam.views import EvalView, pixel_distances, read_eval_images
+    from tasks.decontam.views import EvalView, flagged_distances
     from tasks.io.paths import resolve_path
-    from tasks.io.wds import read_images
 
-    flagged = [i for i, r in enumerate(reasons) if r and refs[i]]
     uids, shards = rows.column("uid").to_pylist(), rows.column("shard").to_pylist()
-    by_shard: dict[str, set[str]] = {}
-    for i in flagged:
-        by_shard.setdefault(shards[i], set()).add(uids[i])
-    imgs: dict[str, bytes] = {}
-    for shard, wanted in by_shard.items():
-        imgs.update({u: data for u, data, _ in read_images(shard, wanted)})
-    eval_imgs = read_eval_images(resolve_path(p.paths.eval_dir), {str(refs[i]) for i in flagged})
+    flagged = [
+        (i, uids[i], shards[i], str(ref))
+        for i, (r, ref) in enumerate(zip(reasons, refs, strict=True))
+        if r and ref
+    ]
     resize = crawl_resize() if p.match.eval_view == "crawl" else ResizeParams()
     view = EvalView(mode=p.match.eval_view, resize=resize)
-    dist = pixel_distances(
-        [(imgs.get(uids[i]), eval_imgs.get(str(refs[i]))) for i in flagged], view
-    )
-    out: list[float | None] = [None] * rows.num_rows
-    for i, d in zip(flagged, dist, strict=True):
-        out[i] = d
-    return out
+    return flagged_distances(rows.num_rows, flagged, resolve_path(p.paths.eval_dir), view)
 
 
 def planted_report(

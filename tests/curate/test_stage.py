@@ -87,7 +87,7 @@ def test_stage_end_to_end(hand_pool, tmp_path, ray_session):
     Image.open(io.BytesIO(sample["jpg"])).verify()
     assert metrics["decontam_recall"] == 1.0 and metrics["decontam_false_positives"] == 0
     # the crawl's resize section the eval view used is recorded with the run
-    from tasks.curate.inputs import crawl_resize
+    from tasks.decontam.views import crawl_resize
 
     recorded = json.loads((out / "report" / "inputs.json").read_text())
     assert recorded["crawl"]["resize"] == crawl_resize().model_dump(mode="json")

@@ -7,7 +7,6 @@ keep mask, and it writes no pool column.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -51,30 +50,17 @@ class PlantedQA(ReportStep):
         for rows not flagged): what tells look-alikes from false positives in the metrics."""
         from tasks.curate.evalsets import eval_view
         from tasks.curate.features import existing_shard
-        from tasks.decontam.views import pixel_distances, read_eval_images
+        from tasks.decontam.views import flagged_distances
         from tasks.io.paths import resolve_path
-        from tasks.io.wds import read_images
 
         p = self.params
-        flagged = [i for i, r in enumerate(reasons) if r and r.startswith("eval_") and refs[i]]
         uids, shards = rows.column("uid").to_pylist(), rows.column("shard").to_pylist()
-        by_shard: dict[Path, set[str]] = {}
-        for i in flagged:
-            path = existing_shard(resolve_path(p.paths.crawl_dir), shards[i])
-            if path is not None:
-                by_shard.setdefault(path, set()).add(uids[i])
-        pool_imgs: dict[str, bytes] = {}
-        for path, wanted in by_shard.items():
-            pool_imgs.update({u: data for u, data, _ in read_images(path, wanted)})
-        eval_imgs = read_eval_images(
-            resolve_path(p.paths.eval_dir), {str(refs[i]) for i in flagged}
-        )
+        flagged = []
+        for i, (r, ref) in enumerate(zip(reasons, refs, strict=True)):
+            if r and r.startswith("eval_") and ref:
+                path = existing_shard(resolve_path(p.paths.crawl_dir), shards[i])
+                if path is not None:
+                    flagged.append((i, uids[i], path, str(ref)))
         assert ctx.hash_match is not None, "eval_features were prepared with the match section"
         view = eval_view(ctx.hash_match, ctx.crawl_resize)
-        dist = pixel_distances(
-            [(pool_imgs.get(uids[i]), eval_imgs.get(str(refs[i]))) for i in flagged], view
-        )
-        out: list[float | None] = [None] * rows.num_rows
-        for i, d in zip(flagged, dist, strict=True):
-            out[i] = d
-        return out
+        return flagged_distances(rows.num_rows, flagged, resolve_path(p.paths.eval_dir), view)
