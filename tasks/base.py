@@ -49,6 +49,12 @@ class StageParams(BaseModel):
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 
+    def needs_ray(self) -> bool:
+        """Whether this run needs Ray (the registry's `uses_ray` says whether the stage ever does).
+        A stage that can run in-process overrides it, and the runner then starts no local Ray: its
+        processes would only take CPU time from the run (seconds to boot, then steady polling)."""
+        return True
+
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a params YAML file into a dict, turning every fault into a one-line ParamsError."""

@@ -87,6 +87,7 @@ STAGES: dict[str, StageSpec] = {
                 # eval images are hashed as the crawl resized the pool's images
                 "tasks/imaging",
                 "tasks/paramsfiles.py",
+                "tasks/progress.py",
                 *_COMMON,
             ),
             upstream=("sample", "crawl"),
@@ -113,7 +114,7 @@ STAGES: dict[str, StageSpec] = {
                 "tasks/progress.py",
                 *_COMMON,
             ),
-            upstream=("crawl", "teacher"),
+            upstream=("crawl", "decontaminate", "teacher"),
         ),
         StageSpec(
             name="train",

@@ -68,11 +68,12 @@ def run_stage(
     dump = params.model_dump(mode="json")
     metrics_dir = settings.root / "metrics"
     run_function = spec.run_callable()
-    with engines(spec, name, dump, tags) as run:
+    use_ray = spec.uses_ray and params.needs_ray()
+    with engines(spec, name, dump, tags, use_ray=use_ray) as run:
         started = time.perf_counter()
         metrics = dict(run_function(params))
         metrics["stage_seconds"] = round(time.perf_counter() - started, 3)
-        if spec.uses_ray:
+        if use_ray:
             from tasks.raysession import release_ray
 
             release_ray()  # Ray shuts down while the run's results are recorded below
@@ -86,7 +87,11 @@ def run_stage(
 
 @contextmanager
 def engines(
-    spec: StageSpec, name: str, params: dict[str, Any], tags: Callable[[], dict[str, str]]
+    spec: StageSpec,
+    name: str,
+    params: dict[str, Any],
+    tags: Callable[[], dict[str, str]],
+    use_ray: bool | None = None,
 ) -> Iterator[Any]:
     """Ray up (when the stage uses it) and the stage's MLflow run open; both closed on the way out.
 
@@ -95,9 +100,11 @@ def engines(
     local Ray boots in a thread (tasks/raysession.py) while this thread computes the run's
     provenance tags (`tags()`: git, file hashes) and opens the MLflow run, all together taking
     about as long as the slowest. The run ends (FINISHED, or FAILED when the body raises)
-    before Ray is shut down.
+    before Ray is shut down. `use_ray` (default: the registry's `uses_ray`) is False when the
+    params say this run needs no Ray (`StageParams.needs_ray`, e.g. train in local mode): then
+    no Ray is started at all.
     """
-    if not spec.uses_ray:
+    if not (spec.uses_ray if use_ray is None else use_ray):
         with tracked_run(name, params, tags()) as run:
             yield run
         return

@@ -248,3 +248,49 @@ print("RESULT", json.dumps({
         "boot_thread": False,
         "status": "FINISHED",
     }
+
+
+def test_params_that_need_no_ray_get_none(toy_project, monkeypatch):
+    """A Ray stage whose params run it in-process (train with num_workers=0): no Ray is started,
+    so its processes take no CPU from the run; the same stage with Ray params does start one."""
+    import tasks.raysession
+    from tasks.runner import run_stage
+
+    starts: list[bool] = []
+
+    def no_boot(*args, **kwargs):  # the runner's only way to a Ray: ray_session
+        starts.append(True)
+        raise AssertionError("Ray started for params that need none")
+
+    monkeypatch.setattr(tasks.raysession, "ray_session", no_boot)
+    spec = STAGES["toy"]
+    monkeypatch.setitem(
+        STAGES,
+        "toy",
+        StageSpec(
+            name="toy",
+            params_model="toy_stage:InProcessToyParams",
+            run_function="toy_stage:run",
+            code=(),
+            uses_ray=True,
+        ),
+    )
+    import ray
+
+    ray_before = int(ray.is_initialized())  # an earlier test in this process may have left one up
+    metrics = run_stage("toy", door="python")
+    assert metrics["engine_ray_up"] == ray_before and metrics["engine_mlflow_run"] == 1
+    assert not starts
+    monkeypatch.setitem(
+        STAGES, "toy", StageSpec(**{**spec.__dict__, "uses_ray": True})
+    )  # ToyParams needs Ray: the runner asks for it
+    with pytest.raises(AssertionError, match="Ray started"):
+        run_stage("toy", door="python")
+    assert starts
+
+
+def test_train_in_local_mode_needs_no_ray() -> None:
+    from tasks.train.params import TrainParams
+
+    assert not TrainParams(num_workers=0).needs_ray()
+    assert TrainParams(num_workers=2).needs_ray()

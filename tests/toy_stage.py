@@ -50,3 +50,10 @@ def seen_engines() -> dict[str, int]:
         "engine_ray_up": int(ray is not None and ray.is_initialized()),
         "engine_mlflow_run": int(mlflow.active_run() is not None),
     }
+
+
+class InProcessToyParams(ToyParams):
+    """The toy with params that need no Ray (like train with num_workers=0)."""
+
+    def needs_ray(self) -> bool:
+        return False

@@ -1,6 +1,7 @@
 """A model folder (docs/CONTRACTS.md: open_clip_config.json + model.safetensors) -> a built model.
 
-Never unpickles (safetensors weights, JSON config) and works offline from the folder alone.
+Never unpickles (safetensors weights, JSON config) and works offline from the folder alone, both
+here and through open_clip's own `local-dir:<folder>` schema (what CLIP_benchmark users pass).
 """
 
 from __future__ import annotations
@@ -13,6 +14,39 @@ from tasks.clip.errors import ModelLoadError
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "model.safetensors"
+HUB_IDS_KEY = "hf_hub_ids"  # top-level key: canonical hub ids of towers the config names by path
+
+
+def folder_config(
+    model_name: str,
+    model_cfg: dict[str, Any],
+    preprocess_cfg: dict[str, Any],
+    folder: Path,
+    hf_files_in_folder: bool,
+) -> dict[str, Any]:
+    """The open_clip_config.json of a model folder, written so open_clip's `local-dir:` loads it
+    offline (no hub, no hub cache).
+
+    open_clip builds an HF text tower with `AutoConfig.from_pretrained(text_cfg.hf_model_name)`,
+    resolved against the working directory or the hub, never against the folder (its tokenizer,
+    by contrast, is read from the folder). A hub id there needs the hub or its cache, so when the
+    folder holds the tower's config.json, `hf_model_name` names the folder by its absolute path and
+    the hub id is kept under `hf_hub_ids` (provenance; `read_folder_config` puts it back, so this
+    library always sees hub ids). The choice: a copied or moved folder still loads here, and in
+    open_clip while the original path exists; elsewhere open_clip needs the hub id's config.
+    `hf_tokenizer_name` stays the hub id (open_clip reads the tokenizer from the folder anyway).
+    """
+    cfg = json.loads(json.dumps(model_cfg, default=list))
+    config: dict[str, Any] = {
+        "model_name": model_name,
+        "model_cfg": cfg,
+        "preprocess_cfg": preprocess_cfg,
+    }
+    text = cfg.get("text_cfg", {})
+    if hf_files_in_folder and text.get("hf_model_name"):
+        config[HUB_IDS_KEY] = {"hf_model_name": text["hf_model_name"]}
+        text["hf_model_name"] = str(folder.resolve())
+    return config
 
 
 def read_folder_config(folder: Path) -> dict[str, Any]:
@@ -25,7 +59,10 @@ def read_folder_config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads(cfg_path.read_text())
         config["model_cfg"]["embed_dim"]
-    except (ValueError, KeyError, TypeError) as exc:
+        hub_ids = config.get(HUB_IDS_KEY) or {}
+        if hub_ids.get("hf_model_name"):  # the canonical id, not the path open_clip needs
+            config["model_cfg"]["text_cfg"]["hf_model_name"] = hub_ids["hf_model_name"]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ModelLoadError(f"{cfg_path}: not a valid open_clip config ({exc})") from None
     return config
 

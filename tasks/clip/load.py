@@ -56,3 +56,18 @@ def architecture_of(ref: str) -> str:
     if not (folder / CONFIG_FILE).is_file():
         return str(folder)
     return architecture_name(folder) or f"local-dir:{folder}"
+
+
+def model_config_of(ref: str) -> dict[str, Any]:
+    """The open_clip model config a reference builds (hub ids, not local paths): its tokenizer
+    settings key stored text features (tasks/clip/locked.py `tokenizer_config`), so curate and
+    evaluate look up the same store the teacher wrote."""
+    if is_random_ref(ref):
+        from tasks.clip.random_init import RANDOM_PREFIX, architecture
+        from tasks.clip.zoo import model_config
+
+        return dict(model_config(architecture(ref.removeprefix(RANDOM_PREFIX))))
+    from tasks.clip.folder import read_folder_config
+
+    folder = download_model_folder(ref) if is_mlflow_uri(ref) else local_folder(ref)
+    return dict(read_folder_config(Path(folder))["model_cfg"])

@@ -14,30 +14,50 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from tasks.decontam.hashing import hash_batch
-from tasks.decontam.reading import read_shard, shard_items
+from tasks.decontam.reading import (
+    ReadAndHash,
+    hash_items,
+    read_shard,
+    shard_items,
+    whole_images,
+)
 from tasks.progress import Progress
 
 
 class Embedder:
-    """Ray Data callable class: one CLIP model per actor; L2-normalised image and text embeddings."""
+    """Ray Data callable class: one CLIP model per actor; L2-normalised image and text embeddings.
 
-    def __init__(self, model_ref: str, threads: int = 1) -> None:
+    With `store_root` the locked towers' frozen features come from the feature store there
+    (tasks/curate/cached.py): only the heads run for what the teacher stored."""
+
+    def __init__(
+        self, model_ref: str, threads: int = 1, store_root: str | None = None, batch_size: int = 64
+    ) -> None:
         import torch
 
         from tasks.clip import load_clip
 
         torch.set_num_threads(max(1, threads))
         self.model, self.preprocess, self.tokenizer = load_clip(model_ref)
+        self.cache = None
+        if store_root is not None:
+            from tasks.curate.cached import CachedTowers
+
+            self.cache = CachedTowers.open(self.model, model_ref, Path(store_root), batch_size)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return embed_table(batch, self.model, self.preprocess, self.tokenizer)
+        return embed_table(batch, self.model, self.preprocess, self.tokenizer, self.cache)
 
 
-def embed_table(batch: pa.Table, model: Any, preprocess: Any, tokenizer: Any) -> pa.Table:
-    """The one embedding code path (actors and driver alike): rows with an image_reason get nulls."""
+def embed_table(
+    batch: pa.Table, model: Any, preprocess: Any, tokenizer: Any, cache: Any = None
+) -> pa.Table:
+    """The one embedding code path (actors and driver alike): rows with an image_reason get nulls.
+    `cache` (a cached.CachedTowers of `model`) reads stored frozen features instead of running
+    the locked towers again; the result is the same within float tolerance."""
     import torch
 
+    from tasks.curate.cached import normalised
     from tasks.curate.images import decode_rgb
 
     n = batch.num_rows
@@ -51,13 +71,24 @@ def embed_table(batch: pa.Table, model: Any, preprocess: Any, tokenizer: Any) ->
     txt_emb: list[Any] = [None] * n
     if idx:
         images = batch.column("image").to_pylist()
-        texts = batch.column("text").to_pylist()
+        data = [images[i] for i in idx]
+        all_texts = batch.column("text").to_pylist()
+        texts = [all_texts[i] or "" for i in idx]
+
+        def pixels(which: list[int]) -> Any:
+            return torch.stack([preprocess(decode_rgb(data[j])) for j in which])
+
+        def tokens(which: list[int]) -> Any:
+            return tokenizer([texts[j] for j in which])
+
+        everything = list(range(len(idx)))
         with torch.no_grad():
-            pixels = torch.stack([preprocess(decode_rgb(images[i])) for i in idx])
-            iv = torch.nn.functional.normalize(model.encode_image(pixels).float(), dim=-1).numpy()
-            tv = torch.nn.functional.normalize(
-                model.encode_text(tokenizer([texts[i] or "" for i in idx])).float(), dim=-1
-            ).numpy()
+            if cache is None:
+                iv = normalised(model.encode_image(pixels(everything)))
+                tv = normalised(model.encode_text(tokens(everything)))
+            else:
+                iv = normalised(cache.encode_images(data, pixels))
+                tv = normalised(cache.encode_texts(texts, tokens))
         for j, i in enumerate(idx):
             img_emb[i], txt_emb[i] = iv[j].astype(np.float32), tv[j].astype(np.float32)
     typ = pa.list_(pa.float32())  # fixed width is set once all batches are in (fix_vectors)
@@ -78,6 +109,8 @@ def compute_features(
     view: Callable[[dict[str, Any]], list[dict[str, Any]]] | None = None,
     chunk: int = 1000,
     what: str = "images",
+    store_root: Path | None = None,
+    known: dict[str, tuple[str, str]] | None = None,
 ) -> pa.Table:
     """Features of every (uid, text) listed per shard path: uid, image_sha256, phash, dhash,
     image_reason, and with a model image_emb / text_emb. Runs on the current Ray.
@@ -85,43 +118,42 @@ def compute_features(
     `view` maps one read row to the rows to featurise instead (evalsets.EvalView: the crawl's
     resize + encode, crops); image_sha256 is then the digest of the viewed bytes.
     Progress ("curate: embedding <what> 1,200/40,000 ...") counts the images read, on the driver
-    as batches arrive: a view's crops are not counted, so the total is known up front."""
+    as batches arrive: a view's crops are not counted, so the total is known up front.
+    `store_root`: the feature store the embedding actors read the locked towers' features from
+    (None = run the whole towers); `known`: sha256 -> (pHash, dHash) of images hashed before
+    (the decontaminate stage's crawl_hashes.parquet), not decoded again."""
     import ray
 
     items = shard_items(shard_rows, prefixes, chunk)  # at most `chunk` rows per block
     if not items:
         return pa.table({"uid": pa.array([], pa.string())})
+    if model_ref is None:  # hashes only: one fused task per block, no image leaves it
+        return hash_items(items, read_shard, view, f"curate: hashing {what}", known)
     ds: ray.data.Dataset = ray.data.from_items(items, override_num_blocks=len(items))
-    ds = ds.flat_map(read_shard)
-    if view is not None:
-        ds = ds.flat_map(view)
-    ds = ds.map_batches(hash_batch, batch_format="pyarrow", batch_size=256)
-    if model_ref is not None:
-        ds = ds.map_batches(
-            Embedder,
-            fn_constructor_args=(model_ref, max(1, int(cpus_per_worker))),
-            compute=ray.data.ActorPoolStrategy(size=embed_workers),
-            batch_size=embed_batch_size,
-            batch_format="pyarrow",
-            num_cpus=cpus_per_worker,
-        )
-    else:
-        ds = ds.map_batches(lambda b: b.drop_columns(["image"]), batch_format="pyarrow")
+    # read + view + hash in the read tasks (a chained map_batches would be fused into the
+    # embedding actor, leaving a second CPU idle); images go on to the actors
+    ds = ds.flat_map(ReadAndHash(read_shard, view, known or None, keep_images=True))
+    ds = ds.map_batches(
+        Embedder,
+        fn_constructor_args=(
+            model_ref,
+            max(1, int(cpus_per_worker)),
+            None if store_root is None else str(store_root),
+            embed_batch_size,
+        ),
+        compute=ray.data.ActorPoolStrategy(size=embed_workers),
+        batch_size=embed_batch_size,
+        batch_format="pyarrow",
+        num_cpus=cpus_per_worker,
+    )
     total = sum(len(rows) for rows in shard_rows.values())
-    label = f"curate: {'embedding' if model_ref is not None else 'hashing'} {what}"
+    label = f"curate: embedding {what}"
     parts: list[pa.Table] = []
     with Progress(label, total=total, unit="images") as progress:
         for part in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             parts.append(part)
             progress.update(whole_images(part))
     return fix_vectors(pa.concat_tables(parts, promote_options="permissive"))
-
-
-def whole_images(batch: pa.Table) -> int:
-    """Rows of a batch that stand for one read image each (a view's crops stand for none)."""
-    if "variant" not in batch.column_names:
-        return batch.num_rows
-    return sum(v in (None, "full") for v in batch.column("variant").to_pylist())
 
 
 def fix_vectors(table: pa.Table) -> pa.Table:

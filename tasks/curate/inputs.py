@@ -81,11 +81,18 @@ def _metadata(p: CurateParams, out_dir: Path, metrics: dict[str, Any]) -> tuple[
     return str(meta_path), meta.digest(), len(meta)
 
 
-def _eval_features(ctx: StepContext) -> None:
-    """Hashes (and embeddings) of every eval image in the pool's form: evalsets.EvalView."""
+def _eval_features(ctx: StepContext, rows: pa.Table) -> None:
+    """The eval images in the pool's form (evalsets.EvalView): hashes of every view, and image
+    embeddings of the whole views the decontaminate step compares.
+
+    The hashes are the decontaminate stage's `eval_hashes.parquet` when it was made from the
+    same eval tars and view (tasks/decontam/stored.py), else hashed here. Embeddings: every eval
+    image when `decontaminate.embed_threshold` is set (any eval image may flag a row on its own);
+    else only those some pool row hash-matches (whole view or crop), the only ones the embedding
+    gates look at; `rows` are every pool row, so the planted report's pass over all of them finds
+    its eval images embedded too."""
     from tasks.curate.evalsets import eval_view
-    from tasks.curate.features import compute_features
-    from tasks.decontam.views import eval_prefixes, eval_shards, with_eval_ids
+    from tasks.decontam.views import eval_shards
 
     p = ctx.params
     eval_dir = resolve_path(p.paths.eval_dir)
@@ -97,24 +104,124 @@ def _eval_features(ctx: StepContext) -> None:
     ctx.hash_match = match = decontaminate_match()
     if match.eval_view == "crawl":
         ctx.crawl_resize = crawl_resize()
-    ref = model_ref(p) if p.decontaminate.uses_embeddings(bool(match.crops)) else None
+    view = eval_view(match, ctx.crawl_resize)
+    hashes = _eval_hashes(p, eval_dir, shards, view)
+    if p.decontaminate.uses_embeddings(bool(match.crops)):
+        wanted = (
+            None
+            if p.decontaminate.embed_threshold is not None
+            else matched_eval_ids(rows, hashes, match)
+        )
+        hashes = _with_embeddings(hashes, p, eval_dir, shards, view, wanted)
+    ctx.eval_features = hashes
+
+
+def _eval_hashes(
+    p: CurateParams, eval_dir: Path, shards: dict[Path, list[tuple[str, str]]], view: Any
+) -> pa.Table:
+    """Hashes of every eval view (id, variant, image_sha256, phash, dhash, image_reason): the
+    decontaminate stage's when they fit, else computed on Ray (progress: "hashing eval images")."""
+    from tasks.curate.features import compute_features
+    from tasks.decontam.stored import (
+        EVAL_COLUMNS,
+        EVAL_HASHES_FILE,
+        read_eval_hashes,
+        views_fingerprint,
+    )
+    from tasks.decontam.views import eval_prefixes, with_eval_ids
+
+    folder = resolve_path(p.paths.decontaminate_dir)
+    if folder is not None:
+        stored, why = read_eval_hashes(folder / EVAL_HASHES_FILE, views_fingerprint(eval_dir, view))
+        print(f"[curate] eval view hashes: {why}", flush=True)
+        if stored is not None:
+            return stored
     feats = compute_features(
         {str(k): v for k, v in shards.items()},
-        ref,
+        None,
         p.compute.embed_workers,
         p.compute.embed_batch_size,
         p.compute.cpus_per_worker,
         prefixes=eval_prefixes(shards, eval_dir),
-        view=eval_view(match, ctx.crawl_resize),
+        view=view,
         what="eval images",
     )
-    ctx.eval_features = with_eval_ids(feats)
+    return with_eval_ids(feats).select(EVAL_COLUMNS)
 
 
-def _target_embeddings(ctx: StepContext) -> None:
+def matched_eval_ids(rows: pa.Table, ev: pa.Table, match: HashMatchParams) -> set[str]:
+    """Eval ids some row's hashes match: pHash AND dHash within the whole-view thresholds of a
+    whole view, or within the crop thresholds of a crop (the pairs the step's gates judge)."""
+    from tasks.decontam.matching import hash_pairs, split_variants
+
+    ids = ev.column("id").to_pylist()
+    whole, crops = split_variants(ev)
+    found = hash_pairs(rows, ev, whole, match.hash_max_distance, match.dhash_max_distance)[1]
+    out = {ids[j] for j in found.tolist()}
+    if match.crops and len(crops):
+        pairs = hash_pairs(
+            rows, ev, crops, match.crop_hash_max_distance, match.crop_dhash_max_distance
+        )
+        out |= {ids[j] for j in pairs[1].tolist()}
+    return out
+
+
+def _with_embeddings(
+    ev: pa.Table,
+    p: CurateParams,
+    eval_dir: Path,
+    shards: dict[Path, list[tuple[str, str]]],
+    view: Any,
+    wanted: set[str] | None,
+) -> pa.Table:
+    """`ev` plus `image_emb` on the whole views of the `wanted` eval ids (None = all), embedded
+    through the same view without its crops (crops are never embedded); null elsewhere."""
+    from dataclasses import replace
+
+    from tasks.curate.features import compute_features, fix_vectors
+    from tasks.curate.prepare import feature_store_root
+    from tasks.decontam.views import eval_prefixes
+
+    prefixes = eval_prefixes(shards, eval_dir)
+    chosen = {
+        str(tar): [(k, t) for k, t in keys if wanted is None or prefixes[str(tar)] + k in wanted]
+        for tar, keys in shards.items()
+    }
+    chosen = {tar: keys for tar, keys in chosen.items() if keys}
+    vectors: dict[str, Any] = {}
+    if chosen:
+        feats = compute_features(
+            chosen,
+            model_ref(p),
+            p.compute.embed_workers,
+            p.compute.embed_batch_size,
+            p.compute.cpus_per_worker,
+            prefixes=prefixes,
+            view=replace(view, crops=()),
+            what="eval images",
+            store_root=feature_store_root(p),
+        )
+        if "image_emb" in feats.column_names:
+            vectors = dict(
+                zip(
+                    feats.column("uid").to_pylist(),
+                    feats.column("image_emb").to_pylist(),
+                    strict=True,
+                )
+            )
+    full = [v == "full" for v in ev.column("variant").to_pylist()]
+    emb = [
+        vectors.get(i) if f else None
+        for i, f in zip(ev.column("id").to_pylist(), full, strict=True)
+    ]
+    return fix_vectors(ev.append_column("image_emb", pa.array(emb, pa.list_(pa.float32()))))
+
+
+def _target_embeddings(ctx: StepContext, rows: pa.Table) -> None:
     """Image embeddings of the target task's training images (image_based.target_dir)."""
     from tasks.curate.evalsets import image_shards
     from tasks.curate.features import compute_features
+    from tasks.curate.prepare import feature_store_root
     from tasks.curate.steps.base import embeddings
 
     p = ctx.params
@@ -129,11 +236,12 @@ def _target_embeddings(ctx: StepContext) -> None:
         p.compute.embed_batch_size,
         p.compute.cpus_per_worker,
         what="target images",
+        store_root=feature_store_root(p),
     )
     ctx.target_embeddings = np.asarray(embeddings(feats, "image_emb")[0])
 
 
-SIDE_INPUTS: dict[Input, Callable[[StepContext], None]] = {
+SIDE_INPUTS: dict[Input, Callable[[StepContext, pa.Table], None]] = {
     "eval_features": _eval_features,
     "target_embeddings": _target_embeddings,
 }
@@ -157,10 +265,10 @@ def prepare(
         metrics["rows_featurised"] = ensure_features(
             pool, read_rows(pool), resolve_path(p.paths.crawl_dir), ref, p
         )
+    rows = read_rows(pool)
     for name, build in SIDE_INPUTS.items():
         if name in needed:
-            build(ctx)
-    rows = read_rows(pool)
+            build(ctx, rows)
     if "pool_rows" in needed:  # the same table: steps see every row, not only their survivors
         ctx.pool_rows = rows
     return rows, ctx, metrics

@@ -46,6 +46,7 @@ class PathsParams(ParamsSection):
     out_dir: str = "data/curate"  # subset_uids.parquet, matches/, shards/, report/
     clip_model: str | None = "data/models/teacher"  # CLIP folder, models:/ URI, or random:<config>; None = none
     eval_dir: str = "data/sample/eval"  # CLIP_benchmark-layout eval sets to decontaminate against
+    decontaminate_dir: str | None = "data/decontaminate"  # the decontaminate stage's output: its eval view and crawl image hashes are reused when they fit; None = hash everything here
     # fmt: on
 
 
@@ -68,7 +69,8 @@ class TextChecksParams(ParamsSection):
 
 
 class BasicParams(StepSection):
-    """DataComp's basic filter."""
+    """DataComp's basic filter; the defaults are DataComp's, params/curate.yaml sizes them to the
+    sample web (short names, small clip-art and emoji) and says why."""
 
     # fmt: off
     languages: list[str] = ["en"]  # ISO 639-1 codes kept; [] = any language
@@ -158,7 +160,7 @@ class SemanticDedupParams(StepSection):
     # fmt: off
     eps: float = Field(default=0.01, gt=0.0, lt=1.0)  # duplicate if cosine > 1 - eps in a cluster
     clusters: int = Field(default=16, ge=1)  # k-means clusters (capped at rows / 4)
-    ann_min_rows: int = Field(default=50_000, ge=1)  # clusters at least this big use the LanceDB ANN index
+    ann_min_rows: int = Field(default=100_000, ge=1)  # clusters at least this big use the LanceDB ANN index (never faster than exact up to 40k rows, benchmarks/curate.py; it saves the exact path's ~2 GB block from here)
     ann_k: int = Field(default=16, ge=2)  # neighbours per query on the ANN path
     # fmt: on
 
@@ -200,6 +202,7 @@ class ComputeParams(ParamsSection):
     embed_batch_size: int = Field(default=64, ge=1)  # images or texts per forward pass
     cpus_per_worker: float = Field(default=1.0, gt=0.0)  # CPUs reserved per actor; keep room for reads
     rows_per_block: int = Field(default=4096, ge=1)  # rows per Ray Data block of pool rows
+    feature_store: bool = True  # read the locked towers' features the teacher stored (a pure cache, same results); False = run the whole towers
     # fmt: on
 
 

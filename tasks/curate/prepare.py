@@ -12,6 +12,7 @@ import pyarrow as pa
 from tasks.curate.features import compute_features, existing_shard, fix_vectors
 from tasks.curate.params import CurateParams
 from tasks.curate.poolio import write_columns
+from tasks.io.paths import resolve_path
 
 MATCH_COLUMNS = {
     "curate_entry_ids": "entry_ids",
@@ -97,6 +98,24 @@ def ensure_matches(
     return len(todo)
 
 
+def feature_store_root(p: CurateParams) -> Path | None:
+    """Where the locked towers' features are stored (settings: `CLIPMILL_FEATURE_STORE`, else
+    `<root>/data/features`), resolved here so every actor uses the same; None when
+    `compute.feature_store` is off."""
+    from tasks.clip.featurestore import default_store_root
+
+    return default_store_root() if p.compute.feature_store else None
+
+
+def stored_crawl_hashes(p: CurateParams) -> dict[str, tuple[str, str]]:
+    """sha256 -> (pHash, dHash) the decontaminate stage computed for the crawl's images ({}
+    without `paths.decontaminate_dir` or its crawl_hashes.parquet): reused by content."""
+    from tasks.decontam.stored import CRAWL_HASHES_FILE, known_hashes
+
+    folder = resolve_path(p.paths.decontaminate_dir)
+    return known_hashes(folder / CRAWL_HASHES_FILE if folder is not None else None)
+
+
 def ensure_features(
     pool: Any, rows: pa.Table, crawl_dir: Path, model_ref: str | None, p: CurateParams
 ) -> int:
@@ -123,6 +142,8 @@ def ensure_features(
         p.compute.embed_batch_size,
         p.compute.cpus_per_worker,
         what="pool images",
+        store_root=feature_store_root(p) if model_ref is not None else None,
+        known=stored_crawl_hashes(p),
     )
     if missing:
         feats = pa.concat_tables(

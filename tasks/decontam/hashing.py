@@ -41,8 +41,11 @@ def hamming_pairs(
     return rows, ids.astype(np.int64), dist.astype(np.int64)
 
 
-def hash_batch(batch: pa.Table) -> pa.Table:
-    """sha256 of the stored bytes + pHash + dHash (64-bit, hex); a reason when the image is bad."""
+def hash_batch(batch: pa.Table, known: dict[str, tuple[str, str]] | None = None) -> pa.Table:
+    """sha256 of the stored bytes + pHash + dHash (64-bit, hex); a reason when the image is bad.
+
+    `known` (sha256 -> (pHash, dHash), tasks/decontam/stored.py known_hashes) skips decoding
+    the images whose bytes were hashed before: same bytes, same hashes."""
     import imagehash
 
     from tasks.imaging.rgb import decode_rgb
@@ -59,6 +62,11 @@ def hash_batch(batch: pa.Table) -> pa.Table:
             reasons.append("image_missing")
             continue
         sha.append(hashlib.sha256(data).hexdigest())
+        if known and sha[-1] in known:
+            ph.append(known[sha[-1]][0])
+            dh.append(known[sha[-1]][1])
+            reasons.append(None)
+            continue
         try:
             img = decode_rgb(data)
         except Exception:

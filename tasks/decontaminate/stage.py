@@ -14,7 +14,11 @@ Outputs (docs/CONTRACTS.md):
 - `planted_uids.parquet`: the sample's planted copies found among the checked rows: uid, url,
   eval_ids (every eval image it copies), transformation, flagged.
 - `eval_hashes.parquet`: every eval view hashed (id, variant = "full" or the crop, image_sha256,
-  phash, dhash, image_reason), for later steps that match against the same views.
+  phash, dhash, image_reason), with the fingerprint of the views in its parquet metadata
+  (tasks/decontam/stored.py): curate's decontaminate step reuses it instead of making and
+  hashing the same views again.
+- `crawl_hashes.parquet`: uid, image_sha256, phash, dhash, image_reason of every crawl image
+  checked; curate reuses a pHash / dHash when an image's sha256 is listed (same bytes).
 - `summary.json`: the stage's metrics (flag counts per set, planted recall and false positives).
 """
 
@@ -25,15 +29,21 @@ from typing import Any
 
 import pyarrow as pa
 
-from tasks.decontam.views import crawl_resize
+from tasks.decontam.views import EvalView, crawl_resize
 from tasks.decontaminate.params import DecontaminateParams
 from tasks.imaging.resize import ResizeParams
+
+
+def eval_view_of(p: DecontaminateParams) -> EvalView:
+    """The view eval images are hashed through: `match.eval_view`, the crawl's resize, crops."""
+    resize = crawl_resize() if p.match.eval_view == "crawl" else ResizeParams()
+    return EvalView(mode=p.match.eval_view, resize=resize, crops=tuple(p.match.crops))
 
 
 def eval_features(p: DecontaminateParams) -> pa.Table:
     """Hashes of every eval image's views (whole + crops), with `id` = `<set>/<key>`."""
     from tasks.decontam.reading import hash_items, read_shard, shard_items
-    from tasks.decontam.views import EvalView, eval_prefixes, eval_shards, with_eval_ids
+    from tasks.decontam.views import eval_prefixes, eval_shards, with_eval_ids
     from tasks.io.paths import resolve_path
 
     eval_dir = resolve_path(p.paths.eval_dir)
@@ -42,14 +52,13 @@ def eval_features(p: DecontaminateParams) -> pa.Table:
         raise FileNotFoundError(
             f"decontaminate: no eval tars under {eval_dir}/<set>/test (run the sample stage first)"
         )
-    resize = crawl_resize() if p.match.eval_view == "crawl" else ResizeParams()
-    view = EvalView(mode=p.match.eval_view, resize=resize, crops=tuple(p.match.crops))
+    view = eval_view_of(p)
     items = shard_items(
         {str(k): v for k, v in shards.items()},
         prefixes=eval_prefixes(shards, eval_dir),
         chunk=p.compute.rows_per_block,
     )
-    return with_eval_ids(hash_items(items, read_shard, view))
+    return with_eval_ids(hash_items(items, read_shard, view, "decontaminate: hashing eval images"))
 
 
 def crawl_features(p: DecontaminateParams) -> pa.Table:
@@ -59,7 +68,8 @@ def crawl_features(p: DecontaminateParams) -> pa.Table:
     from tasks.io.paths import resolve_path
 
     tars = list_tars(resolve_path(p.paths.shards))
-    rows = hash_items(shard_items(tars, p.compute.rows_per_block), read_crawl_shard)
+    items = shard_items(tars, p.compute.rows_per_block)
+    rows = hash_items(items, read_crawl_shard, label="decontaminate: hashing crawl images")
     if rows.num_rows == 0:
         raise ValueError(f"decontaminate: the shards under {p.paths.shards} hold no image samples")
     return rows.sort_by("uid")
@@ -159,19 +169,17 @@ def _transformations(planted: Path) -> dict[str, str]:
     }
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    """Parquet written whole or not at all (a temporary file, then a rename)."""
-    import pyarrow.parquet as pq
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
-
-
 def run(params: DecontaminateParams) -> dict[str, Any]:
     """Hash, match, write the flagged list and the planted report; return the metrics."""
     from tasks.decontam.matching import match_pairs
+    from tasks.decontam.stored import (
+        CRAWL_COLUMNS,
+        CRAWL_HASHES_FILE,
+        EVAL_COLUMNS,
+        EVAL_HASHES_FILE,
+        views_fingerprint,
+        write_table,
+    )
     from tasks.io import atomic_write_json
     from tasks.io.paths import resolve_path
 
@@ -179,14 +187,16 @@ def run(params: DecontaminateParams) -> dict[str, Any]:
     out_dir = resolve_path(p.paths.out_dir)
     ev = eval_features(p)
     print(f"[decontaminate] hashed {ev.num_rows} eval views", flush=True)
-    keep = ["id", "variant", "image_sha256", "phash", "dhash", "image_reason"]
-    _write_parquet(
-        ev.select([c for c in keep if c in ev.column_names]), out_dir / "eval_hashes.parquet"
+    write_table(
+        ev.select(EVAL_COLUMNS),
+        out_dir / EVAL_HASHES_FILE,
+        fingerprint=views_fingerprint(resolve_path(p.paths.eval_dir), eval_view_of(p)),
     )
     rows = crawl_features(p)
     print(f"[decontaminate] hashed {rows.num_rows} crawl images", flush=True)
+    write_table(rows.select(CRAWL_COLUMNS), out_dir / CRAWL_HASHES_FILE)
     flagged = flagged_table(rows, match_pairs(rows, ev, p.match.thresholds()))
-    _write_parquet(flagged, out_dir / "flagged_uids.parquet")
+    write_table(flagged, out_dir / "flagged_uids.parquet")
     reasons = rows.column("image_reason").to_pylist()
     flagged_uids = set(flagged.column("uid").to_pylist())
     metrics: dict[str, Any] = {
@@ -205,7 +215,7 @@ def run(params: DecontaminateParams) -> dict[str, Any]:
     if planted is not None and planted.exists():
         qa, copies = planted_report(rows, ev, planted, p)
         metrics.update(qa)
-        _write_parquet(copies, out_dir / "planted_uids.parquet")
+        write_table(copies, out_dir / "planted_uids.parquet")
     elif planted is not None:
         raise FileNotFoundError(
             f"decontaminate: paths.planted {planted} does not exist (set it to null for no recall)"

@@ -7,7 +7,7 @@ library takes); Ray actors call `load_model` themselves, so only the reference t
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ class LoadedModel:
     model: Any
     preprocess: Any
     tokenizer: Any
+    model_cfg: dict[str, Any] = field(default_factory=dict)  # open_clip config (tokenizer settings)
 
 
 def model_label(ref: str) -> str:
@@ -37,6 +38,15 @@ def model_label(ref: str) -> str:
 def load_model(ref: str) -> LoadedModel:
     """The model in eval mode on the CPU with its labels; tasks.clip.ModelLoadError names `ref`."""
     from tasks.clip import architecture_of, load_clip
+    from tasks.clip.load import model_config_of
 
     model, preprocess, tokenizer = load_clip(ref)
-    return LoadedModel(model_label(ref), ref, architecture_of(ref), model, preprocess, tokenizer)
+    return LoadedModel(
+        model_label(ref),
+        ref,
+        architecture_of(ref),
+        model,
+        preprocess,
+        tokenizer,
+        model_config_of(ref),
+    )

@@ -134,17 +134,16 @@ def pair_losses(img: Any, txt: Any, scale: float, batch: int, seed: int) -> np.n
 
 
 def attack_scores(
-    loaded: Any, pairs: list[Pair], p: MembershipParams, embed: EmbedParams
+    emb: Any, pairs: list[Pair], p: MembershipParams, embed: EmbedParams
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine similarity, minus loss) per pair: higher = more member-like."""
+    """(cosine similarity, minus loss) per pair: higher = more member-like. `emb` is the model's
+    `Embedder`: pairs met before (the shift comparison draws the same members) are not re-encoded."""
     import torch
 
-    from tasks.evaluate.embed import encode_images, encode_texts
-
-    img = encode_images(loaded, [b for b, _ in pairs], embed)
-    txt = encode_texts(loaded.model, loaded.tokenizer, [t for _, t in pairs], amp=embed.amp)
+    img = emb.images([b for b, _ in pairs], label="evaluate: embedding audit pairs")
+    txt = emb.texts([t for _, t in pairs])
     sim = (img * txt).sum(dim=1).numpy()
-    scale = getattr(loaded.model, "logit_scale", None)
+    scale = getattr(emb.loaded.model, "logit_scale", None)
     scale = float(scale.detach().exp()) if isinstance(scale, torch.Tensor) else 100.0
     return sim, -pair_losses(img, txt, scale, p.loss_batch, p.seed)
 
@@ -236,10 +235,15 @@ def audit(
 
 
 def run_audits(
-    p: MembershipParams, loaded: dict[str, Any], out: Path, embed: EmbedParams
+    p: MembershipParams,
+    embedders: dict[str, Any],
+    out: Path,
+    embed: EmbedParams,
+    store_root: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Every target: model name -> its audit results. A model is loaded only when something is
-    measured on it (a target without members or held-out pairs only records why not)."""
+    """Every target: model name -> its audit results. `embedders` are the evaluated models'
+    (`Embedder` by reference, so their embeddings are reused); another model is loaded only when
+    something is measured on it (a target without members or held-out pairs records why not)."""
     from types import SimpleNamespace
 
     from tasks.evaluate.loading import load_model, model_label
@@ -248,7 +252,11 @@ def run_audits(
     for target in p.targets:
         model: Any
         if target.members is not None:
-            model = loaded.get(target.model) or load_model(target.model)
+            model = embedders.get(target.model)
+            if model is None:
+                from tasks.evaluate.features import Embedder
+
+                model = Embedder(load_model(target.model), embed, store_root)
         else:  # nothing to embed: only the name is needed
             model = SimpleNamespace(name=model_label(target.model))
         results[model.name] = audit(model, target, p, out, embed)

@@ -29,10 +29,17 @@ class _Section(BaseModel):
 
 
 class EmbedParams(_Section):
-    """How image embeddings are computed: in process for small sets, a Ray Data actor pool for large."""
+    """How embeddings are computed: each image and text once per model (tasks/evaluate/features.py),
+    frozen-tower features from the feature store when stored, in process unless Ray pays off."""
 
+    # fmt: off
     batch_size: int = Field(default=64, ge=1, le=4096)  # images per forward pass
-    ray_min_samples: int = Field(default=5000, ge=0)  # sets with at least this many images use Ray
+    text_batch_size: int = Field(default=256, ge=1, le=65536)  # texts per forward pass
+    feature_store: bool = True  # read/add frozen-tower features in the store (data/features or $CLIPMILL_FEATURE_STORE; a pure cache, same results); False = compute every one
+    channels_last: bool = True  # run the image tower in channels-last memory (oneDNN's fast CPU path for conv towers; same outputs)
+    ray: Literal["auto", "always", "never"] = "auto"  # Ray Data actor pool: auto = only on a Ray cluster with more CPUs than this machine
+    ray_min_samples: int = Field(default=5000, ge=0)  # images still to embed at or above which Ray may be used
+    # fmt: on
     actors: int = Field(
         default=1, ge=1, le=64
     )  # size of the Ray Data actor pool (keep small on 2 CPUs)

@@ -9,6 +9,7 @@ result is compared with plain zero-shot top-1 on the same images.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,17 +44,20 @@ def infer_and_classify(scores: Any) -> tuple[Any, Any]:
 
 
 def evaluate(
-    loaded: Any, s: EvalSet, img: Any, p: PerceptionParams, zeroshot_acc1: float
+    encode: Callable[[list[str]], Any],
+    s: EvalSet,
+    img: Any,
+    p: PerceptionParams,
+    zeroshot_acc1: float,
 ) -> dict[str, Any]:
-    """Top-1 with inferred attributes, its change against plain zero-shot, and how often each value was inferred."""
+    """Top-1 with inferred attributes, its change against plain zero-shot, and how often each
+    value was inferred; `encode` maps prompts to text embeddings (the model's `Embedder.texts`)."""
     import torch
 
-    from tasks.evaluate.suite import text_encoder
     from tasks.evaluate.zeroshot import logits, zeroshot_classifier
 
     combos = attribute_combos(p.attributes)
     templates = s.templates[: p.max_templates]
-    encode = text_encoder(loaded)
     weights = [
         zeroshot_classifier(encode, s.classnames, conditioned_templates(templates, z))
         for z in combos

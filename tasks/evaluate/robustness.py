@@ -9,6 +9,8 @@ tested, at random placements, on the rest.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tasks.evaluate.datasets import EvalSet
@@ -73,21 +75,26 @@ def paste(x: Any, patch: Any, gen: Any) -> Any:
     return torch.stack(out)
 
 
-def evaluate(loaded: Any, s: EvalSet, p: RobustnessParams, amp: bool = False) -> dict[str, Any]:
+def evaluate(emb: Any, s: EvalSet, p: RobustnessParams) -> dict[str, Any]:
+    """Zero-shot top-1 on the first `max_samples` images: clean (their stored embeddings, the
+    zero-shot task's), under each corruption and fraction, and under an adversarial patch.
+    `emb` is the model's `Embedder`: its classifier prompts and clean embeddings are reused."""
     import torch
 
     from tasks.evaluate.embed import pixel_batch
-    from tasks.evaluate.suite import text_encoder
     from tasks.evaluate.zeroshot import zeroshot_classifier
 
+    loaded = emb.loaded
     n = min(p.max_samples, len(s))
     mean, std = normalisation(loaded.preprocess)
     x = pixel_batch(s.images[:n], loaded.preprocess) * std + mean
     y = torch.as_tensor(s.labels[:n])
-    w = zeroshot_classifier(text_encoder(loaded, amp), s.classnames, s.templates)
+    w = zeroshot_classifier(emb.text_encoder(), s.classnames, s.templates)
+    layout = torch.channels_last if emb.params.channels_last else torch.contiguous_format
 
     def scores(batch: Any) -> Any:
-        feats = loaded.model.encode_image((batch - mean) / std)
+        pixels = ((batch - mean) / std).contiguous(memory_format=layout)
+        feats = loaded.model.encode_image(pixels)
         return 100.0 * torch.nn.functional.normalize(feats, dim=-1) @ w
 
     def acc(batch: Any) -> float:
@@ -95,14 +102,30 @@ def evaluate(loaded: Any, s: EvalSet, p: RobustnessParams, amp: bool = False) ->
             return float((scores(batch).argmax(1) == y[: len(batch)]).float().mean())
 
     gen = torch.Generator().manual_seed(p.seed)
-    out: dict[str, Any] = {"clean_acc1": acc(x)}
+    clean = (100.0 * emb.images(s.images[:n]) @ w).argmax(1)
+    out: dict[str, Any] = {"clean_acc1": float((clean == y).float().mean())}
     for kind in p.corruptions:
         for frac in p.fractions:
             mask = patch_mask(n, x.shape[-1], p.grid, frac, gen)
             out[f"{kind}_{frac:g}_acc1"] = acc(corrupt(x, kind, mask, p, gen))
     if p.adversarial:
-        out.update(adversarial_patch(x, y, scores, p, gen))
+        with frozen_weights(loaded.model):
+            out.update(adversarial_patch(x, y, scores, p, gen))
     return out
+
+
+@contextmanager
+def frozen_weights(model: Any) -> Iterator[None]:
+    """No gradient bookkeeping for the weights while the patch is optimised (only the patch
+    needs one); every parameter's own flag put back afterwards."""
+    flags = [(q, q.requires_grad) for q in model.parameters()]
+    for q, _ in flags:
+        q.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for q, flag in flags:
+            q.requires_grad_(flag)
 
 
 def adversarial_patch(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,8 @@ from tasks.evaluate.datasets import (
     PublicBenchmarkMissing,
     load_set,
 )
-from tasks.evaluate.loading import LoadedModel, load_model
+from tasks.evaluate.features import Embedder
+from tasks.evaluate.loading import load_model
 from tasks.evaluate.params import EvaluateParams
 from tasks.evaluate.scoreboard import Row
 from tasks.io.paths import resolve_path
@@ -37,12 +37,40 @@ def load_sets(params: EvaluateParams) -> tuple[dict[str, EvalSet], list[str]]:
     return sets, skipped
 
 
+def store_root(params: EvaluateParams) -> Path | None:
+    """Where frozen-tower features are read and added (tasks/clip/featurestore.py), or None."""
+    if not params.embed.feature_store:
+        return None
+    from tasks.clip.featurestore import default_store_root
+
+    return default_store_root()
+
+
+def probe_train_images(params: EvaluateParams, sets: dict[str, EvalSet]) -> dict[str, EvalSet]:
+    """The train splits the linear probe will fit on (sets that have one), read once."""
+    from tasks.evaluate.datasets import has_split
+
+    p = params.probe
+    out: dict[str, EvalSet] = {}
+    if not p.enabled or p.train_split == params.split:
+        return out
+    for name, s in sets.items():
+        probed = s.task == CLASSIFICATION and name in p.datasets
+        if probed and has_split(name, params.eval_root, params.public_root, p.train_split):
+            out[name] = load_set(name, params.eval_root, params.public_root, p.train_split)
+    return out
+
+
 def evaluate_model(
-    loaded: LoadedModel, sets: dict[str, EvalSet], params: EvaluateParams, out: Path
+    emb: Embedder,
+    sets: dict[str, EvalSet],
+    params: EvaluateParams,
+    out: Path,
+    train_sets: dict[str, EvalSet] | None = None,
 ) -> tuple[dict[str, Any], list[Row]]:
-    """Embed each set once, then run the tasks that apply to it."""
+    """Embed every image of every set (and of the probe's train splits) in one pass, each
+    distinct image once, then run the tasks that apply to each set on those embeddings."""
     from tasks.evaluate import suite
-    from tasks.evaluate.embed import encode_images
     from tasks.evaluate.scoreboard import (
         PROBE_METRIC,
         PROBE_TASK,
@@ -51,51 +79,56 @@ def evaluate_model(
         make_row,
     )
 
+    loaded = emb.loaded
+    everything = [b for s in [*sets.values(), *(train_sets or {}).values()] for b in s.images]
+    emb.images(everything)  # one pass: batches fill across sets, repeats are encoded once
     metrics: dict[str, Any] = {}
     rows: list[Row] = []
-    n_images, seconds = 0, 0.0
     for name, s in sets.items():
-        started = time.perf_counter()
-        img = encode_images(loaded, s.images, params.embed)
-        seconds += time.perf_counter() - started
-        n_images += len(s)
+        img = emb.images(s.images)
         if s.task == CLASSIFICATION:
-            m = suite.zeroshot_task(loaded, s, img, params, out)
+            m = suite.zeroshot_task(emb, s, img, params, out)
         else:
-            m = suite.retrieval_task(loaded, s, img, params, out)
+            m = suite.retrieval_task(emb, s, img, params, out)
         metric = main_metric(s.task, name, params.main_metrics)
         rows.append(make_row(loaded.name, s, s.task, metric, main_value(m, metric)))
         m = {
             k: v for k, v in m.items() if v == v
         }  # NaN (acc5 below 5 classes) stays in the JSON only
-        m.update(_extras(loaded, s, img, params, out, m))
+        m.update(_extras(emb, s, img, params, out, m, (train_sets or {}).get(name)))
         if PROBE_METRIC in m:  # shown with its chance and baseline, outside the average
             rows.append(make_row(loaded.name, s, PROBE_TASK, PROBE_METRIC, m[PROBE_METRIC], False))
         metrics[name] = m
-    metrics["images_per_s"] = n_images / seconds if seconds else 0.0
+    stats = emb.stats.as_metrics()
+    metrics["images_per_s"] = stats["images_per_s"]
+    metrics["embedding"] = stats
     return metrics, rows
 
 
 def _extras(
-    loaded: LoadedModel,
+    emb: Embedder,
     s: EvalSet,
     img: Any,
     params: EvaluateParams,
     out: Path,
     base: dict[str, float],
+    train: EvalSet | None = None,
 ) -> dict[str, Any]:
-    """Probe, PerceptionCLIP and robustness, for the classification sets their params name."""
+    """Probe (on `train`, the set's train split, when read already), PerceptionCLIP and
+    robustness, for the classification sets their params name."""
     from tasks.evaluate import perception, robustness, suite
 
     extra: dict[str, Any] = {}
     if s.task != CLASSIFICATION:
         return extra
     if params.probe.enabled and s.name in params.probe.datasets:
-        extra.update(suite.probe_task(loaded, s, img, params, out))
+        extra.update(suite.probe_task(emb, s, img, params, out, train))
     if params.perception.enabled and s.name in params.perception.datasets:
-        extra["perception"] = perception.evaluate(loaded, s, img, params.perception, base["acc1"])
+        extra["perception"] = perception.evaluate(
+            emb.text_encoder(), s, img, params.perception, base["acc1"]
+        )
     if params.robustness.enabled and s.name in params.robustness.datasets:
-        extra["robustness"] = robustness.evaluate(loaded, s, params.robustness, params.embed.amp)
+        extra["robustness"] = robustness.evaluate(emb, s, params.robustness)
     return extra
 
 
@@ -128,14 +161,16 @@ def run(params: EvaluateParams) -> dict[str, Any]:
     metrics: dict[str, Any] = {"skipped_public_datasets": len(skipped)}
     leaks = _leak_report(params, out, [n for n in sets if n in params.datasets])
     rows: list[Row] = []
-    loaded_models: dict[str, LoadedModel] = {}
+    embedders: dict[str, Embedder] = {}
+    root = store_root(params)
+    train_sets = probe_train_images(params, sets)
     for ref in params.models:
-        loaded = load_model(ref)
-        loaded_models[ref] = loaded
-        metrics[loaded.name], model_rows = evaluate_model(loaded, sets, params, out)
+        emb = Embedder(load_model(ref), params.embed, root)
+        embedders[ref] = emb
+        metrics[emb.name], model_rows = evaluate_model(emb, sets, params, out, train_sets)
         rows.extend(model_rows)
-        if loaded.name in leaks:
-            metrics[loaded.name]["leakage"] = leaks[loaded.name]
+        if emb.name in leaks:
+            metrics[emb.name]["leakage"] = leaks[emb.name]
     for model, mean in scoreboard.means(rows).items():
         metrics[model]["scoreboard_mean"] = mean
     scoreboard.attach(metrics, rows)
@@ -145,7 +180,7 @@ def run(params: EvaluateParams) -> dict[str, Any]:
     if params.membership.enabled:
         from tasks.evaluate import membership
 
-        audits = membership.run_audits(params.membership, loaded_models, out, params.embed)
+        audits = membership.run_audits(params.membership, embedders, out, params.embed, root)
         for name, results in audits.items():  # membership, and membership_shift (labelled)
             metrics.setdefault(name, {}).update(results)
     atomic_write_json(out / "metrics.json", metrics)

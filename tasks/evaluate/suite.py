@@ -1,4 +1,8 @@
-"""One model on one set: embed once, then every task that applies, each writing its JSON record."""
+"""One model on one set: every task that applies, each writing its JSON record.
+
+Every function takes the model's `Embedder` (tasks/evaluate/features.py): images and texts are
+embedded once per model and reused across tasks; `emb.loaded` names the model in records.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +13,21 @@ import numpy as np
 
 from tasks.evaluate import plots, results
 from tasks.evaluate.datasets import CLASSIFICATION, RETRIEVAL, EvalSet, load_set
-from tasks.evaluate.embed import decode_image, encode_images, encode_texts
-from tasks.evaluate.loading import LoadedModel
+from tasks.evaluate.embed import decode_image
+from tasks.evaluate.features import Embedder
 from tasks.evaluate.params import EvaluateParams
 
 
-def text_encoder(loaded: LoadedModel, amp: bool = False) -> Any:
-    return lambda texts: encode_texts(loaded.model, loaded.tokenizer, texts, amp=amp)
-
-
 def zeroshot_task(
-    loaded: LoadedModel, s: EvalSet, img: Any, params: EvaluateParams, out: Path
+    emb: Embedder, s: EvalSet, img: Any, params: EvaluateParams, out: Path
 ) -> dict[str, float]:
     """Zero-shot metrics, confusion matrix and per-class recall plots, CLIP_benchmark JSON."""
     import torch
 
     from tasks.evaluate import zeroshot
 
-    classifier = zeroshot.zeroshot_classifier(
-        text_encoder(loaded, params.embed.amp), s.classnames, s.templates
-    )
+    loaded = emb.loaded
+    classifier = zeroshot.zeroshot_classifier(emb.text_encoder(), s.classnames, s.templates)
     scores = zeroshot.logits(img, classifier)
     target = torch.as_tensor(s.labels)
     metrics = zeroshot.classification_metrics(scores, target, len(s.classnames))
@@ -50,13 +49,14 @@ def zeroshot_task(
 
 
 def retrieval_task(
-    loaded: LoadedModel, s: EvalSet, img: Any, params: EvaluateParams, out: Path
+    emb: Embedder, s: EvalSet, img: Any, params: EvaluateParams, out: Path
 ) -> dict[str, float]:
     """Recall@k both directions (any-positive rule), a figure of example image queries, JSON."""
     from tasks.evaluate import retrieval
 
+    loaded = emb.loaded
     texts, owner = retrieval.flatten_captions(s.captions)
-    txt = encode_texts(loaded.model, loaded.tokenizer, texts, amp=params.embed.amp)
+    txt = emb.texts(texts)
     metrics = retrieval.recall_at_k(img, txt, owner, params.recall_k)
     _write(out, loaded, s.name, RETRIEVAL, metrics, params.language)
     shown = list(range(min(4, len(s))))
@@ -74,9 +74,15 @@ def retrieval_task(
 
 
 def probe_task(
-    loaded: LoadedModel, s: EvalSet, img: Any, params: EvaluateParams, out: Path
+    emb: Embedder,
+    s: EvalSet,
+    img: Any,
+    params: EvaluateParams,
+    out: Path,
+    train: EvalSet | None = None,
 ) -> dict[str, Any]:
-    """Probe on the set's train split when it has one (test only scored), else k-fold over test.
+    """Probe on the set's train split when it has one (test only scored), else k-fold over test;
+    `train` is that split when the caller read it already.
 
     The record (CLIP_benchmark's JSON) says which scheme ran (`split_scheme`), how many images
     trained and were scored, the validation accuracy per C, and for k-fold every fold's numbers.
@@ -84,13 +90,16 @@ def probe_task(
     from tasks.evaluate.datasets import has_split
     from tasks.evaluate.linear_probe import kfold_probe, probe
 
+    loaded = emb.loaded
     p = params.probe
     test_x, test_y = img.numpy(), np.asarray(s.labels)
-    if p.train_split != s.split and has_split(
-        s.name, params.eval_root, params.public_root, p.train_split
+    if train is None and (
+        p.train_split != s.split
+        and has_split(s.name, params.eval_root, params.public_root, p.train_split)
     ):
         train = load_set(s.name, params.eval_root, params.public_root, p.train_split)
-        train_x = encode_images(loaded, train.images, params.embed).numpy()
+    if train is not None:
+        train_x = emb.images(train.images).numpy()
         result = probe(
             train_x,
             np.asarray(train.labels),
@@ -128,7 +137,7 @@ def probe_task(
 
 
 def _write(
-    out: Path, loaded: LoadedModel, dataset: str, task: str, metrics: dict[str, Any], language: str
+    out: Path, loaded: Any, dataset: str, task: str, metrics: dict[str, Any], language: str
 ) -> None:
     results.write_record(
         out, loaded.name, results.record(dataset, loaded.arch, loaded.ref, task, metrics, language)

@@ -35,17 +35,22 @@ def classifier_from_text_embeddings(per_class: Sequence[Any]) -> Any:
 def zeroshot_classifier(
     encode_text: Callable[[list[str]], Any], classnames: Sequence[str], templates: Sequence[str]
 ) -> Any:
-    """encode_text maps a list of prompts to raw (unnormalised or normalised) embeddings."""
+    """encode_text maps a list of prompts to raw (unnormalised or normalised) embeddings.
+
+    Every prompt of every class goes to `encode_text` in one call (it batches), then the rows are
+    cut back into one block per class: the same embeddings as one call per class, in far fewer
+    forward passes (90 classes x 4 templates was 90 passes of 4 prompts)."""
     import torch
 
     if not classnames:
         raise ValueError("zero-shot classifier: no class names")
     if not templates:
         raise ValueError("zero-shot classifier: no templates")
+    prompts = [p for c in classnames for p in class_prompts(c, templates)]
     with torch.no_grad():
-        return classifier_from_text_embeddings(
-            [encode_text(class_prompts(c, templates)) for c in classnames]
-        )
+        emb = encode_text(prompts)
+        per_class = emb.reshape(len(classnames), len(templates), -1)
+        return classifier_from_text_embeddings(list(per_class))
 
 
 def logits(image_features: Any, classifier: Any) -> Any:

@@ -31,7 +31,9 @@ class SampleParams(StageParams):
     emoji_skin_tones: bool = True  # include skin-tone variants (else ~1.9k base emoji)
     tuxpaint_max_items: int = Field(default=0, ge=0)  # Tux Paint stamps taken (0 = all ~950)
     gimp_max_pages: int = Field(default=0, ge=0)  # GIMP manual pages copied (0 = all 685)
-    fashion_mnist_max_items: int = Field(default=0, ge=0)  # Fashion-MNIST test images (0 = 10k)
+    fashion_mnist_max_items: int = Field(
+        default=2000, ge=0
+    )  # Fashion-MNIST test images, the first N (0 = all 10k)
     fashion_mnist_train_max_items: int = Field(
         default=2000, ge=0
     )  # train images written as the probe's `train` split (seeded, class-balanced; 0 = all 60k)

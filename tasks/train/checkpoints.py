@@ -123,15 +123,20 @@ def export_model_folder(out_dir: Path, built: Any, params_yaml: str, step: int) 
     import torch
     from safetensors.torch import save_file
 
+    from tasks.clip.folder import folder_config
+
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp_"))
     sd = state_dict_for_saving(built.model)
     save_file(sd, str(tmp / "model.safetensors"))
-    config = {
-        "model_name": built.model_name,
-        "model_cfg": built.model_cfg,
-        "preprocess_cfg": built.preprocess_cfg,
-    }
+    # written for open_clip's `local-dir:` too (offline: the HF tower config by the folder's path)
+    config = folder_config(
+        built.model_name,
+        built.model_cfg,
+        built.preprocess_cfg,
+        out_dir,
+        hf_files_in_folder=bool(built.hf_dir),
+    )
     (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2, default=list))
     (tmp / "params.yaml").write_text(params_yaml)
     torch.save(

@@ -4,6 +4,13 @@ Every worker reads the same global sample stream and keeps its slice of each glo
 N workers see exactly the batches one worker would (the equivalence the tests check), and a
 resumed run skips the consumed batches without decoding them (exact resume).
 
+With `split_shards` (params `shard_split`) each worker instead reads only its own shards,
+`shards[rank::world]` as webdataset's `split_by_node` gives them to open_clip, in its own seeded
+stream: the workers see disjoint samples and together all of them, no worker reads (and
+untars) what others train on, and resume stays exact (each worker's stream depends only on the
+seed, its rank and the world size). The price: N workers no longer compute what one would, and
+with uneven shard sizes the samples of a smaller part come round more often.
+
 Samples whose key (the crawl's uid) is in the run's `exclude_uids` list (decontaminate's
 flagged eval copies) are dropped from the raw stream before shuffling, so no worker, epoch or
 resume ever sees them, and the counts that size the run leave them out too.
@@ -14,7 +21,7 @@ from __future__ import annotations
 import glob
 import io
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,13 +77,26 @@ def load_excluded(spec: str | None) -> frozenset[str]:
     return frozenset(str(u) for u in uids if u is not None)
 
 
+_KEYS: dict[tuple[str, int, int], list[str]] = {}  # (path, size, mtime_ns) -> image sample keys
+
+
+def _image_keys(shard: str) -> list[str]:
+    """A shard's image sample keys, read from its headers once per process while the file is
+    unchanged: the stage counts before training (preflight) and again for its report."""
+    st = Path(shard).stat()
+    key = (shard, st.st_size, st.st_mtime_ns)
+    if key not in _KEYS:
+        _KEYS[key] = sample_keys(shard, IMAGE_EXTS)
+    return _KEYS[key]
+
+
 def sample_counts(shards: list[str], exclude: frozenset[str] = frozenset()) -> tuple[int, int]:
     """(samples with an image that are trained on, samples skipped as excluded), from tar
     headers only (no decoding), to check batch sizes up front."""
     kept = skipped = 0
     for shard in shards:
         try:
-            keys = sample_keys(shard, IMAGE_EXTS)
+            keys = _image_keys(shard)
         except ShardError as exc:
             raise DataError(f"shard {exc}") from None
         except OSError as exc:
@@ -99,18 +119,27 @@ def _shard_samples(shard: str) -> Iterator[dict[str, Any]]:
     yield from wds.tariterators.tarfile_samples([{"url": shard}])
 
 
+Reader = Callable[[str], Iterator[dict[str, Any]]]  # shard path -> its samples, in tar order
+
+
 def raw_stream(
-    shards: list[str], seed: int, resample: bool, exclude: frozenset[str] = frozenset()
+    shards: list[str],
+    seed: int,
+    resample: bool,
+    exclude: frozenset[str] = frozenset(),
+    reader: Reader | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Endless raw samples (bytes, undecoded): shards drawn with replacement or in seeded epochs;
-    samples without an image or with an excluded key are skipped."""
+    samples without an image or with an excluded key are skipped. `reader` yields a shard's
+    samples, `_shard_samples` when None (the stored-feature path passes one that replays them
+    from memory, without the image bytes: the same samples, the same order)."""
     rng = random.Random(seed)
     while True:
         order = (
             [rng.choice(shards) for _ in shards] if resample else rng.sample(shards, len(shards))
         )
         for shard in order:
-            for sample in _shard_samples(shard):
+            for sample in (reader or _shard_samples)(shard):
                 if image_ext(sample) is not None and sample.get("__key__") not in exclude:
                     yield sample
 
@@ -135,9 +164,10 @@ def global_batches(
     resample: bool,
     buffer: int,
     exclude: frozenset[str] = frozenset(),
+    reader: Reader | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Global batches of raw samples, each sample tagged with its global index in the stream."""
-    stream = shuffled(raw_stream(shards, seed, resample, exclude), buffer, seed)
+    stream = shuffled(raw_stream(shards, seed, resample, exclude, reader), buffer, seed)
     index = 0
     while True:
         batch = []
@@ -147,6 +177,61 @@ def global_batches(
             index += 1
             batch.append(sample)
         yield batch
+
+
+def shard_part(shards: list[str], rank: int, world: int) -> list[str]:
+    """The shards worker `rank` of `world` reads in split mode: every world-th one from its rank
+    (webdataset's split_by_node, which open_clip uses); a clear error when a worker gets none."""
+    if len(shards) < world:
+        raise DataError(
+            f"shard_split: {len(shards)} shard(s) for {world} workers; each worker needs at "
+            f"least one shard of its own (write more, smaller shards or turn shard_split off)"
+        )
+    return shards[rank::world]
+
+
+def check_split(shards: list[str], world: int, exclude: frozenset[str] = frozenset()) -> None:
+    """Before any worker starts: every worker's part holds samples it may train on (a worker with
+    none would wait forever for its first batch); the error names the part's shards."""
+    for rank in range(world):
+        part = shard_part(shards, rank, world)
+        if count_samples(part, exclude) == 0:
+            raise DataError(
+                f"shard_split: worker {rank} of {world} would read only {', '.join(part)}, "
+                "which hold no image samples it may train on"
+            )
+
+
+def split_batches(
+    shards: list[str],
+    batch_size: int,
+    *,
+    rank: int,
+    world: int,
+    seed: int,
+    resample: bool,
+    buffer: int,
+    exclude: frozenset[str] = frozenset(),
+    reader: Reader | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """Split mode: worker `rank`'s local batches (batch_size // world samples) from its own shards
+    only, in a stream seeded by (seed, rank). Each sample's `__index__` is the position it holds in
+    the global batch of its step (step * batch_size + rank * local + j), so the per-sample seeds
+    (augmentation, caption choice) differ across workers; with one worker this is exactly the
+    global stream."""
+    local = batch_size // world
+    mine = shard_part(shards, rank, world)
+    wseed = seed + 1_000_003 * rank
+    stream = shuffled(raw_stream(mine, wseed, resample, exclude, reader), buffer, wseed)
+    step = 0
+    while True:
+        batch = []
+        for j in range(local):
+            sample = next(stream)
+            sample["__index__"] = step * batch_size + rank * local + j
+            batch.append(sample)
+        yield batch
+        step += 1
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -213,6 +298,49 @@ def decode_batch(
     return torch.stack(images), tokenizer(texts)
 
 
+def worker_samples(
+    shards: list[str],
+    *,
+    batch_size: int,
+    rank: int,
+    world: int,
+    seed: int,
+    resample: bool,
+    buffer: int,
+    start_step: int = 0,
+    exclude: frozenset[str] = frozenset(),
+    split_shards: bool = False,
+    reader: Reader | None = None,
+) -> Iterator[list[dict[str, Any]]]:
+    """This worker's raw (undecoded) samples of every step from `start_step` on: the one place
+    that decides which samples a worker trains on, shared by the decoding path below and the
+    stored-feature path (tasks/train/features.py), so both see the same samples in the same order.
+    `split_shards`: read only this worker's shards (`split_batches`) instead of slicing the
+    global stream."""
+    local = batch_size // world
+    if split_shards:
+        own = split_batches(
+            shards,
+            batch_size,
+            rank=rank,
+            world=world,
+            seed=seed,
+            resample=resample,
+            buffer=buffer,
+            exclude=exclude,
+            reader=reader,
+        )
+        for step, batch in enumerate(own):
+            if step >= start_step:  # consumed before the checkpoint: skipped undecoded
+                yield batch
+        return
+    batches = global_batches(shards, batch_size, seed, resample, buffer, exclude, reader)
+    for step, batch in enumerate(batches):
+        if step < start_step:
+            continue  # consumed before the checkpoint: skipped undecoded
+        yield batch[rank * local : (rank + 1) * local]
+
+
 def worker_batches(
     shards: list[str],
     *,
@@ -228,14 +356,21 @@ def worker_batches(
     start_step: int = 0,
     augment: bool = True,
     exclude: frozenset[str] = frozenset(),
+    split_shards: bool = False,
 ) -> Iterator[tuple[Any, Any]]:
-    """This worker's slice of every global batch from `start_step` on, decoded; `exclude`d keys
-    never appear."""
-    local = batch_size // world
-    batches = global_batches(shards, batch_size, seed, resample, buffer, exclude)
-    for step, batch in enumerate(batches):
-        if step < start_step:
-            continue  # consumed before the checkpoint: skipped undecoded
-        yield decode_batch(
-            batch[rank * local : (rank + 1) * local], transform, tokenizer, fields, seed, augment
-        )
+    """This worker's slice of every global batch from `start_step` on (or, with `split_shards`,
+    its batches from its own shards), decoded; `exclude`d keys never appear."""
+    samples = worker_samples(
+        shards,
+        batch_size=batch_size,
+        rank=rank,
+        world=world,
+        seed=seed,
+        resample=resample,
+        buffer=buffer,
+        start_step=start_step,
+        exclude=exclude,
+        split_shards=split_shards,
+    )
+    for mine in samples:
+        yield decode_batch(mine, transform, tokenizer, fields, seed, augment)

@@ -26,6 +26,7 @@ class TrainParams(StageParams):
     lock_text_unlocked_layers: int = Field(default=0, ge=0)  # last layers of a locked text tower left trainable
     lock_text_freeze_layer_norm: bool = True  # also freeze LayerNorms of a locked text tower
     grad_checkpointing: bool = False  # recompute activations in backward to save memory
+    feature_cache: bool = True  # fully locked towers (no augmentation): encode their frozen features once into the feature store (data/features), steps run only the heads; same results
 
     # data
     shards: str = "data/curate/shards"  # folder of webdataset *.tar shards (or a glob)
@@ -54,6 +55,7 @@ class TrainParams(StageParams):
 
     # distribution and checkpoints
     num_workers: int = Field(default=0, ge=0, le=1024)  # Ray Train workers; 0 = in-process local mode
+    shard_split: bool = False  # each worker reads only its own shards (shards[rank::num_workers], open_clip style) instead of all of them; faster, but not equal to one worker
     use_gpu: bool = False  # one GPU per worker (nccl) instead of CPU (gloo)
     cpus_per_worker: float = Field(default=1.0, gt=0)  # CPUs Ray reserves per worker
     max_failures: int = Field(default=0, ge=-1)  # Ray Train restarts after a worker failure (-1 = unlimited)
@@ -84,6 +86,10 @@ class TrainParams(StageParams):
             )
         return self
 
+    def needs_ray(self) -> bool:
+        """Local mode (num_workers=0) trains in the runner's process: no Ray to start."""
+        return self.num_workers > 0
+
     def fingerprint_fields(self) -> dict:
         """What makes two runs the same computation: resume only ever continues an identical run."""
         skip = {
@@ -97,5 +103,8 @@ class TrainParams(StageParams):
             "registered_model_name",
             "run_root",
             "keep_checkpoints",
+            "feature_cache",  # a pure cache: on or off, the same computation
         }
+        if self.shard_split and self.num_workers > 1:  # the workers' parts make the data order
+            skip.discard("num_workers")
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}

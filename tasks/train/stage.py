@@ -24,10 +24,13 @@ def preflight(p: TrainParams) -> tuple[list[str], int]:
     (excluded samples left out), model name, tower file."""
     from tasks.clip import model_config
     from tasks.clip.towers import resolve_pkg_path
-    from tasks.train.data import DataError, count_samples, list_shards, load_excluded
+    from tasks.train.data import DataError, check_split, count_samples, list_shards, load_excluded
 
     shards = list_shards(p.shards)
-    n = count_samples(shards, load_excluded(p.exclude_uids))
+    excluded = load_excluded(p.exclude_uids)
+    n = count_samples(shards, excluded)
+    if p.shard_split and p.num_workers > 1:
+        check_split(shards, p.num_workers, excluded)
     if n == 0:
         raise DataError(
             f"shards {p.shards!r}: {len(shards)} shard(s) hold no image samples"
@@ -110,6 +113,7 @@ def run(params: TrainParams) -> dict[str, Any]:
     """Train, export the model folder, log the loss curve, register the model; return metrics."""
     import time
 
+    from tasks.clip.featurestore import default_store_root
     from tasks.io.paths import resolve_path
 
     shards, n_samples = preflight(params)
@@ -129,12 +133,25 @@ def run(params: TrainParams) -> dict[str, Any]:
         "fingerprint": fingerprint,
         "tracking_uri": tracking_uri,
         "run_id": run_id,
+        "feature_store": str(default_store_root()),  # resolved here: every worker uses this one
     }
     started = time.perf_counter()
     launch(params, config, run_dir)
     seconds = time.perf_counter() - started
     summary = json.loads((run_dir / "summary.json").read_text())
     return finish(params, summary, shards, n_samples, out_dir, seconds)
+
+
+def feature_cache_metrics(cache: dict[str, Any]) -> dict[str, int]:
+    """Whether the run trained from stored features, and how many it computed vs reused."""
+    out = {"feature_cache_used": int(bool(cache.get("used")))}
+    for tower in ("image", "text"):
+        if cache.get(tower):
+            out[f"{tower}_features_computed"] = int(cache.get(f"{tower}_computed", 0))
+            out[f"{tower}_features_reused"] = int(cache.get(f"{tower}_reused", 0))
+    out["features_computed"] = sum(v for k, v in out.items() if k.endswith("_features_computed"))
+    out["features_reused"] = sum(v for k, v in out.items() if k.endswith("_features_reused"))
+    return out
 
 
 def finish(
@@ -171,6 +188,7 @@ def finish(
         "trainable_params": summary["trainable_params"],
         "total_params": summary["total_params"],
     }
+    metrics.update(feature_cache_metrics(summary.get("feature_cache", {})))
     if mlflow.active_run():
         mlflow.set_tags(
             {

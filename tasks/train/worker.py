@@ -110,7 +110,15 @@ def train_worker(config: dict[str, Any]) -> None:
     from tasks.clip import build_model
     from tasks.progress import Progress
     from tasks.train.checkpoints import export_model_folder
-    from tasks.train.data import list_shards, load_excluded, worker_batches
+    from tasks.train.data import list_shards, load_excluded, worker_batches, worker_samples
+    from tasks.train.features import (
+        cached_towers,
+        encode_all,
+        feature_batches,
+        heads_model,
+        replay,
+        total_counts,
+    )
     from tasks.train.loop import (
         LOSSES,
         StepResult,
@@ -152,20 +160,52 @@ def train_worker(config: dict[str, Any]) -> None:
             f"[train] resuming {run_dir.name} at step {start}/{p.steps} from {ckpt.last_path}",
             flush=True,
         )
-    batches = worker_batches(
-        list_shards(p.shards),
+    label = Path(config["output_dir"]).name
+    transform = built.preprocess_train if p.train_augment else built.preprocess_val
+    towers = cached_towers(model, built, p, config["feature_store"])
+    cache_summary: dict[str, Any] = {"used": False}
+    if towers is not None:  # locked towers: encode once, then steps read stored features
+        encode_all(
+            towers,
+            p,
+            transform=transform,
+            tokenizer=built.tokenizer,
+            rank=rank,
+            world=world,
+            label=label,
+        )
+        cache_summary = total_counts(towers, world)
+        if rank == 0:
+            print(f"[train] feature cache: {cache_summary}", flush=True)
+    shards, exclude = list_shards(p.shards), load_excluded(p.exclude_uids)
+    common: dict[str, Any] = dict(
         batch_size=p.batch_size,
         rank=rank,
         world=world,
         seed=p.seed,
         resample=p.resample,
         buffer=p.shuffle_buffer,
-        transform=built.preprocess_train if p.train_augment else built.preprocess_val,
-        tokenizer=built.tokenizer,
-        fields=p.caption_fields,
         start_step=start,
-        augment=p.train_augment,
-        exclude=load_excluded(p.exclude_uids),
+        exclude=exclude,
+        split_shards=p.shard_split,
+    )
+    batches = (
+        feature_batches(
+            towers,
+            worker_samples(shards, reader=replay(towers), **common),
+            p,
+            transform=transform,
+            tokenizer=built.tokenizer,
+        )
+        if towers is not None
+        else worker_batches(
+            shards,
+            transform=transform,
+            tokenizer=built.tokenizer,
+            fields=p.caption_fields,
+            augment=p.train_augment,
+            **common,
+        )
     )
     logger = (
         StepLogger(config.get("tracking_uri"), config.get("run_id"))
@@ -175,7 +215,7 @@ def train_worker(config: dict[str, Any]) -> None:
     speeds: list[float] = []
     # "teacher: training 120/300 (40%), 1.7 steps/s, ETA 2 min, loss ...", from rank 0 only
     progress = Progress(
-        f"{Path(config['output_dir']).name}: training",
+        f"{label}: training",
         total=p.steps,
         unit="steps",
         done=start,
@@ -208,7 +248,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     set_train_mode(model, p)
     train_steps(
-        model,
+        heads_model(model, towers) if towers is not None else model,
         optimizer,
         LOSSES[p.loss](p, rank, world),
         batches,
@@ -233,5 +273,6 @@ def train_worker(config: dict[str, Any]) -> None:
             "samples_per_s": statistics.median(speeds[1:] or speeds) if speeds else 0.0,
             "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
             "total_params": sum(q.numel() for q in model.parameters()),
+            "feature_cache": cache_summary,
         }
         (run_dir / "summary.json").write_text(json.dumps(summary))

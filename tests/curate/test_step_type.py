@@ -145,7 +145,8 @@ def test_a_new_step_gets_its_input_one_setup_and_its_artifacts_reported(
 
     prepared: list[str] = []
 
-    def fake_targets(ctx: StepContext) -> None:
+    def fake_targets(ctx: StepContext, rows: pa.Table) -> None:
+        assert rows.num_rows == 43, "a side input sees every pool row"
         prepared.append("target_embeddings")
         ctx.target_embeddings = np.ones((1, 2), np.float32)
 

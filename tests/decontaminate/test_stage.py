@@ -108,3 +108,39 @@ def test_teacher_preflight_sizes_the_run_without_the_flagged_rows(outputs, tiny_
     assert n == n_all - 1
     with pytest.raises(DataError, match=f"larger than the {n_all - 1} samples"):
         preflight(TrainParams(**common, exclude_uids=flagged, batch_size=n_all))
+
+
+def test_stored_hashes_are_what_curate_would_compute(outputs, tiny_crawl) -> None:
+    """eval_hashes.parquet carries the fingerprint of its views (so curate reuses it only for the
+    same eval tars and view) and crawl_hashes.parquet the hashes of every checked image, equal
+    to hashing the shard's bytes again."""
+    from tasks.decontam.hashing import hash_batch
+    from tasks.decontam.stored import known_hashes, read_eval_hashes, views_fingerprint
+    from tasks.decontam.views import EvalView, crawl_resize
+    from tasks.decontaminate.params import DecontaminateParams
+    from tasks.io.wds import read_images
+
+    out, metrics = outputs
+    view = EvalView(
+        mode="crawl", resize=crawl_resize(), crops=tuple(DecontaminateParams().match.crops)
+    )
+    table, why = read_eval_hashes(
+        out / "eval_hashes.parquet", views_fingerprint(tiny_crawl.eval_dir, view)
+    )
+    assert table is not None, why
+    assert table.num_rows == metrics["eval_views"]
+    other = EvalView(mode="crawl", resize=crawl_resize(), crops=(0.5,))
+    stale, why = read_eval_hashes(
+        out / "eval_hashes.parquet", views_fingerprint(tiny_crawl.eval_dir, other)
+    )
+    assert stale is None and "other eval sets or another view" in why
+
+    import pyarrow as pa
+
+    known = known_hashes(out / "crawl_hashes.parquet")
+    images = [
+        d for tar in sorted(tiny_crawl.shards.glob("*.tar")) for _, d, _ in read_images(tar, None)
+    ]
+    assert len(known) == metrics["rows_checked"] == len(images)
+    fresh = hash_batch(pa.table({"image": images})).to_pylist()
+    assert {r["image_sha256"]: (r["phash"], r["dhash"]) for r in fresh} == known

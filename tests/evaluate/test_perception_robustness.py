@@ -60,15 +60,13 @@ def test_paste_puts_the_whole_patch_in():
 def test_robustness_and_perception_on_tiny_model(tiny_model, eval_root):
     from tasks.evaluate import perception, robustness
     from tasks.evaluate.datasets import load_set
-    from tasks.evaluate.embed import encode_images_local
+    from tasks.evaluate.features import Embedder
     from tasks.evaluate.loading import load_model
-    from tasks.evaluate.params import PerceptionParams
+    from tasks.evaluate.params import EmbedParams, PerceptionParams
 
-    loaded = load_model(str(tiny_model))
+    emb = Embedder(load_model(str(tiny_model)), EmbedParams(batch_size=8), None)
     s = load_set("colours", eval_root, eval_root)
-    r = robustness.evaluate(
-        loaded, s, RobustnessParams(max_samples=12, fractions=[1.0], adv_steps=3)
-    )
+    r = robustness.evaluate(emb, s, RobustnessParams(max_samples=12, fractions=[1.0], adv_steps=3))
     assert {
         "clean_acc1",
         "noise_1_acc1",
@@ -79,7 +77,39 @@ def test_robustness_and_perception_on_tiny_model(tiny_model, eval_root):
     # every patch occluded: every image is the same grey, so one class is predicted for all 12
     # images (classes 0-2, four each): accuracy is 0 or exactly 4/12
     assert r["occlusion_1_acc1"] in (0.0, pytest.approx(4 / 12))
-    img = encode_images_local(loaded.model, loaded.preprocess, s.images, 8)
-    out = perception.evaluate(loaded, s, img, PerceptionParams(max_templates=1), zeroshot_acc1=0.5)
+    assert all(q.requires_grad for q in emb.loaded.model.parameters()), "flags put back"
+    img = emb.images(s.images)
+    out = perception.evaluate(
+        emb.text_encoder(), s, img, PerceptionParams(max_templates=1), zeroshot_acc1=0.5
+    )
     assert out["delta_acc1"] == pytest.approx(out["acc1"] - 0.5)
     assert sum(out["inferred"]["style"].values()) == pytest.approx(1.0)
+
+
+def test_clean_accuracy_is_the_zero_shot_accuracy_of_the_same_images(tiny_model, eval_root):
+    """Robustness takes its clean accuracy from the embeddings the zero-shot task used (no
+    second pass): it must equal zero-shot top-1 over the same first images, computed apart."""
+    import torch
+
+    from tasks.evaluate import robustness, zeroshot
+    from tasks.evaluate.datasets import load_set
+    from tasks.evaluate.embed import encode_images_local, encode_texts
+    from tasks.evaluate.features import Embedder
+    from tasks.evaluate.loading import load_model
+    from tasks.evaluate.params import EmbedParams
+
+    loaded = load_model(str(tiny_model))
+    s = load_set("colours", eval_root, eval_root)
+    n = 10
+    w = zeroshot.zeroshot_classifier(
+        lambda t: encode_texts(loaded.model, loaded.tokenizer, t), s.classnames, s.templates
+    )
+    img = encode_images_local(loaded.model, loaded.preprocess, s.images[:n], 8)
+    expected = zeroshot.classification_metrics(
+        zeroshot.logits(img, w), torch.as_tensor(s.labels[:n]), len(s.classnames)
+    )["acc1"]
+    emb = Embedder(loaded, EmbedParams(batch_size=8), None)
+    r = robustness.evaluate(
+        emb, s, RobustnessParams(max_samples=n, fractions=[0.5], adversarial=False)
+    )
+    assert r["clean_acc1"] == pytest.approx(expected)

@@ -29,8 +29,10 @@ def _mean_colour(images, *_args) -> torch.Tensor:
 
 
 @pytest.fixture()
-def fake_encoder(monkeypatch):
-    monkeypatch.setattr(suite, "encode_images", lambda loaded, images, params: _mean_colour(images))
+def fake_encoder():
+    """A stand-in `Embedder`: names the model, embeds images by their mean colour."""
+    loaded = SimpleNamespace(name="fake", arch="fake-arch", ref="fake-ref")
+    return SimpleNamespace(loaded=loaded, name="fake", images=_mean_colour)
 
 
 def _swapped_train(root, per_class: int = 5) -> None:
@@ -43,7 +45,7 @@ def _swapped_train(root, per_class: int = 5) -> None:
     write_wds_set(root, images, split="train", labels=labels, classnames=COLOURS)
 
 
-def _run(tmp_path, name: str) -> tuple[dict, dict]:
+def _run(tmp_path, name: str, emb) -> tuple[dict, dict]:
     params = EvaluateParams(
         models=["unused"],
         eval_root=str(tmp_path / "eval"),
@@ -52,8 +54,7 @@ def _run(tmp_path, name: str) -> tuple[dict, dict]:
         probe={"datasets": [name], "c_grid": [10.0, 1000.0], "folds": 4},
     )
     s = load_set(name, params.eval_root, params.public_root)
-    loaded = SimpleNamespace(name="fake", arch="fake-arch", ref="fake-ref")
-    metrics = suite.probe_task(loaded, s, _mean_colour(s.images), params, tmp_path / "out")
+    metrics = suite.probe_task(emb, s, _mean_colour(s.images), params, tmp_path / "out")
     record = json.loads((tmp_path / "out" / "fake" / f"{name}_linear_probe.json").read_text())
     return metrics, record
 
@@ -61,7 +62,7 @@ def _run(tmp_path, name: str) -> tuple[dict, dict]:
 def test_train_split_trains_and_test_is_only_scored(tmp_path, fake_encoder):
     make_classification(tmp_path / "eval" / "shifted", per_class=4)
     _swapped_train(tmp_path / "eval" / "shifted")
-    metrics, record = _run(tmp_path, "shifted")
+    metrics, record = _run(tmp_path, "shifted", fake_encoder)
     # fitted on the train split, every test image gets the shifted (wrong) class; fitted on the
     # test split it would be right
     assert metrics["lp_acc1"] == 0.0
@@ -73,7 +74,7 @@ def test_train_split_trains_and_test_is_only_scored(tmp_path, fake_encoder):
 
 def test_set_without_train_split_uses_kfold_on_test(tmp_path, fake_encoder):
     make_classification(tmp_path / "eval" / "plain", per_class=4)
-    metrics, record = _run(tmp_path, "plain")
+    metrics, record = _run(tmp_path, "plain", fake_encoder)
     assert record["split_scheme"] == "kfold-4 on test (no train split)"
     assert len(record["folds"]) == 4 and sum(f["test_images"] for f in record["folds"]) == 24
     assert metrics["lp_acc1"] >= 0.9  # the colours separate, so a probe fit on folds scores high

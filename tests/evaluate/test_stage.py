@@ -123,16 +123,29 @@ def test_stage_through_runner(tmp_path, tiny_model, eval_root, mlflow_store, ray
     assert "scoreboard.json" in artifacts and "plots" in artifacts
 
 
-def test_ray_actor_pool_gives_the_same_embeddings(tiny_model, eval_root, ray_session):
+def test_ray_actor_pool_gives_the_same_embeddings(tiny_model, eval_root, ray_session, monkeypatch):
+    import os
+
+    from tasks.evaluate import features
     from tasks.evaluate.datasets import load_set
-    from tasks.evaluate.embed import encode_images, encode_images_local
+    from tasks.evaluate.embed import encode_images_local
+    from tasks.evaluate.features import Embedder
     from tasks.evaluate.loading import load_model
 
-    loaded = load_model(str(tiny_model))
     s = load_set("colours", eval_root, eval_root)
-    via_ray = encode_images(
-        loaded, s.images, EmbedParams(ray_min_samples=0, batch_size=5, num_blocks=3)
-    )
+    always = EmbedParams(ray="always", ray_min_samples=0, batch_size=5, num_blocks=3)
+    assert features.use_ray(len(s), always)
+    assert not features.use_ray(len(s), always.model_copy(update={"ray": "never"}))
+    # auto: an actor pool only when Ray has more CPUs than this machine (a cluster)
+    auto = always.model_copy(update={"ray": "auto"})
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert not features.use_ray(len(s), auto), "one machine: in process"
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert features.use_ray(len(s), auto), "Ray has more CPUs than this machine"
+    assert not features.use_ray(len(s), auto.model_copy(update={"ray_min_samples": 10_000}))
+    monkeypatch.undo()
+    via_ray = Embedder(load_model(str(tiny_model)), always, None).images(s.images)
+    loaded = load_model(str(tiny_model))
     local = encode_images_local(loaded.model, loaded.preprocess, s.images, 8)
     assert via_ray.shape == local.shape
     assert np.allclose(via_ray.numpy(), local.numpy(), atol=1e-5)

@@ -8,6 +8,10 @@ tasks/decontam/views.py EvalView): as the crawl stored them, plus crops. A pool 
   gate uses the whole eval image, crops are not embedded), or
 - its embedding alone reaches `decontaminate.embed_threshold` (off by default: the teacher's embeddings
   put whole families of clip-art, e.g. every generated star, above 0.96).
+The step's score is the image-embedding cosine to the closest eval image it was compared with:
+with `embed_threshold` set, every eval image; otherwise the eval images its hashes matched (NaN
+when none). Without a threshold only those eval images are embedded (tasks/curate/inputs.py), so
+a cosine to any other would not exist.
 Hashes see luminance only and confuse look-alike shapes; the embedding gate removes most of those.
 The hash matching is the library's (tasks/decontam/matching.py) with the thresholds and crops of
 the `match` section of params/decontaminate.yaml (read by tasks/curate/inputs.py, never
@@ -134,22 +138,26 @@ def _decide(rows: pa.Table, ev: pa.Table, p: DecontaminateParams, m: HashMatchPa
     refs: list[str | None] = [None] * rows.num_rows
     score = np.full(rows.num_rows, np.nan)
     if cos is not None:
-        best, arg = cos.best(whole)
-        score = best
         if p.embed_threshold is not None:
+            best, arg = cos.best(whole)
+            score = best
             for i in np.flatnonzero(np.nan_to_num(best, nan=-2.0) >= p.embed_threshold):
                 reasons[i], refs[i] = REASON_EMBED, ids[arg[i]]
         for i in np.flatnonzero(~cos.row_mask):
             reasons[i] = "no_embedding"
+    passes = []
     if m.crops and len(crops):
         crop_pairs = hash_pairs(
             rows, ev, crops, m.crop_hash_max_distance, m.crop_dhash_max_distance
         )
-        for row, j in _gated(crop_pairs, cos, p.crop_embed_min).items():
-            reasons[row], refs[row] = REASON_CROP, ids[j]
+        passes.append((REASON_CROP, crop_pairs, p.crop_embed_min))
     whole_pairs = hash_pairs(rows, ev, whole, m.hash_max_distance, m.dhash_max_distance)
-    for row, j in _gated(whole_pairs, cos, p.hash_embed_min).items():
-        reasons[row], refs[row] = REASON_HASH, ids[j]
+    passes.append((REASON_HASH, whole_pairs, p.hash_embed_min))  # last: whole views win
+    for reason, pairs, gate in passes:
+        if cos is not None and p.embed_threshold is None:  # score: the closest hash match
+            np.fmax.at(score, pairs[0], cos.pairs(pairs[0], pairs[1]))
+        for row, j in _gated(pairs, cos, gate).items():
+            reasons[row], refs[row] = reason, ids[j]
     ph, dh = rows.column("phash").to_pylist(), rows.column("dhash").to_pylist()
     for k in range(rows.num_rows):
         if reasons[k] is None and (ph[k] is None or dh[k] is None):
