@@ -318,8 +318,9 @@ def worker_samples(
     `split_shards`: read only this worker's shards (`split_batches`) instead of slicing the
     global stream."""
     local = batch_size // world
+    batches: Iterator[list[dict[str, Any]]]
     if split_shards:
-        own = split_batches(
+        batches = split_batches(
             shards,
             batch_size,
             rank=rank,
@@ -330,15 +331,12 @@ def worker_samples(
             exclude=exclude,
             reader=reader,
         )
-        for step, batch in enumerate(own):
-            if step >= start_step:  # consumed before the checkpoint: skipped undecoded
-                yield batch
-        return
-    batches = global_batches(shards, batch_size, seed, resample, buffer, exclude, reader)
+    else:
+        glob_batches = global_batches(shards, batch_size, seed, resample, buffer, exclude, reader)
+        batches = (b[rank * local : (rank + 1) * local] for b in glob_batches)
     for step, batch in enumerate(batches):
-        if step < start_step:
-            continue  # consumed before the checkpoint: skipped undecoded
-        yield batch[rank * local : (rank + 1) * local]
+        if step >= start_step:  # earlier ones were consumed before the checkpoint: not decoded
+            yield batch
 
 
 def worker_batches(
