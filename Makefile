@@ -21,9 +21,9 @@ export PYTHONUNBUFFERED ?= 1
 # dvc.yaml stages call `clipmill`; use the project environment without activating it.
 export PATH := $(CURDIR)/.venv/bin:$(PATH)
 
-.PHONY: setup demo test test-all lint format clean-data
+.PHONY: setup system-packages demo test test-all lint format clean-data
 
-setup: $(STAMP) debian-lists
+setup: $(STAMP) debian-lists system-packages
 
 $(STAMP): $(LOCKS)
 	@test -x $(PY) || python3 -m venv .venv
@@ -37,6 +37,19 @@ $(STAMP): $(LOCKS)
 debian-lists:
 	@if command -v apt-get >/dev/null && [ -z "$$(apt-cache policy wordnet-base 2>/dev/null | grep Candidate | grep -v none)" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq; else echo "note: run 'sudo apt-get update' once so the sample stage can fetch Debian packages"; fi; \
+	fi
+
+# What tests/operate starts for real: PostgreSQL (initdb/pg_ctl, MLflow's backend store) and
+# headless Chromium (the MLflow UI test). Installed when missing and we are root.
+SYSTEM_PACKAGES := postgresql chromium
+system-packages:
+	@missing=""; \
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "note: tests/operate needs:$$missing (sudo apt-get install$$missing)"; fi; \
 	fi
 
 demo: setup

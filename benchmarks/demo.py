@@ -34,7 +34,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "demo.json"
-STAGES = ["sample", "crawl", "decontaminate", "teacher", "curate", "train", "evaluate"]
+STAGES = ["sample", "crawl", "decontaminate", "teacher", "recaption", "curate", "train", "evaluate"]
 BASELINE_MINUTES = 114.0  # issue #12: the first cold `make demo` on this 2-core machine
 BASELINE_TEACHER = 0.227  # issue #12: that run's teacher average (with leaked eval copies)
 

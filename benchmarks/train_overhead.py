@@ -20,6 +20,7 @@ Results: benchmarks/results/train.json
                         the CPU seconds the command's processes used, and two explaining extras:
                         1 worker with 2 threads, and 2 workers in the exact-equivalence mode
 Usage: .venv/bin/python benchmarks/train_overhead.py [--shards DIR] [--steps N] [--batch B]
+       [--only whole] [--before OTHER_CHECKOUT]  (before/after of a change, timed in the same rounds)
 """
 
 from __future__ import annotations
@@ -157,8 +158,11 @@ class Bench:
         self.params = yaml.safe_load((ROOT / "params" / "train.yaml").read_text())
         self.n = 0
 
-    def ours(self, steps: int | None = None, **over: Any) -> tuple[float, float, dict[str, Any]]:
-        """The whole `clipmill run train` command (the console script's entry: tasks.cli)."""
+    def ours(
+        self, steps: int | None = None, code_root: Path | None = None, **over: Any
+    ) -> tuple[float, float, dict[str, Any]]:
+        """The whole `clipmill run train` command (the console script's entry: tasks.cli);
+        `code_root`: another checkout's code (a before/after comparison in the same rounds)."""
         steps = steps or self.steps
         self.n += 1
         tag = f"r{self.n}"
@@ -176,7 +180,8 @@ class Bench:
         cmd = [sys.executable, "-m", "tasks.cli", "run", "train"]
         for k, v in sets.items():
             cmd += ["-s", f"{k}={v}"]
-        wall, cpu, out = timed(cmd, self.env, self.root, self.work / f"ours-{tag}.log")
+        env = {**self.env, "PYTHONPATH": str(code_root)} if code_root else self.env
+        wall, cpu, out = timed(cmd, env, self.root, self.work / f"ours-{tag}.log")
         metrics = json.loads(out[out.rfind("\n{\n") + 1 :])  # the metrics the CLI prints last
         return wall, cpu, metrics
 
@@ -228,18 +233,32 @@ def entry(
     }
 
 
-def whole_command(b: Bench, rounds: int) -> dict[str, Any]:
+def whole_command(b: Bench, rounds: int, before: Path | None = None) -> dict[str, Any]:
     b.bare(steps=3), b.ours(steps=3)  # warm-up, untimed: page cache, mlflow.db
-    ours, bare, ours_cpu, bare_cpu, ours_sps, bare_sps = [], [], [], [], [], []
+    if before is not None:
+        b.ours(steps=3, code_root=before)
+    ours, bare, ours_cpu, bare_cpu, ours_sps, bare_sps, prior = [], [], [], [], [], [], []
     for r in range(rounds):
         wall, cpu, sps = b.bare()
         bare.append(wall), bare_cpu.append(cpu), bare_sps.append(sps)
         wall, cpu, metrics = b.ours()
         ours.append(wall), ours_cpu.append(cpu), ours_sps.append(metrics["samples_per_s"])
+        if before is not None:  # the same command on the other checkout, in the same round
+            prior.append(b.ours(code_root=before)[0])
         print(
-            f"round {r}: bare {bare[-1]:.1f} s  ours {ours[-1]:.1f} s (whole commands)", flush=True
+            f"round {r}: bare {bare[-1]:.1f} s  ours {ours[-1]:.1f} s"
+            + (f"  before {prior[-1]:.1f} s" if prior else "")
+            + " (whole commands)",
+            flush=True,
         )
     best_ours, best_bare = min(ours), min(bare)
+    extra: dict[str, Any] = {}
+    if prior:
+        extra = {
+            "before_code": str(before),
+            "rounds_before_s": [round(x, 1) for x in prior],
+            "ratio_before": round(best_bare / min(prior), 3),
+        }
     return {
         "bare_open_clip_whole": entry(
             best_ours,
@@ -251,6 +270,7 @@ def whole_command(b: Bench, rounds: int) -> dict[str, Any]:
             rounds_baseline_s=[round(x, 1) for x in bare],
             cpu_seconds_ours=[round(x, 1) for x in ours_cpu],
             cpu_seconds_baseline=[round(x, 1) for x in bare_cpu],
+            **extra,
         ),
         "bare_open_clip_median_step": entry(
             max(ours_sps),
@@ -323,6 +343,11 @@ def main() -> None:
         "--skip-equivalent", action="store_true", help="leave out 2 workers in equivalence mode"
     )
     parser.add_argument("--only", choices=["whole", "workers"], default=None)
+    parser.add_argument(
+        "--before",
+        default="",
+        help="another checkout of this repo: its `clipmill run train` is timed in the same rounds",
+    )
     parser.add_argument("--note", default="", help="free text stored with the results")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "train.json"))
     args = parser.parse_args()
@@ -334,7 +359,8 @@ def main() -> None:
     results: dict[str, Any] = {}
     load_before = os.getloadavg()[0]
     if args.only in (None, "whole"):
-        results.update(whole_command(b, args.rounds))
+        before = Path(args.before).resolve() if args.before else None
+        results.update(whole_command(b, args.rounds, before))
     if args.only in (None, "workers"):
         b.steps = args.worker_steps or args.steps
         results.update(two_workers(b, args.rounds, args.skip_equivalent))

@@ -121,18 +121,46 @@ def run_experiment(
     return {stage: _read_metrics(stage) for stage in stages}
 
 
+def _remote(root: Path) -> str:
+    """The DVC remote to pull from / push to: the local folder remote by default, or the URL in
+    $CLIPMILL_DVC_REMOTE_URL (s3://bucket/dvc, ...), registered in .dvc/config.local (with
+    $AWS_ENDPOINT_URL as its endpoint when set: MinIO, an S3-compatible server)."""
+    url = os.environ.get("CLIPMILL_DVC_REMOTE_URL")
+    if not url:
+        return "local"
+    remote = "clipmill-env"
+    subprocess.run(
+        [_dvc(), "remote", "add", "--local", "--force", remote, url], cwd=root, check=True
+    )
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint and url.startswith("s3://"):
+        subprocess.run(
+            [_dvc(), "remote", "modify", "--local", remote, "endpointurl", endpoint],
+            cwd=root,
+            check=True,
+        )
+    return remote
+
+
+@task(name="dvc-pull", retries=2, retry_delay_seconds=10)
+def pull_inputs(stages: list[str]) -> str:
+    """Fetch what the stages read (and what they wrote last time) from the DVC remote, so a
+    worker on a fresh machine starts from the team's data; missing objects are skipped (a first
+    run has nothing to pull) and DVC re-runs whatever is then stale."""
+    root = get_settings().root
+    remote = _remote(root)
+    cmd = [_dvc(), "pull", "-r", remote, "--allow-missing", "--with-deps", *stages]
+    proc = subprocess.run(cmd, cwd=root)
+    if proc.returncode != 0:
+        raise RuntimeError(f"dvc pull from remote {remote!r} failed (exit {proc.returncode})")
+    return remote
+
+
 @task(name="dvc-push", retries=2, retry_delay_seconds=10)
 def push_outputs() -> str:
-    """Send the DVC-tracked outputs to the remote: the local folder remote by default, or the
-    URL in $CLIPMILL_DVC_REMOTE_URL (s3://bucket/dvc, ...), registered in .dvc/config.local."""
+    """Send the DVC-tracked outputs to the remote (see `_remote`)."""
     root = get_settings().root
-    remote = "local"
-    url = os.environ.get("CLIPMILL_DVC_REMOTE_URL")
-    if url:
-        remote = "clipmill-env"
-        subprocess.run(
-            [_dvc(), "remote", "add", "--local", "--force", remote, url], cwd=root, check=True
-        )
+    remote = _remote(root)
     proc = subprocess.run([_dvc(), "push", "-r", remote], cwd=root)
     if proc.returncode != 0:
         raise RuntimeError(f"dvc push to remote {remote!r} failed (exit {proc.returncode})")
@@ -151,16 +179,19 @@ def pipeline(
     force: bool = False,
     push: bool = False,
     experiment: str | None = None,
+    pull: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Run the selected stages (default: all, in pipeline order) under one MLflow parent run,
-    then optionally push the outputs to the DVC remote.
+    optionally pulling their inputs from the DVC remote first (after the overrides are
+    validated) and pushing the outputs after.
 
     Without overrides each stage is a `dvc repro`; with overrides the stages run as one DVC
     experiment (named `experiment`, or clipmill-<time>) and the params files stay as they were.
     """
     import mlflow
 
-    selected = [s for s in STAGES if s in (stages or list(STAGES))]
+    default = [s for s, spec in STAGES.items() if spec.in_default_run]
+    selected = [s for s in STAGES if s in (stages or default)]
     if stages and set(stages) - set(selected):
         raise ParamsError(
             f"unknown stage(s) {sorted(set(stages) - set(selected))}; known: {list(STAGES)}"
@@ -173,6 +204,8 @@ def pipeline(
         exp_name = experiment_name(experiment)
         set_params = experiment_args(overrides, validated)
         require_git_commit(root)
+    if pull:
+        pull_inputs(selected)
     experiment_id = configure_mlflow()
     tags = {
         "clipmill.stage": "pipeline",
@@ -205,6 +238,9 @@ def _parse_cli(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--push", action="store_true", help="dvc push the outputs afterwards")
     parser.add_argument(
+        "--pull", action="store_true", help="dvc pull the stages' inputs from the remote first"
+    )
+    parser.add_argument(
         "-n",
         "--name",
         help="name of the DVC experiment that overrides run as (default: clipmill-<time>)",
@@ -228,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             push=args.push,
             experiment=args.name,
+            pull=args.pull,
         )
     except ParamsError as exc:
         print(f"clipmill pipeline: error: {exc}", file=sys.stderr)

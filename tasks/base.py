@@ -13,6 +13,12 @@ class ParamsError(ValueError):
     """A params file or override is invalid; the message is one line naming file, field, value."""
 
 
+class StageError(RuntimeError):
+    """A stage refusing its input or its output folder's state (a crawl of other inputs, a
+    package that cannot be fetched...): the message says what to do, so the command line
+    prints it as one line instead of a traceback."""
+
+
 class ParamsSection(BaseModel):
     """A nested group of params (e.g. crawl's `resize`): frozen, strict, passed as it is to workers.
 

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tasks.base import ParamsError
+from tasks.base import ParamsError, StageError
 from tasks.registry import STAGES, UnknownStageError, get_stage
 
 
@@ -39,6 +39,25 @@ def _parser() -> argparse.ArgumentParser:
     psub.add_parser("check", help="validate every params file")
 
     sub.add_parser("stages", help="list the stages in pipeline order")
+
+    lineage = sub.add_parser(
+        "lineage", help="where a run or model version came from: evaluation -> ... -> crawl"
+    )
+    lineage.add_argument("ref", help="an MLflow run id, or a model version NAME/VERSION")
+    lineage.add_argument("--json", action="store_true", help="print the tree as JSON")
+
+    browse = sub.add_parser("browse", help="a web page over the LanceDB pool (127.0.0.1)")
+    browse.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    browse.add_argument("--port", type=int, default=0, help="0 = a free port (printed)")
+    browse.add_argument(
+        "--model",
+        default=None,
+        help="CLIP model for text search (registry models:/NAME/VERSION, a folder; default: "
+        "the one curate embedded the pool with)",
+    )
+    browse.add_argument("--lancedb", default=None, help="LanceDB URI (default: the settings')")
+    browse.add_argument("--crawl-dir", default="data/crawl", help="folder the pool's shards are in")
+    browse.add_argument("--page-size", type=int, default=24, help="thumbnails per page")
 
     serve = sub.add_parser("serve-sample", help="serve the sample website on 127.0.0.1")
     serve.add_argument("--port", type=int, default=0, help="0 = a free port")
@@ -87,6 +106,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lineage(args: argparse.Namespace) -> int:
+    from tasks.lineage import lineage
+
+    tree = lineage(args.ref)
+    print(json.dumps(tree.to_dict(), indent=2) if args.json else tree.render())
+    return 0
+
+
+def _cmd_browse(args: argparse.Namespace) -> int:
+    from tasks.browse.server import serve
+    from tasks.io.paths import resolve_path
+
+    serve(
+        args.lancedb,
+        resolve_path(args.crawl_dir),
+        args.model,
+        host=args.host,
+        port=args.port,
+        page_size=args.page_size,
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -99,10 +141,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "serve-sample":
             return _cmd_serve(args)
+        if args.command == "lineage":
+            return _cmd_lineage(args)
+        if args.command == "browse":
+            return _cmd_browse(args)
     except (ParamsError, UnknownStageError) as exc:
         print(f"clipmill: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, PermissionError, StageError) as exc:
         # A stage refusing its input (missing shards, unknown model, corrupt checkpoint...):
         # the message names the input; the traceback only helps when debugging clipmill itself.
         if os.environ.get("CLIPMILL_DEBUG"):

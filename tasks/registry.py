@@ -25,6 +25,7 @@ class StageSpec:
     code: tuple[str, ...]  # source paths (relative to the root) this stage depends on
     uses_ray: bool = True  # the runner has Ray up (started or joined) before the stage runs
     upstream: tuple[str, ...] = field(default=())  # stages whose outputs this one reads
+    in_default_run: bool = True  # in a run naming no stages (make demo); False = when named
 
     @property
     def params_file(self) -> Path:
@@ -100,6 +101,13 @@ STAGES: dict[str, StageSpec] = {
             upstream=("crawl", "decontaminate"),
         ),
         StageSpec(
+            name="recaption",
+            params_model="tasks.recaption.params:RecaptionParams",
+            run_function="tasks.recaption.stage:run",
+            code=("tasks/recaption", "tasks/clip", "tasks/imaging", "tasks/pool.py", *_COMMON),
+            upstream=("sample", "crawl", "teacher"),
+        ),
+        StageSpec(
             name="curate",
             params_model="tasks.curate.params:CurateParams",
             run_function="tasks.curate.stage:run",
@@ -114,7 +122,24 @@ STAGES: dict[str, StageSpec] = {
                 "tasks/progress.py",
                 *_COMMON,
             ),
-            upstream=("crawl", "decontaminate", "teacher"),
+            upstream=("crawl", "decontaminate", "teacher", "recaption"),
+        ),
+        StageSpec(
+            name="coca",  # the recaption stage's `coca` backend model (params/coca.yaml)
+            params_model="tasks.train.params:TrainParams",
+            run_function="tasks.train.stage:run",
+            code=("tasks/train", "tasks/clip", "tasks/progress.py", *_COMMON),
+            upstream=("curate", "decontaminate"),
+            in_default_run=False,  # opt-in: not needed by the demo's default chain
+        ),
+        StageSpec(
+            name="reinforce",
+            params_model="tasks.reinforce.params:ReinforceParams",
+            run_function="tasks.reinforce.stage:run",
+            code=("tasks/reinforce", "tasks/clip", "tasks/progress.py", *_COMMON),
+            uses_ray=False,
+            upstream=("curate", "teacher"),
+            in_default_run=False,  # opt-in: not needed by the demo's default chain
         ),
         StageSpec(
             name="train",
@@ -129,6 +154,41 @@ STAGES: dict[str, StageSpec] = {
             run_function="tasks.evaluate.stage:run",
             code=("tasks/evaluate", "tasks/clip", "tasks/progress.py", *_COMMON),
             upstream=("sample", "decontaminate", "teacher", "train"),
+        ),
+        # The merging task suite: one expert per task, fine-tuned from the teacher on the task's
+        # train split (data/sample/suite) by the train stage with its own params file.
+        *[
+            StageSpec(
+                name=f"expert_{task}",
+                params_model="tasks.train.params:TrainParams",
+                run_function="tasks.train.stage:run",
+                code=("tasks/train", "tasks/clip", "tasks/progress.py", *_COMMON),
+                upstream=("sample", "teacher"),
+            )
+            for task in ("fashion", "emoji", "tuxpaint", "openclipart")
+        ],
+        StageSpec(
+            name="merge",
+            params_model="tasks.merge.params:MergeParams",
+            run_function="tasks.merge.stage:run",
+            code=("tasks/merge", "tasks/clip", *_COMMON),
+            uses_ray=False,  # tensors stream through one process
+            upstream=(
+                "sample",
+                "teacher",
+                "expert_fashion",
+                "expert_emoji",
+                "expert_tuxpaint",
+                "expert_openclipart",
+            ),
+        ),
+        StageSpec(  # the evaluate stage on the suite: every model of it on every task
+            name="evaluate_merge",
+            params_model="tasks.evaluate.params:EvaluateParams",
+            run_function="tasks.evaluate.stage:run",
+            code=("tasks/evaluate", "tasks/clip", "tasks/progress.py", *_COMMON),
+            uses_ray=False,  # embeds in process (embed.ray: never): heads only, on stored features
+            upstream=("sample", "teacher", "merge"),
         ),
     ]
 }

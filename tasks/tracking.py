@@ -64,10 +64,12 @@ def configure_mlflow(settings: Settings | None = None) -> str:
     mlflow.set_tracking_uri(settings.tracking_uri)
     exp = mlflow.get_experiment_by_name(settings.mlflow_experiment)
     if exp is None:
+        # An MLflow server with no artifact root set here stores artifacts where the server
+        # says (`--artifacts-destination`, e.g. S3), not in a folder of this machine.
+        server = settings.tracking_uri.startswith(("http://", "https://"))
+        location = None if server and not settings.mlflow_artifact_root else settings.artifact_root
         try:
-            return mlflow.create_experiment(
-                settings.mlflow_experiment, artifact_location=settings.artifact_root
-            )
+            return mlflow.create_experiment(settings.mlflow_experiment, artifact_location=location)
         except Exception:  # another process created it first
             exp = mlflow.get_experiment_by_name(settings.mlflow_experiment)
             if exp is None:

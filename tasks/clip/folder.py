@@ -93,7 +93,12 @@ def build_from_folder(folder: Path) -> tuple[Any, Any, Any]:
     try:
         run_cfg = runtime_config(cfg, load_text_weights=False, hf_dir=hf_dir)
         custom = run_cfg.pop("custom_text", False) or is_hf
-        model = (CustomTextCLIP if custom else CLIP)(**run_cfg)
+        if "multimodal_cfg" in run_cfg:  # CoCa: open_clip's create_model picks it the same way
+            from open_clip.coca_model import CoCa
+
+            model = CoCa(**run_cfg)
+        else:
+            model = (CustomTextCLIP if custom else CLIP)(**run_cfg)
     except ModelLoadError:
         raise
     except Exception as exc:

@@ -32,7 +32,9 @@ class CrawlContext:
     site_base: str  # canonical prefix of the served site (archives' base_url)
     url_map: tuple[tuple[str, str], ...]  # canonical prefix -> fetch prefix, longest first
     archives: dict[str, Any] | None
-    allow_addresses: tuple[str, ...]  # policy.allow_addresses + the stage's own local server
+    allow_addresses: tuple[
+        str, ...
+    ]  # policy.allow_addresses + the origin of the stage's own server
 
     def to_fetch(self, url: str) -> str:
         return prefix_mapper(dict(self.url_map))(url)
@@ -55,7 +57,9 @@ def build_context(p: CrawlParams, stack: contextlib.ExitStack) -> CrawlContext:
     if inputs.sample_site_dir:
         served = stack.enter_context(serve_local_site(resolve_uri(inputs.sample_site_dir)))
         url_map.setdefault(site_base, served)
-        allow.append("127.0.0.1")  # our own server, started by this stage, on loopback
+        # Our own server, started by this stage on loopback: allowed by its exact origin
+        # (host and port), never as all of 127.0.0.1 (Prefect, MLflow, Ray listen there too).
+        allow.append(served.rstrip("/"))
         log.info("serving %s at %s (canonical %s)", inputs.sample_site_dir, served, site_base)
     return CrawlContext(
         output_dir=resolve_uri(p.output.output_dir),

@@ -13,7 +13,8 @@ from tasks.crawl.errors import FAILURES, SUCCESS, CrawlError
 from tasks.crawl.http import fetch, make_session
 from tasks.crawl.params import CrawlParams
 from tasks.crawl.robots import RobotsCache, agent_token
-from tasks.crawl.security import guard_from
+from tasks.crawl.security import guard_from, rules_of
+from tasks.crawl.urlscreen import strip_userinfo
 from tasks.imaging.resize import process_image
 
 ProgressFn = Callable[[int, int], None]  # (done, succeeded) since the last call
@@ -59,7 +60,7 @@ class ShardDownloader:
         self, p: CrawlParams, allow: tuple[str, ...], stub_dns: StubDns | None = None
     ) -> None:
         self.p = p
-        self.guard = guard_from(allow, stub_dns)
+        self.guard = guard_from(allow, stub_dns, rules_of(p.policy))
         self.agent = agent_token(p.http.user_agent)
         self.pool = ThreadPoolExecutor(p.download.decode_threads, thread_name_prefix="decode")
 
@@ -89,11 +90,10 @@ class ShardDownloader:
                 bytes=len(resp.body),
             )
         except FAILURES as exc:
-            out.update(status=exc.error_class, error_message=exc.detail[:500])
+            out.update(status=exc.error_class, error_message=strip_userinfo(exc.detail)[:500])
         except Exception as exc:  # a crawler bug must not lose the shard
-            out.update(
-                status="unexpected_error", error_message=f"{type(exc).__name__}: {exc}"[:500]
-            )
+            message = strip_userinfo(f"{type(exc).__name__}: {exc}")
+            out.update(status="unexpected_error", error_message=message[:500])
         out["seconds"] = round(time.perf_counter() - started, 4)
         return out
 

@@ -8,8 +8,11 @@ SUCCESS = "success"
 
 # Error class -> what it means. Stats, parquet `status` and the pool use these names.
 ERROR_CLASSES: dict[str, str] = {
+    "empty_url": "an input row without a URL",
+    "url_too_long": "longer than policy.max_url_length",
     "bad_url": "not a parseable absolute URL",
     "scheme_refused": "scheme other than http/https",
+    "credentials_refused": "user:password@ in the URL and policy.url_credentials is refuse",
     "dns_error": "the host name did not resolve",
     "address_refused": "host resolves to a private, loopback, link-local or metadata address",
     "connection_error": "connection refused or reset",

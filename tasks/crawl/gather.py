@@ -23,6 +23,7 @@ class Gathered:
     metrics: dict[str, Any] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)
     details: list[str] = field(default_factory=list)
+    refused: list[dict[str, Any]] = field(default_factory=list)  # inputs refused before fetching
 
 
 def _index_entry(entry: str, folder: Path) -> str:
@@ -47,6 +48,25 @@ def archive_index(path: str) -> dict[str, Any]:
     return data
 
 
+class ArchiveFileError(FileNotFoundError):
+    """A configured WAT/WARC file is missing, unreadable, or holds no readable record at all."""
+
+
+def _refuse_unusable(kind: str, results: list[ExtractResult]) -> None:
+    """A file the crawl was told to read and could not use at all is an error naming the file,
+    not a warning beside a successful crawl. A file that breaks part-way (truncated gzip, a bad
+    record) keeps what was read before; its errors are counted and logged."""
+    bad = [
+        f"{r.uri} ({r.error_details[0].split(': ', 1)[-1] if r.error_details else 'no record'})"
+        for r in results
+        if r.errors.get("unreadable_file") or (r.records <= 1 and r.errors and not r.refs)
+    ]
+    if bad:
+        raise ArchiveFileError(
+            f"inputs: {len(bad)} {kind.upper()} file(s) unusable: {'; '.join(bad[:5])}"
+        )
+
+
 def extract_files(kind: str, files: list[str]) -> Gathered:
     """One Ray task per WAT/WARC file; results in file order so the refs are deterministic."""
     import ray
@@ -58,6 +78,7 @@ def extract_files(kind: str, files: list[str]) -> Gathered:
     remote = ray.remote(num_cpus=1)(fn)
     started = time.perf_counter()
     results: list[ExtractResult] = ray.get([remote.remote(f) for f in files])
+    _refuse_unusable(kind, results)
     out = Gathered()
     for res in results:
         out.refs.extend(res.refs)

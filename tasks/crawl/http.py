@@ -12,6 +12,7 @@ from urllib.parse import urljoin
 from tasks.crawl.errors import CrawlError, http_error_class
 from tasks.crawl.params import HttpParams
 from tasks.crawl.security import UrlGuard
+from tasks.crawl.urlscreen import strip_userinfo
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 TRANSIENT = frozenset({"timeout", "connection_error", "http_5xx", "http_429"})
@@ -93,7 +94,9 @@ async def _read_limited(resp: Any, limit: int, url: str) -> bytes:
 async def _fetch_once(session: Any, guard: UrlGuard, url: str, cfg: HttpParams) -> Response:
     current, seen = url, {url}
     for _hop in range(cfg.max_redirects + 1):
-        await guard.check(current)  # repeated on every hop: a redirect may point anywhere
+        # Repeated on every hop: a redirect may point anywhere, and may carry user:password@
+        # (screened away or refused by the guard before the request is made).
+        current = await guard.check(current)
         async with session.get(current, allow_redirects=False) as resp:
             if resp.status in REDIRECTS:
                 location = resp.headers.get("Location")
@@ -152,7 +155,7 @@ async def fetch(session: Any, guard: UrlGuard, url: str, cfg: HttpParams) -> Res
         except (TimeoutError, CrawlError, aiohttp.ClientError, OSError, ValueError) as exc:
             err = _classify(exc, url)
         if not isinstance(err, _Transient) or attempt > cfg.retries:
-            raise CrawlError(err.error_class, err.detail)
+            raise CrawlError(err.error_class, strip_userinfo(err.detail))
         delay = cfg.backoff_s * (2 ** (attempt - 1))
         if err.retry_after is not None:
             if err.retry_after > cfg.max_retry_after_s:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
 from tasks.crawl.context import CrawlContext
+from tasks.crawl.errors import CrawlError
 from tasks.crawl.gather import Gathered, extract_files
 from tasks.crawl.params import CrawlParams
-from tasks.crawl.records import merge_refs
+from tasks.crawl.records import ImageRef, merge_refs
+from tasks.crawl.security import rules_of
+from tasks.crawl.urlscreen import UrlRules, screen, strip_userinfo
 from tasks.io.paths import resolve_uri
 
 
@@ -47,10 +51,10 @@ def _site(p: CrawlParams, ctx: CrawlContext) -> Gathered:
         hosts,
         p.policy,
         p.http,
-        UrlGuard(ctx.allow_addresses),
+        UrlGuard(ctx.allow_addresses, rules=rules_of(p.policy)),
         ctx.to_canonical,
     )
-    out = Gathered(refs=res.refs)
+    out = Gathered(refs=res.refs, details=res.details)
     out.errors.update({f"site_{k}": v for k, v in res.errors.items()})
     out.metrics = {
         "site_pages": res.pages,
@@ -68,13 +72,36 @@ def _urls(p: CrawlParams) -> Gathered:
     if not inputs.url_lists:
         raise InputError("inputs.sources includes 'urls' but inputs.url_lists is empty")
     out = Gathered()
-    skipped = 0
+    rules = rules_of(p.policy)
     for entry in inputs.url_lists:
-        refs, bad = read_url_list(resolve_uri(entry), inputs.url_col, inputs.caption_col)
+        refs, refused = read_url_list(resolve_uri(entry), inputs.url_col, inputs.caption_col, rules)
         out.refs.extend(refs)
-        skipped += bad
-    out.metrics = {"urls_rows": len(out.refs) + skipped, "urls_skipped": skipped}
+        out.refused.extend(refused)
+    out.metrics = {
+        "urls_rows": len(out.refs) + len(out.refused),
+        "urls_skipped": len(out.refused),
+    }
     return out
+
+
+def _screen(refs: list[ImageRef], rules: UrlRules) -> tuple[list[ImageRef], list[dict[str, Any]]]:
+    """Every ref's URL screened (credentials stripped or refused, scheme, length) and its page
+    URL cleared of credentials: what is planned is what may be fetched and stored."""
+    from tasks.crawl.urllists import refused_row
+
+    kept: list[ImageRef] = []
+    refused: list[dict[str, Any]] = []
+    for ref in refs:
+        try:
+            url = screen(ref.url, rules)
+        except CrawlError as exc:
+            refused.append(refused_row(ref.source, ref.page_url, -1, ref.url, exc))
+            continue
+        page = strip_userinfo(ref.page_url)
+        if url != ref.url or page != ref.page_url:
+            ref = ImageRef(url, ref.texts, page, ref.language, ref.source)
+        kept.append(ref)
+    return kept, refused
 
 
 def gather_refs(p: CrawlParams, ctx: CrawlContext) -> Gathered:
@@ -91,6 +118,13 @@ def gather_refs(p: CrawlParams, ctx: CrawlContext) -> Gathered:
         total.metrics.update(part.metrics)
         total.errors.update(part.errors)
         total.details.extend(part.details)
+        total.refused.extend(part.refused)
+    total.refs, refused = _screen(total.refs, rules_of(p.policy))
+    total.refused.extend(refused)
+    total.metrics["refused"] = len(total.refused)
+    for row in total.refused:
+        key = f"refused_{row['status']}"
+        total.metrics[key] = total.metrics.get(key, 0) + 1
     pairs = len({(r.url, t) for r in total.refs for t in (r.texts or [""])})
     total.refs = merge_refs(total.refs)
     total.metrics.update({"unique_pairs": pairs, "unique_images": len(total.refs)})

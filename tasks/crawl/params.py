@@ -55,7 +55,9 @@ class PolicyParams(ParamsSection):
     # fmt: off
     respect_robots_txt: bool = True  # honour robots.txt for pages and images
     disallowed_header_directives: list[str] = ["noai", "noimageai", "noindex", "noimageindex"]  # X-Robots-Tag values that refuse an image (any case)
-    allow_addresses: list[str] = []  # IPs / CIDRs allowed although private (the stage's own local server is always allowed)
+    allow_addresses: list[str] = []  # IPs / CIDRs allowed although private, or exact origins http://host:port (the stage's own server is allowed by its origin)
+    url_credentials: Literal["strip", "refuse"] = "strip"  # user:password@ in a URL: removed before fetching and storing, or the URL refused
+    max_url_length: int = Field(default=4096, ge=16, le=1_000_000)  # characters; longer URLs are refused before fetching
     # fmt: on
 
 

@@ -11,6 +11,7 @@ import io
 import json
 from typing import Any
 
+from tasks.base import StageError
 from tasks.crawl.records import ImageRef
 from tasks.io import put_atomic
 from tasks.settings import join_uri
@@ -18,7 +19,7 @@ from tasks.settings import join_uri
 PLAN_COLUMNS = ("uid", "key", "url", "caption", "texts", "page_url", "language", "source", "shard")
 
 
-class PlanMismatchError(RuntimeError):
+class PlanMismatchError(StageError):
     """The output folder holds a crawl of other inputs; refuse rather than mix two crawls."""
 
 
@@ -61,6 +62,25 @@ def save_plan(output_dir: str, rows: list[dict[str, Any]], meta: dict[str, Any])
     pq.write_table(table, buf)
     put_atomic(plan_uri(output_dir, "plan.parquet"), buf.getvalue())
     put_atomic(plan_uri(output_dir, "plan.json"), json.dumps(meta, indent=2, default=str).encode())
+
+
+REFUSED_COLUMNS = ("source", "input", "row", "url", "status", "error_message")
+
+
+def save_refused(output_dir: str, rows: list[dict[str, Any]]) -> None:
+    """`refused.parquet`: every input refused before fetching, with its reason (URLs redacted).
+
+    Written with the plan, before its commit point; always present (possibly empty) so a reader
+    never has to guess whether nothing was refused or nothing was written.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([(c, pa.int64() if c == "row" else pa.string()) for c in REFUSED_COLUMNS])
+    table = pa.Table.from_pylist(rows, schema=schema) if rows else schema.empty_table()
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    put_atomic(join_uri(output_dir, "refused.parquet"), buf.getvalue())
 
 
 def load_plan(output_dir: str) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:

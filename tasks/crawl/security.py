@@ -1,5 +1,9 @@
 """SSRF guard: only http(s) to public addresses (plus an explicit allow-list), checked on every hop.
 
+The allow-list holds addresses / CIDRs (any port) and exact origins `http://host:port`: the
+stage's own sample server is allowed as its origin only, never as "all of 127.0.0.1", so a
+redirect to another port, or to a host NAME resolving to 127.0.0.1, is refused.
+
 The guard is also the aiohttp resolver, so the connector connects to exactly the addresses that
 were checked (no second lookup an attacker's DNS could answer differently). IP literals skip the
 resolver inside aiohttp, which is why `check()` runs before every request and redirect hop.
@@ -18,6 +22,7 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from tasks.crawl.errors import CrawlError
+from tasks.crawl.urlscreen import DEFAULT_RULES, UrlRules, screen
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # Cloud metadata endpoints that are not all covered by "not global" (kept explicit for clarity).
@@ -58,15 +63,41 @@ class StubResolver:
             ) from None
 
 
-def parse_networks(entries: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
-    """Allow-list entries: single addresses or CIDRs; a bad entry is an error naming it."""
-    nets = []
+Origin = tuple[str, int]  # (host, port) allowed exactly, whatever its address
+
+
+def _origin(entry: str) -> Origin:
+    """`http://host:port` -> (host, port); the port defaults to the scheme's."""
+    parts = urlsplit(entry.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or "@" in parts.netloc:
+        raise ValueError
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname.lower().rstrip("."), port
+
+
+def parse_allow(
+    entries: Iterable[str],
+) -> tuple[list[ipaddress.IPv4Network | ipaddress.IPv6Network], frozenset[Origin]]:
+    """Allow-list entries: addresses or CIDRs (any port), or exact origins `http://host:port`
+    (that host name and port only); a bad entry is an error naming it."""
+    nets, origins = [], set()
     for entry in entries:
         try:
-            nets.append(ipaddress.ip_network(entry.strip(), strict=False))
+            if "://" in entry:
+                origins.add(_origin(entry))
+            else:
+                nets.append(ipaddress.ip_network(entry.strip(), strict=False))
         except ValueError:
-            raise ValueError(f"allow_addresses: {entry!r} is not an IP address or CIDR") from None
-    return nets
+            raise ValueError(
+                f"policy.allow_addresses: {entry!r} is not an IP address, a CIDR or an "
+                "origin http://host:port"
+            ) from None
+    return nets, frozenset(origins)
+
+
+def parse_networks(entries: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The address / CIDR entries of an allow-list (origins left out)."""
+    return parse_allow(entries)[0]
 
 
 def refusal_reason(ip: IPAddress) -> str | None:
@@ -96,10 +127,12 @@ class UrlGuard(AbstractResolver):
         allow: Iterable[str] = (),
         base: BaseResolver | None = None,
         ttl_s: float = 300.0,
+        rules: UrlRules = DEFAULT_RULES,
     ) -> None:
-        self.allow = parse_networks(allow)
+        self.allow, self.origins = parse_allow(allow)
         self.base = base or SystemResolver()
         self.ttl_s = ttl_s
+        self.rules = rules
         self._cache: dict[str, tuple[float, list[str]]] = {}
         self._verdicts: dict[str, str | None] = {}
         self._literals: dict[str, str | None] = {}
@@ -132,8 +165,10 @@ class UrlGuard(AbstractResolver):
             self._literals[host] = literal
             return literal
 
-    async def addresses(self, host: str) -> list[str]:
-        """Allowed addresses of `host` (cached); CrawlError dns_error / address_refused otherwise."""
+    async def addresses(self, host: str, port: int | None = None) -> list[str]:
+        """Addresses of `host` the connector may use (cached lookups); CrawlError dns_error /
+        address_refused otherwise. An allowed origin (host and port exactly) skips the address
+        check; every other host:port gets only the addresses the allow-list or policy admits."""
         host = host.lower().rstrip(".")
         literal = self._literal(host)
         if literal is not None:
@@ -148,33 +183,37 @@ class UrlGuard(AbstractResolver):
                 except (OSError, UnicodeError) as exc:
                     raise CrawlError("dns_error", f"{host}: {exc}") from None
                 self._cache[host] = (time.monotonic() + self.ttl_s, addrs)
+        if port is not None and (host.strip("[]"), port) in self.origins:
+            return addrs
         ok = [a for a in addrs if self._verdict(a) is None]
         if not ok:
             self.refused += 1
             reasons = {a: self._verdict(a) for a in addrs}
-            raise CrawlError("address_refused", f"{host} -> {reasons}")
+            where = f"{host}:{port}" if port is not None else host
+            raise CrawlError("address_refused", f"{where} -> {reasons}")
         return ok
 
-    async def check(self, url: str) -> None:
-        """Refuse anything but http(s) to an allowed address; run before every request and hop."""
-        try:
-            parts = urlsplit(url)
-            host = parts.hostname
-            _ = parts.port  # raises on a bad port
-        except ValueError as exc:
-            raise CrawlError("bad_url", f"{url!r}: {exc}") from None
-        if parts.scheme not in ("http", "https"):
-            raise CrawlError("scheme_refused", f"{url!r}")
-        if not host:
-            raise CrawlError("bad_url", f"{url!r}: no host")
-        await self.addresses(host)
+    async def check(self, url: str) -> str:
+        """The URL to request (credentials screened away) if it is http(s) to an allowed
+        origin or address; run before every request and every redirect hop."""
+        url = screen(url, self.rules)
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        await self.addresses(host, port)
+        return url
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        """aiohttp's hook: the connector connects only to what this returns."""
+        """aiohttp's hook: the connector connects only to what this returns, checked now.
+
+        A host name is looked up again here when its cache entry has expired, and whatever
+        this lookup answers is checked before it is returned: a name that resolved to a
+        public address in check() and to a private one now (DNS rebinding) is refused here.
+        """
         try:
-            addrs = await self.addresses(host)
+            addrs = await self.addresses(host, port or None)
         except CrawlError as exc:
             raise OSError(f"clipmill guard: {exc}") from exc
         out: list[ResolveResult] = []
@@ -197,7 +236,15 @@ class UrlGuard(AbstractResolver):
 
 
 def guard_from(
-    allow: Iterable[str], stub: Mapping[str, Iterable[str]] | None = None, **kw: Any
+    allow: Iterable[str],
+    stub: Mapping[str, Iterable[str]] | None = None,
+    rules: UrlRules = DEFAULT_RULES,
+    **kw: Any,
 ) -> UrlGuard:
     """Build a guard inside the worker (resolvers hold loop state, so they are never pickled)."""
-    return UrlGuard(allow, StubResolver(stub) if stub is not None else None, **kw)
+    return UrlGuard(allow, StubResolver(stub) if stub is not None else None, rules=rules, **kw)
+
+
+def rules_of(policy: Any) -> UrlRules:
+    """The URL rules of a crawl's `policy` section."""
+    return UrlRules(policy.url_credentials, policy.max_url_length)

@@ -18,6 +18,7 @@ from tasks.crawl.params import HttpParams, PolicyParams, SiteParams
 from tasks.crawl.records import ImageRef
 from tasks.crawl.robots import RobotsCache
 from tasks.crawl.security import UrlGuard
+from tasks.crawl.urlscreen import screen
 
 SKIP_EXTENSIONS = (
     ".png",
@@ -48,7 +49,13 @@ class SiteCrawlResult:
     pages: int = 0  # HTML pages parsed
     fetched: int = 0  # page requests that returned a body
     errors: Counter[str] = field(default_factory=Counter)
+    details: list[str] = field(default_factory=list)  # first few failure messages
     seconds: float = 0.0
+
+    def note(self, exc: CrawlError) -> None:
+        self.errors[exc.error_class] += 1
+        if len(self.details) < 20:
+            self.details.append(f"site: {exc}")
 
 
 class _Politeness:
@@ -83,10 +90,16 @@ async def _crawl(
     canonical: Callable[[str], str],
 ) -> SiteCrawlResult:
     result = SiteCrawlResult()
-    hosts = {h.lower() for h in allowed} or {urlsplit(s).netloc.lower() for s in seeds}
+    clean: list[str] = []
+    for found in seeds:
+        try:
+            clean.append(screen(found, guard.rules))
+        except CrawlError as exc:
+            result.note(exc)
+    hosts = {h.lower() for h in allowed} or {urlsplit(s).netloc.lower() for s in clean}
     queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
     seen: set[str] = set()
-    for seed in seeds:
+    for seed in clean:
         if seed not in seen:
             seen.add(seed)
             queue.put_nowait((seed, 0))
@@ -98,15 +111,16 @@ async def _crawl(
         robots = RobotsCache(session, guard, http) if policy.respect_robots_txt else None
 
         async def visit(url: str, depth: int) -> None:
-            if robots is not None and not await robots.allowed(url):
-                result.errors["robots_disallowed"] += 1
-                return
-            delay = max(cfg.politeness_delay_s, await robots.crawl_delay(url) if robots else 0.0)
-            await polite.wait(urlsplit(url).netloc, delay)
             try:
+                if robots is not None and not await robots.allowed(url):
+                    raise CrawlError("robots_disallowed", url)
+                delay = max(
+                    cfg.politeness_delay_s, await robots.crawl_delay(url) if robots else 0.0
+                )
+                await polite.wait(urlsplit(url).netloc, delay)
                 resp = await fetch(session, guard, url, http)
-            except CrawlError as exc:
-                result.errors[exc.error_class] += 1
+            except CrawlError as exc:  # robots.txt unreachable is reported as what it was
+                result.note(exc)
                 return
             result.fetched += 1
             ctype = resp.headers.get("Content-Type", "")
@@ -126,7 +140,12 @@ async def _crawl(
             )
             if depth >= cfg.max_depth or page.nofollow:
                 return
-            for link in page.links:
+            for found in page.links:
+                try:
+                    link = screen(found, guard.rules)  # user:password@ never followed
+                except CrawlError as exc:
+                    result.note(exc)
+                    continue
                 if link not in seen and _followable(link, hosts):
                     seen.add(link)
                     queue.put_nowait((link, depth + 1))

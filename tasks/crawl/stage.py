@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Any
 
 from tasks.crawl.context import CrawlContext, build_context
@@ -17,21 +18,32 @@ log = logging.getLogger(__name__)
 def _open_pool(p: CrawlParams) -> Any:
     if not p.output.write_pool:
         return None
-    from tasks.pool import open_pool
+    from tasks.crawl.poolsync import PoolSink
 
-    return open_pool(p.output.lancedb_uri or None, create=True)
+    return PoolSink(p.output.lancedb_uri or None)
 
 
 class _LazyPool:
-    """The pool table, opened on first use."""
+    """The pool (and its record of synced shards), opened on first use."""
 
     def __init__(self, p: CrawlParams) -> None:
-        self.params, self.table, self.opened = p, None, False
+        self.params, self.sink, self.opened = p, None, False
 
     def get(self) -> Any:
         if not self.opened:
-            self.table, self.opened = _open_pool(self.params), True
-        return self.table
+            self.sink, self.opened = _open_pool(self.params), True
+        return self.sink
+
+
+def _run_by_dvc() -> bool:
+    """Whether `dvc repro` / `dvc exp run` (hence the Prefect flow) runs this crawl.
+
+    dvc.yaml marks data/crawl `persist: true` so that a killed crawl resumes under DVC too; the
+    price is that DVC no longer deletes an output made from other params before the run. When
+    DVC runs the stage it has already judged the old output stale (and keeps its committed
+    version in the cache), so a plan mismatch replaces it, as DVC itself would have done.
+    """
+    return os.environ.get("DVC_STAGE", "").rsplit(":", 1)[-1] == "crawl"
 
 
 def _existing_shards(output_dir: str) -> list[str]:
@@ -46,24 +58,51 @@ def _existing_shards(output_dir: str) -> list[str]:
 def _clear(output_dir: str) -> None:
     import fsspec
 
-    for part in ("shards", "_plan"):
+    for part in ("shards", "_plan", "refused.parquet"):
         fs, path = fsspec.core.url_to_fs(join_uri(output_dir, part))
         if fs.exists(path):
             fs.rm(path, recursive=True)
 
 
+def _sweep_temp(output_dir: str) -> int:
+    """Remove the temporary files of atomic writes a killed run left (`.NAME.*.tmp` locally,
+    `NAME.<uuid>.tmp` on object stores): DVC would otherwise version them with the output.
+    One crawl writes a folder at a time, so any temporary file found at start is stale."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(output_dir)
+    if not fs.exists(path):
+        return 0
+    # (fsspec's glob matches dot files too: `.00001.tar.x.tmp` is found by `*.tmp`)
+    stale = [f for part in ("", "shards/", "_plan/") for f in fs.glob(f"{path}/{part}*.tmp")]
+    for f in stale:
+        fs.rm(f)
+    if stale:
+        log.info("removed %d temporary files a killed run left in %s", len(stale), output_dir)
+    return len(stale)
+
+
 def ensure_plan(p: CrawlParams, ctx: CrawlContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Load the saved plan of these inputs, or gather the sources and save a new one."""
     from tasks.crawl.inputs import gather_refs
-    from tasks.crawl.plan import PlanMismatchError, fingerprint, load_plan, plan_rows, save_plan
+    from tasks.crawl.plan import (
+        PlanMismatchError,
+        fingerprint,
+        load_plan,
+        plan_rows,
+        save_plan,
+        save_refused,
+    )
+    from tasks.crawl.urlscreen import strip_userinfo
 
+    _sweep_temp(ctx.output_dir)
     inputs = p.plan_inputs()
     fp = fingerprint(inputs)
     found = load_plan(ctx.output_dir)
     if found and found[0].get("fingerprint") == fp:
         return found[1], {**found[0].get("gather", {}), "plan_reused": 1}
     if found or _existing_shards(ctx.output_dir):
-        if not p.output.overwrite:
+        if not (p.output.overwrite or _run_by_dvc()):
             old = found[0].get("inputs") if found else "unknown (no plan)"
             raise PlanMismatchError(
                 f"{ctx.output_dir} holds a crawl of other inputs ({old}); set "
@@ -72,8 +111,15 @@ def ensure_plan(p: CrawlParams, ctx: CrawlContext) -> tuple[list[dict[str, Any]]
         _clear(ctx.output_dir)
     gathered = gather_refs(p, ctx)
     for detail in gathered.details[:20]:
-        log.warning("input problem: %s", detail)
+        log.warning("input problem: %s", strip_userinfo(detail))
+    if gathered.refused:
+        log.warning(
+            "%d inputs refused before fetching (reasons in %s/refused.parquet)",
+            len(gathered.refused),
+            ctx.output_dir,
+        )
     rows = plan_rows(gathered.refs, p.inputs.shard_size, p.inputs.max_images)
+    save_refused(ctx.output_dir, gathered.refused)
     gather = {**gathered.metrics, **{f"input_error_{k}": v for k, v in gathered.errors.items()}}
     save_plan(
         ctx.output_dir,
@@ -86,7 +132,6 @@ def ensure_plan(p: CrawlParams, ctx: CrawlContext) -> tuple[list[dict[str, Any]]
 def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
     from tasks.crawl.distributor import run_shard_jobs
     from tasks.crawl.plan import by_shard
-    from tasks.crawl.poolsync import sync_shard
     from tasks.crawl.shardtask import download_and_write
     from tasks.crawl.writer import shard_uri
     from tasks.io import is_done
@@ -99,8 +144,8 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
 
     def on_done(stats: dict[str, Any]) -> None:
         ran.append(stats)
-        if (table := pool.get()) is not None:
-            sync_shard(table, ctx.output_dir, stats["index"])
+        if (sink := pool.get()) is not None:
+            sink.sync_shard(ctx.output_dir, stats["index"])
 
     args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map)
     jobs = [(i, download_and_write, (shards[i], *args)) for i in todo]
@@ -112,10 +157,12 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         on_done,
         p.output.progress,
     )
-    if (table := pool.get()) is not None:  # shards a killed run finished before their upsert
+    # Shards a killed run finished before their upsert, and every shard when the pool is new
+    # (a fresh clone, another CLIPMILL_LANCEDB_URI): the pool's own record says which.
+    if (sink := pool.get()) is not None:
         for i in sorted(shards):
             if is_done(shard_uri(ctx.output_dir, i)):
-                sync_shard(table, ctx.output_dir, i)
+                sink.sync_shard(ctx.output_dir, i)
     done_now = sum(s["count"] for s in ran)
     ok_now = sum(s["successes"] for s in ran)
     metrics.update(
@@ -138,7 +185,6 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
 
     from tasks.crawl.distributor import run_shard_jobs
     from tasks.crawl.plan import load_plan
-    from tasks.crawl.poolsync import sync_shard
     from tasks.crawl.shardtask import retry_and_merge
     from tasks.crawl.writer import shard_uri
 
@@ -162,13 +208,13 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
             total += n
             args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map)
             jobs.append((index, retry_and_merge, args))
-    table = _open_pool(p)
+    sink = _open_pool(p)
     ran: list[dict[str, Any]] = []
 
     def on_done(stats: dict[str, Any]) -> None:
         ran.append(stats)
-        if table is not None:
-            sync_shard(table, ctx.output_dir, stats["index"], force=True)
+        if sink is not None:  # the rewritten shard is new content: upserted again
+            sink.sync_shard(ctx.output_dir, stats["index"])
 
     seconds = run_shard_jobs(
         jobs,
@@ -179,6 +225,9 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         p.output.progress,
         "crawl: retrying",
     )
+    if sink is not None:  # a shard a killed retry rewrote before its upsert
+        for marker in _existing_shards(ctx.output_dir):
+            sink.sync_shard(ctx.output_dir, int(marker.rsplit("/", 1)[-1].split(".")[0]))
     return {
         "retry_shards": len(jobs),
         "retried": sum(s.get("retried", 0) for s in ran),

@@ -21,6 +21,9 @@ from tasks.decontam.params import HashMatchParams
 from tasks.decontam.views import crawl_resize
 from tasks.io.paths import resolve_path
 
+# The recaption stage's pool columns curate reads (null when it has not run): the teacher's
+# CLIP score of the synthetic caption, for clip_score's raw-or-synthetic choice.
+RECAPTION_COLUMNS = {"recaption_score_long_positive": "synthetic_score"}
 DECONTAMINATE_MATCH_SECTION = "match"  # the section of params/decontaminate.yaml: hash matching
 BASE_COLUMNS = [  # the pool columns (tasks/pool.py) every run reads
     "uid",
@@ -59,7 +62,7 @@ def read_rows(pool: Any) -> pa.Table:
     from tasks.curate.poolio import read_columns
     from tasks.curate.prepare import FEATURE_COLUMNS, MATCH_COLUMNS
 
-    cols = {**{c: c for c in BASE_COLUMNS}, **MATCH_COLUMNS, **FEATURE_COLUMNS}
+    cols = {**{c: c for c in BASE_COLUMNS}, **MATCH_COLUMNS, **FEATURE_COLUMNS, **RECAPTION_COLUMNS}
     table = read_columns(pool, list(cols))
     return table.rename_columns([cols[c] for c in table.column_names])
 

@@ -124,6 +124,7 @@ class ClipScoreParams(StepSection):
     # fmt: off
     fraction: float | None = Field(default=0.3, gt=0.0, le=1.0)  # keep score >= the one at rank int(N * fraction) of ALL N downloaded, embedded pool rows
     threshold: float | None = Field(default=None, ge=-1.0, le=1.0)  # fixed cosine threshold; used when fraction is None
+    caption: Literal["raw", "raw_else_synthetic", "both"] = "raw"  # raw: DataComp; raw_else_synthetic: the synthetic caption (recaption's long positive, same threshold) where the raw one fails, one caption per sample (Nguyen et al.); both: as raw_else_synthetic, and a passing synthetic caption is also written as `recaption` beside a passing raw one
     # fmt: on
 
     def unusable(self) -> str | None:

@@ -103,9 +103,34 @@ def entry_counts_figure(counts: Any) -> Any:
     return histogram_figure(counts.before, counts.after, counts.t)
 
 
+def caption_scores_figure(value: tuple[np.ndarray, np.ndarray, float]) -> Any:
+    """clip_score's raw and synthetic caption scores (teacher cosine) with the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    raw, synthetic, threshold = value
+    fig, ax = plt.subplots(figsize=(6, 4))
+    raw, synthetic = raw[~np.isnan(raw)], synthetic[~np.isnan(synthetic)]
+    both = np.concatenate([raw, synthetic])
+    bins = np.linspace(both.min(), both.max(), 40).tolist() if both.size else 10
+    ax.hist(raw, bins=bins, histtype="step", label=f"raw caption ({raw.size})")
+    ax.hist(synthetic, bins=bins, histtype="step", label=f"synthetic caption ({synthetic.size})")
+    ax.axvline(threshold, color="k", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("teacher CLIP score (cosine)")
+    ax.set_ylabel("rows reaching clip_score")
+    ax.legend()
+    ax.set_title("CLIP score of the raw and the synthetic caption")
+    return fig
+
+
 # Artifact name -> figure of it (saved as `<name>.png`): steps hand artifacts back in their
 # StepResult; the report draws those it knows, artifacts.json lists every one by step.
-FIGURES: dict[str, Callable[[Any], Any]] = {"entry_counts": entry_counts_figure}
+FIGURES: dict[str, Callable[[Any], Any]] = {
+    "entry_counts": entry_counts_figure,
+    "caption_scores": caption_scores_figure,
+}
 
 
 def _log_inputs(out_dir: Path, recorded: dict[str, Any]) -> Path:

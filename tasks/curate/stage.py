@@ -20,6 +20,7 @@ from tasks.io.paths import resolve_path
 if TYPE_CHECKING:
     from tasks.curate.apply import Outcome
     from tasks.curate.steps.base import ReportStep, Step, StepContext
+    from tasks.curate.steps.clip_score import CaptionChoice
 
 
 def model_ref(p: CurateParams) -> str | None:
@@ -70,24 +71,67 @@ def _subset(rows: pa.Table, keep: np.ndarray, path: Path) -> list[str]:
     return write_uids(path, rows.column("uid").filter(pa.array(keep)).to_pylist())
 
 
-def _caption_fields(rows: pa.Table, pool: Any, keep: np.ndarray) -> dict[str, dict[str, Any]]:
-    """uid -> every caption field: text, texts and any recaption_* column present in the pool."""
+# The recaption stage's pool columns -> their fixed names in the curated shards' JSON side file
+# (docs/CONTRACTS.md): HQ-CLIP's four fields, which backend and model made each, and both scores.
+RECAPTION_FIELDS = {
+    "recaption_long_positive": "long_positive",
+    "recaption_long_negative": "long_negative",
+    "recaption_short_positive": "short_positive",
+    "recaption_short_negative": "short_negative",
+    "recaption_sources": "recaption_sources",
+    "recaption_score_alt": "clip_score_raw",
+    "recaption_score_long_positive": "clip_score_synthetic",
+}
+
+
+def _recaption_row(row: dict[str, Any], choice: CaptionChoice | None) -> dict[str, Any]:
+    """One kept row's caption fields: `text` (the shard's txt) is the caption it was kept by,
+    `alt_text` the raw one, `caption_choice` which; `recaption` (the train stage's synthetic
+    caption field) is the long positive where the mode lets the sample train on it too."""
+    import json
+
+    uid, raw, synthetic = row["uid"], row["text"], row.get("recaption_long_positive")
+    out = {k: v for k, v in row.items() if k not in RECAPTION_FIELDS}
+    out.update({RECAPTION_FIELDS[k]: v for k, v in row.items() if k in RECAPTION_FIELDS})
+    if isinstance(out.get("recaption_sources"), str):
+        out["recaption_sources"] = json.loads(out["recaption_sources"])
+    rescued = choice is not None and uid in choice.synthetic_uids and bool(synthetic)
+    out.update(alt_text=raw, text=synthetic if rescued else raw)
+    out["caption_choice"] = "synthetic" if rescued else "raw"
+    if synthetic and not rescued:
+        passing = choice is None or (
+            choice.mode != "raw_else_synthetic" and uid in choice.synthetic_passing
+        )
+        if passing:
+            out["recaption"] = synthetic
+    return out
+
+
+def _caption_fields(
+    rows: pa.Table, pool: Any, keep: np.ndarray, choice: CaptionChoice | None
+) -> dict[str, dict[str, Any]]:
+    """uid -> every caption field: text, texts and the recaption stage's fields (fixed names)."""
     from tasks.curate.poolio import read_columns
 
-    extra = [c for c in pool.schema.names if c.startswith("recaption_")]
+    extra = [c for c in RECAPTION_FIELDS if c in pool.schema.names]
     table = read_columns(pool, ["uid", "text", "texts", "url", *extra])
     wanted = set(rows.column("uid").filter(pa.array(keep)).to_pylist())
-    return {r["uid"]: r for r in table.to_pylist() if r["uid"] in wanted}
+    return {r["uid"]: _recaption_row(r, choice) for r in table.to_pylist() if r["uid"] in wanted}
 
 
 def _materialise(
-    rows: pa.Table, pool: Any, keep: np.ndarray, p: CurateParams, dest: Path
+    rows: pa.Table,
+    pool: Any,
+    keep: np.ndarray,
+    p: CurateParams,
+    dest: Path,
+    choice: CaptionChoice | None = None,
 ) -> tuple[int, int]:
     """Write the `keep` rows as shuffled shards under `dest`: (shards written, kept without image)."""
     from tasks.curate.features import existing_shard
     from tasks.curate.materialise import materialise
 
-    fields = _caption_fields(rows, pool, keep)
+    fields = _caption_fields(rows, pool, keep, choice)
     crawl = resolve_path(p.paths.crawl_dir)
     shard_of = {}
     for uid, shard in zip(
@@ -124,6 +168,32 @@ def _grids(
         if path is not None:
             found.update({u: data for u, data, _ in read_images(path, wanted)})
     return {g: [(found[u], text[u] or "") for u in us if u in found] for g, us in groups.items()}
+
+
+def _synthetic_grid(
+    rows: pa.Table, pool: Any, outcome: Outcome, p: CurateParams
+) -> dict[str, list[tuple[bytes, str]]]:
+    """Rows kept by their synthetic caption, captioned "old -> new" (report grid)."""
+    from tasks.curate.features import existing_shard
+    from tasks.curate.poolio import read_columns
+    from tasks.io.wds import read_images
+
+    choice = outcome.artifacts.get("clip_score", {}).get("caption_choice")
+    if choice is None or not choice.synthetic_uids or p.outputs.report_examples == 0:
+        return {}
+    wanted = set(sorted(choice.synthetic_uids)[: p.outputs.report_examples])
+    table = read_columns(pool, ["uid", "text", "shard", "recaption_long_positive"]).to_pylist()
+    info = {r["uid"]: r for r in table if r["uid"] in wanted}
+    found: dict[str, bytes] = {}
+    for shard in {r["shard"] for r in info.values()}:
+        path = existing_shard(resolve_path(p.paths.crawl_dir), shard)
+        if path is not None:
+            found.update({u: data for u, data, _ in read_images(path, wanted)})
+    items = [
+        (found[u], f"{info[u]['text'] or ''} -> {info[u]['recaption_long_positive'] or ''}")
+        for u in sorted(found)
+    ]
+    return {"kept_by_synthetic_caption": items}
 
 
 def _reports(
@@ -178,16 +248,17 @@ def run(params: CurateParams) -> dict[str, Any]:
     metrics.update(curated_size=int(outcome.keep.sum()), holdout_size=len(held_uids))
     metrics.update({f"funnel_{f['step']}": f["left"] for f in outcome.funnel})
     if params.outputs.materialise:
-        shards, missing = _materialise(rows, pool, train, params, out_dir / "shards")
+        choice = outcome.artifacts.get("clip_score", {}).get("caption_choice")
+        shards, missing = _materialise(rows, pool, train, params, out_dir / "shards", choice)
         metrics.update(shards_written=shards, kept_without_image=missing)
-        shards, missing = _materialise(rows, pool, held, params, out_dir / "holdout")
+        shards, missing = _materialise(rows, pool, held, params, out_dir / "holdout", choice)
         metrics.update(holdout_shards_written=shards, holdout_without_image=missing)
     metrics.update(_reports(rows, reports, steps, ctx))
     write_report(
         out_dir / "report",
         outcome.funnel,
         outcome.artifacts,
-        _grids(rows, outcome.reason, params),
+        {**_grids(rows, outcome.reason, params), **_synthetic_grid(rows, pool, outcome, params)},
         _recorded_inputs(ctx),
     )
     return metrics

@@ -25,7 +25,15 @@ def resolve_uri(path: str | Path) -> str:
     text = str(path)
     if is_uri(text) or Path(text).is_absolute():
         return text
-    return str(get_settings().root / text)
+    root = get_settings().root
+    if ".." in Path(text).parts and not (root / text).resolve().is_relative_to(root.resolve()):
+        # A relative path is a promise to stay in the project: `../../x` breaking it is a typo or
+        # an attack (params from elsewhere); an absolute path says outright where it goes.
+        raise ValueError(
+            f"params path {text!r} escapes the project folder {root}: write it inside the "
+            "project, or as an absolute path / URI to point outside it on purpose"
+        )
+    return str(root / text)
 
 
 @overload

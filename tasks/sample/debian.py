@@ -9,6 +9,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tasks.base import StageError
+
 PACKAGES: dict[str, str] = {
     "openclipart-svg": "clip-art SVGs with RDF titles, descriptions and keywords",
     "openclipart-png": "PNG renders of the clip art",
@@ -23,7 +25,7 @@ PACKAGES: dict[str, str] = {
 MARKER = ".clipmill-extracted.json"  # written last: its presence means the extraction is complete
 
 
-class DebianError(RuntimeError):
+class DebianError(StageError):
     """A package could not be fetched or unpacked; the message says what to do."""
 
 

@@ -37,6 +37,12 @@ class SampleParams(StageParams):
     fashion_mnist_train_max_items: int = Field(
         default=2000, ge=0
     )  # train images written as the probe's `train` split (seeded, class-balanced; 0 = all 60k)
+    suite_train_per_class: int = Field(
+        default=20, ge=1
+    )  # merging task suite: train images per class of each task (data/sample/suite, never eval data)
+    suite_val_per_class: int = Field(
+        default=5, ge=1
+    )  # merging task suite: held-out `val` images per class (greedy soup's score)
 
     # held-out evaluation items (never on the site)
     openclipart_eval_fraction: float = Field(default=0.1, ge=0.0, le=0.9)  # share per category

@@ -23,6 +23,7 @@ from tasks.sample import (
     gimp,
     heldout,
     openclipart,
+    suite,
     tables,
     tuxpaint,
     wordnet,
@@ -186,6 +187,10 @@ def build(params: SampleParams, roots: dict[str, Path], tmp: Path) -> dict[str, 
         params, held, loaded["emoji"], loaded["fashion"], tmp / "eval", loaded["fashion_train"]
     )
     tables.write_eval_items(sets, tmp / "eval" / "items.parquet")
+    suite_counts = suite.write_suite(
+        tmp / "suite", tmp / "eval", on_site, loaded["fashion_train"],
+        params.suite_val_per_class, params.suite_train_per_class, params.seed,
+    )  # fmt: skip
     planted = planting.choose(sets, params.planted_count, params.planted_transforms, params.seed)
     tables.write_planted(planted, tmp / "eval" / "planted_near_duplicates.parquet")
     site, gimp_pages, broken = build_site(params, roots, on_site, planted, tmp / "site")
@@ -207,6 +212,7 @@ def build(params: SampleParams, roots: dict[str, Path], tmp: Path) -> dict[str, 
         **count_site(tmp / "site", rows, disallowed),
         "eval": {name: len(records) for name, records in sets.items()},
         "eval_train_split": {"fashion_mnist": len(loaded["fashion_train"])},
+        "suite": suite_counts,
         "planted_near_duplicates": len(planted),
         "broken_links": broken,
         "archives": {"warc": len(index["warc"]), "wat": len(index["wat"])},

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+OBJECTIVE_FILE = "objective.safetensors"  # the training objective's state (A-CLIP's EMA model)
 PREFIX = "checkpoint_"
 HF_FILES = (
     "config.json",
@@ -42,13 +43,23 @@ def state_dict_for_saving(model: Any) -> dict[str, Any]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def write_train_state(directory: Path, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
-    """Write weights, optimizer and position, then the manifest that marks the checkpoint complete."""
+def write_train_state(
+    directory: Path,
+    model: Any,
+    optimizer: Any,
+    state: dict[str, Any],
+    objective_state: dict[str, Any] | None = None,
+) -> None:
+    """Write weights, optimizer, the objective's state (an EMA copy) and position, then the
+    manifest that marks the checkpoint complete."""
     import torch
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
     save_file(state_dict_for_saving(model), str(directory / "model.safetensors"))
+    if objective_state:
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in objective_state.items()}
+        save_file(tensors, str(directory / OBJECTIVE_FILE))
     torch.save(optimizer.state_dict(), directory / "optimizer.pt")
     (directory / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True))
     files = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.name != MANIFEST}
@@ -56,13 +67,19 @@ def write_train_state(directory: Path, model: Any, optimizer: Any, state: dict[s
 
 
 def save_local_checkpoint(
-    root: Path, step: int, model: Any, optimizer: Any, state: dict[str, Any], keep: int
+    root: Path,
+    step: int,
+    model: Any,
+    optimizer: Any,
+    state: dict[str, Any],
+    keep: int,
+    objective_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically (temp dir then rename) under root and prune old ones."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp_ckpt_"))
-    write_train_state(tmp, model, optimizer, state)
+    write_train_state(tmp, model, optimizer, state, objective_state)
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -98,8 +115,11 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob(f"{PREFIX}*") if p.is_dir() and (p / MANIFEST).is_file())
 
 
-def load_train_state(directory: Path, model: Any, optimizer: Any | None) -> dict[str, Any]:
-    """Restore weights and optimizer in place from a verified checkpoint; returns its state."""
+def load_train_state(
+    directory: Path, model: Any, optimizer: Any | None, objective: Any | None = None
+) -> dict[str, Any]:
+    """Restore weights, optimizer and the objective's state in place from a verified checkpoint;
+    returns its state."""
     import torch
     from safetensors.torch import load_file
 
@@ -111,6 +131,9 @@ def load_train_state(directory: Path, model: Any, optimizer: Any | None) -> dict
             optimizer.load_state_dict(
                 torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
             )
+        if objective is not None:
+            extra = directory / OBJECTIVE_FILE
+            objective.load_state_dict(load_file(str(extra)) if extra.is_file() else {})
     except CheckpointError:
         raise
     except Exception as exc:

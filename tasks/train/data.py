@@ -21,9 +21,10 @@ from __future__ import annotations
 import glob
 import io
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tasks.io.paths import resolve_path
 from tasks.io.wds import IMAGE_EXTS, ShardError, image_ext, sample_json, sample_keys
@@ -240,6 +241,14 @@ def sample_seed(seed: int, index: int) -> int:
 
 def pick_caption(sample: dict[str, Any], fields: dict[str, float], rng: random.Random) -> str:
     """Choose a caption field with the given probabilities among the fields this sample has."""
+    return pick_caption_field(sample, fields, rng)[1]
+
+
+def pick_caption_field(
+    sample: dict[str, Any], fields: dict[str, float], rng: random.Random
+) -> tuple[str, str]:
+    """(field, caption) of `pick_caption` (the same random draws): offline distillation needs to
+    know which stored caption embedding goes with the caption; "txt" when falling back."""
     meta = sample_json(sample)
     present: dict[str, str] = {}
     for name in fields:
@@ -254,8 +263,11 @@ def pick_caption(sample: dict[str, Any], fields: dict[str, float], rng: random.R
     weights = [fields[n] for n in present]
     if not present or sum(weights) <= 0:
         txt = sample.get("txt", b"")
-        return txt.decode("utf-8", "replace").strip() if isinstance(txt, bytes) else str(txt)
-    return present[rng.choices(list(present), weights=weights)[0]]
+        return "txt", (
+            txt.decode("utf-8", "replace").strip() if isinstance(txt, bytes) else str(txt)
+        )
+    name = rng.choices(list(present), weights=weights)[0]
+    return name, present[name]
 
 
 def decode_image(sample: dict[str, Any], transform: Any, seed: int | None) -> Any:
@@ -279,6 +291,26 @@ def decode_image(sample: dict[str, Any], transform: Any, seed: int | None) -> An
         return transform(image)
 
 
+@dataclass
+class Picked:
+    """What the batch's extras builders see of each sample besides its raw fields."""
+
+    seeds: list[int]  # per-sample seed (augmentation, caption choice)
+    fields: list[str]  # the caption field each picked caption came from ("txt" on fallback)
+    captions: list[str]  # the picked captions (what `texts` tokenises)
+
+
+class BatchExtra(Protocol):
+    """Builds named per-sample tensors of a batch (teacher inputs, hard negatives, tag targets).
+
+    `replaces_images`: the builder returns `images` itself (offline distillation rebuilds each
+    stored augmentation), so the default decode is skipped."""
+
+    replaces_images: bool
+
+    def __call__(self, samples: list[dict[str, Any]], picked: Picked) -> dict[str, Any]: ...
+
+
 def decode_batch(
     samples: list[dict[str, Any]],
     transform: Any,
@@ -286,16 +318,34 @@ def decode_batch(
     fields: dict[str, float],
     seed: int,
     augment: bool = True,
-) -> tuple[Any, Any]:
-    """Raw samples -> (images, tokens) tensors; `augment` = the transform draws random numbers."""
+    extras: Sequence[BatchExtra] = (),
+) -> Any:
+    """Raw samples -> (images, tokens) tensors; `augment` = the transform draws random numbers.
+    With `extras`, a `Batch` whose extras are what the builders return (objectives/base.py)."""
     import torch
 
-    images, texts = [], []
-    for s in samples:
-        sseed = sample_seed(seed, s["__index__"])
-        texts.append(pick_caption(s, fields, random.Random(sseed)))
-        images.append(decode_image(s, transform, sseed if augment else None))
-    return torch.stack(images), tokenizer(texts)
+    seeds = [sample_seed(seed, s["__index__"]) for s in samples]
+    chosen = [
+        pick_caption_field(s, fields, random.Random(x)) for s, x in zip(samples, seeds, strict=True)
+    ]
+    picked = Picked(seeds, [c[0] for c in chosen], [c[1] for c in chosen])
+    images = None
+    if not any(e.replaces_images for e in extras):
+        images = torch.stack(
+            [
+                decode_image(s, transform, x if augment else None)
+                for s, x in zip(samples, seeds, strict=True)
+            ]
+        )
+    if not extras:
+        return images, tokenizer(picked.captions)
+    from tasks.train.objectives.base import Batch
+
+    out: dict[str, Any] = {}
+    for extra in extras:
+        out.update(extra(samples, picked))
+    images = out.pop("images", images)
+    return Batch(images, tokenizer(picked.captions), out)
 
 
 def worker_samples(
@@ -355,9 +405,11 @@ def worker_batches(
     augment: bool = True,
     exclude: frozenset[str] = frozenset(),
     split_shards: bool = False,
-) -> Iterator[tuple[Any, Any]]:
+    extras: Sequence[BatchExtra] = (),
+) -> Iterator[Any]:
     """This worker's slice of every global batch from `start_step` on (or, with `split_shards`,
-    its batches from its own shards), decoded; `exclude`d keys never appear."""
+    its batches from its own shards), decoded; `exclude`d keys never appear. With `extras`
+    (an objective's builders), `Batch`es carrying them."""
     samples = worker_samples(
         shards,
         batch_size=batch_size,
@@ -371,4 +423,4 @@ def worker_batches(
         split_shards=split_shards,
     )
     for mine in samples:
-        yield decode_batch(mine, transform, tokenizer, fields, seed, augment)
+        yield decode_batch(mine, transform, tokenizer, fields, seed, augment, extras)

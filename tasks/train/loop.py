@@ -1,7 +1,9 @@
 """The training loop on open_clip's library: losses, AdamW groups, cosine LR, accumulation, AMP.
 
 One loop serves the in-process local mode and every Ray Train worker; all randomness is derived
-from (seed, step, rank), so a resumed run and an uninterrupted one compute the same thing.
+from (seed, step, rank), so a resumed run and an uninterrupted one compute the same thing. What a
+step minimises is the run's objective (tasks/train/objectives: contrastive with FLIP, A-CLIP, ...);
+the loop only moves its batch to the device, back-propagates, steps and reports.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from tasks.train.objectives.base import Batch, Objective, as_batch
 from tasks.train.params import TrainParams
 
 MAX_LOGIT_SCALE = math.log(100)  # open_clip clamps the learnable temperature here
@@ -68,9 +71,32 @@ def _siglip_loss(p: TrainParams, rank: int, world: int) -> Any:
     return SigLipLoss(rank=rank, world_size=world)
 
 
+# CoCa (open_clip's CoCaLoss): contrastive + captioning cross-entropy, with open_clip_train's
+# default weights (--coca-contrastive-loss-weight 1, --coca-caption-loss-weight 2); pad id 0 is
+# open_clip's tokenizer padding.
+COCA_CLIP_WEIGHT = 1.0
+COCA_CAPTION_WEIGHT = 2.0
+
+
+def _coca_loss(p: TrainParams, rank: int, world: int) -> Any:
+    from open_clip.loss import CoCaLoss
+
+    return CoCaLoss(
+        caption_loss_weight=COCA_CAPTION_WEIGHT,
+        clip_loss_weight=COCA_CLIP_WEIGHT,
+        pad_id=0,
+        local_loss=p.local_loss,
+        gather_with_grad=p.gather_with_grad,
+        cache_labels=True,
+        rank=rank,
+        world_size=world,
+    )
+
+
 LOSSES: dict[str, Callable[[TrainParams, int, int], Any]] = {
     "clip": _clip_loss,
     "siglip": _siglip_loss,
+    "coca": _coca_loss,
 }
 
 
@@ -113,6 +139,20 @@ def autocast(p: TrainParams, device: Any) -> Any:
 
 
 def _loss_of(loss_fn: Any, out: dict[str, Any]) -> Any:
+    if type(loss_fn).__name__ == "CoCaLoss":  # CoCa's output adds the caption `logits`, `labels`
+        if "logits" not in out or "labels" not in out:
+            raise ValueError(
+                "loss 'coca' needs a CoCa model (an architecture with multimodal_cfg, e.g. "
+                "clipmill-tiny-coca) and accum_steps 1"
+            )
+        clip, caption = loss_fn(
+            out["image_features"],
+            out["text_features"],
+            out["logits"],
+            out["labels"],
+            out["logit_scale"],
+        )
+        return clip + caption
     args = [out["image_features"], out["text_features"], out["logit_scale"]]
     if "logit_bias" in out:
         args.append(out["logit_bias"])
@@ -120,34 +160,24 @@ def _loss_of(loss_fn: Any, out: dict[str, Any]) -> Any:
 
 
 def forward_backward(
-    model: Any, loss_fn: Any, images: Any, texts: Any, accum: int, amp: Any
+    model: Any, objective: Objective, batch: Batch, step: int, accum: int, amp: Any
 ) -> Any:
-    """Loss over the whole (local) batch; with accumulation, open_clip's feature caching keeps the
-    contrastive loss over the full batch (all negatives), recomputing one micro-batch at a time."""
-    import torch
+    """The objective's loss over the whole (local) batch, back-propagated; returns it detached.
 
+    With accumulation the objective does it itself (only the contrastive one can: open_clip's
+    feature caching keeps the loss over the full batch, all negatives, one micro-batch at a time).
+    """
     if accum == 1:
         with amp:
-            loss = _loss_of(loss_fn, model(images, texts))
+            loss = objective.loss(model, batch, step)
         loss.backward()
         return loss.detach()
-    imgs, txts = images.chunk(accum), texts.chunk(accum)
-    with torch.no_grad(), amp:
-        cached = [model(i, t) for i, t in zip(imgs, txts, strict=True)]
-    loss = None
-    for j, (i, t) in enumerate(zip(imgs, txts, strict=True)):
-        with amp:
-            out = model(i, t)
-            feats = {
-                k: torch.cat([out[k] if m == j else c[k] for m, c in enumerate(cached)])
-                for k in ("image_features", "text_features")
-            }
-            feats["logit_scale"] = out["logit_scale"]
-            if "logit_bias" in out:
-                feats["logit_bias"] = out["logit_bias"]
-            loss = _loss_of(loss_fn, feats)
-        loss.backward()
-    return loss.detach()
+    accumulate = getattr(objective, "forward_backward_accum", None)
+    if not objective.accumulates or accumulate is None:
+        raise ValueError(
+            f"accum_steps {accum}: {type(objective).__name__} cannot accumulate; set accum_steps: 1"
+        )
+    return accumulate(model, batch, step, accum, amp)
 
 
 def average_gradients(model: Any, world: int) -> None:
@@ -184,13 +214,14 @@ class StepResult:
     lr: float
     logit_scale: float
     samples_per_s: float
+    terms: dict[str, float] = field(default_factory=dict)  # the objective's loss parts by name
 
 
 def train_steps(
     model: Any,
     optimizer: Any,
-    loss_fn: Any,
-    batches: Iterator[tuple[Any, Any]],
+    objective: Objective,
+    batches: Iterator[Any],
     p: TrainParams,
     *,
     start_step: int,
@@ -200,7 +231,10 @@ def train_steps(
     on_step: Callable[[StepResult], None],
     last_good: Callable[[], str],
 ) -> None:
-    """Run optimizer steps start_step..steps-1; `on_step` logs and checkpoints after each."""
+    """Run optimizer steps start_step..steps-1; `on_step` logs and checkpoints after each.
+
+    `batches` yields `Batch`es (or plain (images, texts) pairs); the objective turns each into the
+    loss and, after the optimizer step, updates what it keeps (an EMA copy)."""
     import torch
 
     from tasks.train.data import sample_seed
@@ -213,11 +247,10 @@ def train_steps(
         lr = lr_at(step, p)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, texts = next(batches)
-        images, texts = images.to(device, non_blocking=True), texts.to(device, non_blocking=True)
+        batch = as_batch(next(batches)).to(device)
         optimizer.zero_grad(set_to_none=True)
         loss = mean_across(
-            forward_backward(model, loss_fn, images, texts, p.accum_steps, amp), world
+            forward_backward(model, objective, batch, step, p.accum_steps, amp), world
         )
         if not math.isfinite(loss):
             raise NonFiniteLossError(
@@ -230,7 +263,15 @@ def train_steps(
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        objective.after_step(model, step)
         dt = time.perf_counter() - t0
         on_step(
-            StepResult(step, loss, lr, float(model.logit_scale.detach().exp()), p.batch_size / dt)
+            StepResult(
+                step,
+                loss,
+                lr,
+                float(model.logit_scale.detach().exp()),
+                p.batch_size / dt,
+                objective.terms(),
+            )
         )

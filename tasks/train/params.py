@@ -6,7 +6,74 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from tasks.base import StageParams
+from tasks.base import ParamsSection, StageParams
+
+
+class PatchDropoutParams(ParamsSection):
+    """FLIP: open_clip's random patch dropout on the ViT image tower (training only)."""
+
+    # fmt: off
+    ratio: float = Field(default=0.0, ge=0, lt=1)  # fraction of patches dropped each step (keeps CLS + max(1, int(N*(1-ratio)))); 0 = off
+    final_unmasked_steps: int = Field(default=0, ge=0)  # last optimizer steps trained without dropout (FLIP's unmasked tuning)
+    # fmt: on
+
+
+class AClipParams(ParamsSection):
+    """A-CLIP: attention-guided patch masking from an EMA copy of the model (tasks/train/objectives/aclip.py)."""
+
+    # fmt: off
+    enabled: bool = False  # train with two attention-masked online views instead of the plain contrastive step
+    mask_ratio: float = Field(default=0.5, ge=0, lt=1)  # fraction of 2x2 patch blocks masked per view (keeps N - int(N*ratio)); 0 = no mask
+    momentum_start: float = Field(default=0.996, ge=0, le=1)  # EMA momentum at step 0 (cosine schedule)
+    momentum_end: float = Field(default=1.0, ge=0, le=1)  # EMA momentum at the last step
+    crop_scale_min: float = Field(default=0.5, gt=0, le=1)  # smallest area fraction of an online crop inside the zoom-out view
+    simclr_weight: float = Field(default=0.0, ge=0)  # weight of the SimCLR term between the two online views (0 = off)
+    simclr_temperature: float = Field(default=0.1, gt=0)  # SimCLR temperature
+    byol_weight: float = Field(default=0.0, ge=0)  # weight of the online-vs-EMA agreement term, 2 - 2cos (0 = off)
+    # fmt: on
+
+
+class DistillParams(ParamsSection):
+    """Distillation from teachers (tasks/train/distill.py, objectives/distill.py): TinyCLIP affinity mimicking or MobileCLIP's w0*CLIP + w1*KD."""
+
+    # fmt: off
+    mode: Literal["off", "online", "offline"] = "off"  # online = teachers run every step; offline = stored embeddings of the reinforced dataset
+    loss: Literal["mobileclip", "affinity"] = "mobileclip"  # mobileclip: mean over caption types of w0*CLIP-CE + w1*KD; affinity: TinyCLIP, KD alone with a fixed student scale
+    teachers: list[str] = Field(default_factory=lambda: ["data/models/teacher"])  # online: model references load_clip reads (folder, models:/ URI, random:<cfg>); ensemble averaged after softmax
+    teacher_logit_scale: float = Field(default=0.0, ge=0)  # scale of every teacher's softmax; 0 = each teacher's own learned scale (offline: manifest extra logit_scale, else 100)
+    w0: float = Field(default=1.0, ge=0)  # weight of the student's own CLIP cross-entropy (mobileclip)
+    w1: float = Field(default=1.0, ge=0)  # weight of the KD term (mobileclip)
+    student_scale: float = Field(default=50.0, gt=0)  # affinity: the student's fixed logit scale (TinyCLIP: 50)
+    caption_types: list[str] = Field(default_factory=list)  # caption fields each given its own loss term (missing on a sample: its picked caption); [] = the picked caption only
+    reinforced_dir: str = "data/reinforce"  # offline: the reinforce stage's output (docs/CONTRACTS.md)
+    aug_pick: Literal["random", "epoch"] = "random"  # offline: stored augmentation per sample and step: seeded random, or (pass over the data) % K
+    # fmt: on
+
+
+class InheritParams(ParamsSection):
+    """TinyCLIP manual weight inheritance (tasks/train/inherit.py): start the student from slices of a larger trained model."""
+
+    # fmt: off
+    source: str = ""  # model reference load_clip reads (folder, models:/ URI, random:<cfg>); "" = off
+    image: bool = True  # inherit the image tower
+    text: bool = True  # inherit the text tower
+    # fmt: on
+
+
+class HQClipParams(ParamsSection):
+    """HQ-CLIP losses from the recaption fields (tasks/train/hqclip.py): hard-negative texts and tag classification."""
+
+    # fmt: off
+    enabled: bool = False  # train with the HQ-CLIP objective instead of the plain contrastive one
+    negative_field: str = "long_negative"  # JSON side-file field holding the long negative description
+    positive_tags_field: str = "short_positive"  # JSON side-file field holding the positive tags (list)
+    negative_tags_field: str = "short_negative"  # JSON side-file field holding the negative tags (list)
+    negative_weight: float = Field(default=1.0, ge=0)  # w_neg: weight of the hard negatives in the image->text softmax denominator; 0 = plain CLIP
+    tag_weight: float = Field(default=0.5, ge=0)  # w_tag: weight of the tag classification loss; 0 = off
+    unmentioned_weight: float = Field(default=0.1, ge=0)  # BCE weight of vocabulary tags a sample names neither way (target 0)
+    tag_min_count: int = Field(default=2, ge=1)  # a tag enters the vocabulary when this many samples name it
+    max_tags: int = Field(default=512, ge=1)  # vocabulary size cap (most frequent first)
+    # fmt: on
 
 
 class TrainParams(StageParams):
@@ -48,10 +115,17 @@ class TrainParams(StageParams):
     eps: float = Field(default=1e-6, gt=0)  # AdamW epsilon
     warmup_steps: int = Field(default=10, ge=0)  # linear warmup steps before the cosine decay
     grad_clip_norm: float = Field(default=1.0, ge=0)  # max global gradient norm; 0 = no clipping
-    loss: Literal["clip", "siglip"] = "clip"  # open_clip ClipLoss (softmax) or SigLipLoss (sigmoid)
+    loss: Literal["clip", "siglip", "coca"] = "clip"  # open_clip ClipLoss (softmax), SigLipLoss (sigmoid) or CoCaLoss (contrastive + captioning; a CoCa model)
     local_loss: bool = False  # each worker computes loss on its rows only (open_clip --local-loss)
     gather_with_grad: bool = True  # gathered features carry gradients (exact equivalence with one worker)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
+
+    # training methods (tasks/train/objectives)
+    patch_dropout: PatchDropoutParams = PatchDropoutParams()  # FLIP random patch dropout
+    aclip: AClipParams = AClipParams()  # A-CLIP attentive masking with an EMA model
+    distill: DistillParams = DistillParams()  # distillation from teachers (online or from the reinforced dataset)
+    inherit: InheritParams = InheritParams()  # weight inheritance from a larger trained model
+    hqclip: HQClipParams = HQClipParams()  # HQ-CLIP hard negatives and tag loss
 
     # distribution and checkpoints
     num_workers: int = Field(default=0, ge=0, le=1024)  # Ray Train workers; 0 = in-process local mode
@@ -78,6 +152,12 @@ class TrainParams(StageParams):
             )
         if sum(self.caption_fields.values()) <= 0:
             raise ValueError(f"caption_fields {self.caption_fields!r}: probabilities sum to 0")
+        self._check_methods()
+        if self.loss == "coca" and self.accum_steps > 1:
+            raise ValueError(
+                f"loss coca with accum_steps {self.accum_steps}: the captioning loss cannot use "
+                "feature caching; set accum_steps: 1"
+            )
         workers = max(self.num_workers, 1)
         if self.batch_size % (workers * self.accum_steps):
             raise ValueError(
@@ -85,6 +165,49 @@ class TrainParams(StageParams):
                 f"x accum_steps {self.accum_steps}"
             )
         return self
+
+    def _check_methods(self) -> None:
+        """Method switches that cannot work together, refused before any work."""
+        fully_locked_image = self.lock_image and self.lock_image_unlocked_groups == 0
+        for name, on in (
+            ("patch_dropout.ratio", self.patch_dropout.ratio > 0),
+            ("aclip.enabled", self.aclip.enabled),
+        ):
+            if on and fully_locked_image:
+                raise ValueError(
+                    f"{name}: masks patches of the image tower, but lock_image with "
+                    "lock_image_unlocked_groups 0 keeps it frozen in eval mode (no masking); unlock groups"
+                )
+        if self.aclip.enabled and self.patch_dropout.ratio > 0:
+            raise ValueError(
+                f"aclip.enabled with patch_dropout.ratio {self.patch_dropout.ratio}: A-CLIP chooses "
+                "the kept patches itself; set patch_dropout.ratio: 0"
+            )
+        if self.aclip.enabled and self.accum_steps > 1:
+            raise ValueError(
+                f"aclip.enabled with accum_steps {self.accum_steps}: A-CLIP cannot accumulate "
+                "micro-batches; set accum_steps: 1"
+            )
+        text_cached = (
+            self.lock_text
+            and not self.lock_text_unlocked_layers
+            and self.lock_text_freeze_layer_norm
+        )
+        if self.aclip.enabled and text_cached and self.feature_cache:
+            raise ValueError(
+                "aclip.enabled with a locked text tower and feature_cache: A-CLIP runs the towers "
+                "itself; set feature_cache: false"
+            )
+        if self.aclip.enabled and self.loss not in ("clip", "siglip"):
+            raise ValueError(
+                f"aclip.enabled with loss {self.loss!r}: A-CLIP's views use a contrastive loss "
+                "(clip or siglip)"
+            )
+        if self.aclip.momentum_start > self.aclip.momentum_end:
+            raise ValueError(
+                f"aclip.momentum_start {self.aclip.momentum_start} > aclip.momentum_end "
+                f"{self.aclip.momentum_end}: the EMA momentum only rises"
+            )
 
     def needs_ray(self) -> bool:
         """Local mode (num_workers=0) trains in the runner's process: no Ray to start."""

@@ -10,9 +10,12 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tasks.train.params import TrainParams
+
+if TYPE_CHECKING:
+    from tasks.train.tracking import ExportPrefetch
 
 
 class TrainError(RuntimeError):
@@ -111,6 +114,25 @@ def _mlflow_context() -> tuple[str | None, str | None]:
 
 def run(params: TrainParams) -> dict[str, Any]:
     """Train, export the model folder, log the loss curve, register the model; return metrics."""
+    from tasks.train.tracking import ExportPrefetch
+
+    tracking_uri, run_id = _mlflow_context()
+    # Started first: the export's weight-independent work (the shard hash, whose md5 releases the
+    # GIL, and imports) runs beside preflight's imports and the training steps.
+    prefetch = ExportPrefetch(params.shards) if run_id is not None else None
+    try:
+        return _run(params, tracking_uri, run_id, prefetch)
+    finally:
+        if prefetch is not None:  # no thread outlives the stage, failed or not
+            prefetch.join()
+
+
+def _run(
+    params: TrainParams,
+    tracking_uri: str | None,
+    run_id: str | None,
+    prefetch: ExportPrefetch | None,
+) -> dict[str, Any]:
     import time
 
     from tasks.clip.featurestore import default_store_root
@@ -123,7 +145,6 @@ def run(params: TrainParams) -> dict[str, Any]:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").unlink(missing_ok=True)
-    tracking_uri, run_id = _mlflow_context()
     config = {
         "params": params.model_dump(mode="json"),
         "run_dir": str(run_dir),
@@ -139,7 +160,7 @@ def run(params: TrainParams) -> dict[str, Any]:
     launch(params, config, run_dir)
     seconds = time.perf_counter() - started
     summary = json.loads((run_dir / "summary.json").read_text())
-    return finish(params, summary, shards, n_samples, out_dir, seconds)
+    return finish(params, summary, shards, n_samples, out_dir, seconds, prefetch)
 
 
 def feature_cache_metrics(cache: dict[str, Any]) -> dict[str, int]:
@@ -161,8 +182,10 @@ def finish(
     n: int,
     out_dir: Path,
     seconds: float,
+    prefetch: ExportPrefetch | None = None,
 ) -> dict[str, Any]:
-    """Tag the data version, plot, log the model folder, register it; build the metrics dict."""
+    """Tag the data version, plot, log the model folder, register it; build the metrics dict.
+    `prefetch` holds the shard hash computed beside training (None: computed here)."""
     import mlflow
 
     from tasks.train.data import load_excluded, sample_counts
@@ -172,6 +195,9 @@ def finish(
     _, skipped = sample_counts(shards, excluded)
     history = summary["history"]
     losses = [loss for _, loss in history]
+    # The training curve as a file in the model folder, for `dvc plots show` (dvc.yaml `plots:`).
+    curve = [{"step": int(step), "loss": float(loss)} for step, loss in history]
+    (out_dir / "loss_history.json").write_text(json.dumps(curve, indent=1) + "\n")
     k = max(1, min(5, len(losses) // 4))
     metrics: dict[str, Any] = {
         "steps": p.steps,
@@ -192,7 +218,9 @@ def finish(
     if mlflow.active_run():
         mlflow.set_tags(
             {
-                "clipmill.data_version": data_version(shards),
+                "clipmill.data_version": (
+                    prefetch.data_version() if prefetch is not None else data_version(shards)
+                ),
                 "clipmill.data_shards": p.shards,
                 "clipmill.model_dir": str(out_dir),
                 **data_lineage(p.shards),

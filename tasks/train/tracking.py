@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,69 @@ def data_version(shards: list[str]) -> str:
             for chunk in iter(functools.partial(fh.read, 1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+class ExportPrefetch:
+    """The export work that does not depend on the trained weights, done in a background thread
+    while the model trains, so the stage's fixed cost after training shrinks (measured by
+    benchmarks/train_overhead.py against a bare open_clip script that has none of it):
+
+    - the shards' content hash (`data_version`): md5 over every shard, which releases the GIL on
+      its 1 MiB chunks, so it runs beside the training steps instead of after them;
+    - the imports of the loss plot (matplotlib) and of MLflow's pyfunc flavour;
+    - MLflow's map of installed distributions, which `mlflow.pyfunc.log_model` builds on first
+      use to check our pinned requirements against the environment (importlib_metadata's
+      `packages_distributions()`, a scan of every installed package's RECORD: about a second).
+
+    The last two are warm-ups only: they change no result, and a failure there is ignored (the
+    export then pays the cost itself). A failure of the hash is re-raised by `data_version()`.
+    """
+
+    def __init__(self, shards: str) -> None:
+        self.shards = shards  # the `shards` param: listed in the thread, as preflight lists it
+        self._version: str | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="clipmill-export-prefetch", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        from tasks.train.data import list_shards
+
+        try:
+            self._version = data_version(list_shards(self.shards))
+        except BaseException as exc:  # handed to the caller of data_version()
+            self._error = exc
+        warm_export()
+
+    def data_version(self) -> str:
+        """The shards' content hash, waiting for the background thread if it is still going."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._version is not None
+        return self._version
+
+    def join(self) -> None:
+        """Wait for the background work (also when the run failed: no thread outlives the stage)."""
+        self._thread.join()
+
+
+def warm_export() -> None:
+    """Best effort: import what the plot and the model logging use, and fill MLflow's cached map
+    of installed distributions (`_init_modules_to_packages_map`, which `log_model` calls anyway)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot  # noqa: F401
+        import mlflow.pyfunc  # noqa: F401
+        from mlflow.utils import requirements_utils
+
+        requirements_utils._init_modules_to_packages_map()
+    except Exception:  # a warm-up only: log_model does the same work itself if this failed
+        return
 
 
 def data_lineage(shards_dir: str) -> dict[str, str]:

@@ -53,7 +53,7 @@ class Checkpointer:
         )
         self.last_path = ""
 
-    def restore(self, model: Any, optimizer: Any) -> dict[str, Any]:
+    def restore(self, model: Any, optimizer: Any, objective: Any = None) -> dict[str, Any]:
         """Latest checkpoint of this run (Ray's on a worker restart, else the newest complete folder)."""
         from tasks.train.checkpoints import complete_checkpoints, load_train_state
 
@@ -64,14 +64,14 @@ class Checkpointer:
         ckpt = None if self.local_mode else ray.train.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
-                state = load_train_state(Path(d), model, optimizer)
+                state = load_train_state(Path(d), model, optimizer, objective)
                 self.last_path = str(ckpt.path)
                 return state
         found = complete_checkpoints(self.run_dir)
         if not found:
             return {"step": 0, "history": []}
         self.last_path = str(found[-1])
-        return load_train_state(found[-1], model, optimizer)
+        return load_train_state(found[-1], model, optimizer, objective)
 
     def save(
         self,
@@ -80,13 +80,20 @@ class Checkpointer:
         optimizer: Any,
         state: dict[str, Any],
         metrics: dict[str, float],
+        objective_state: dict[str, Any] | None = None,
     ) -> None:
         from tasks.train.checkpoints import save_local_checkpoint, write_train_state
 
         if self.local_mode:
             self.last_path = str(
                 save_local_checkpoint(
-                    self.run_dir, step, model, optimizer, state, self.p.keep_checkpoints
+                    self.run_dir,
+                    step,
+                    model,
+                    optimizer,
+                    state,
+                    self.p.keep_checkpoints,
+                    objective_state,
                 )
             )
             return
@@ -95,7 +102,7 @@ class Checkpointer:
         tmp = Path(tempfile.mkdtemp(prefix="clipmill_ckpt_")) if self.rank == 0 else None
         ckpt = None
         if tmp is not None:
-            write_train_state(tmp, model, optimizer, state)
+            write_train_state(tmp, model, optimizer, state, objective_state)
             ckpt = ray.train.Checkpoint.from_directory(str(tmp))
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:08d}")
         self.last_path = str(self.run_dir / f"checkpoint_{step:08d}")
@@ -120,7 +127,6 @@ def train_worker(config: dict[str, Any]) -> None:
         total_counts,
     )
     from tasks.train.loop import (
-        LOSSES,
         StepResult,
         apply_locks,
         make_optimizer,
@@ -128,6 +134,7 @@ def train_worker(config: dict[str, Any]) -> None:
         set_train_mode,
         train_steps,
     )
+    from tasks.train.objectives.registry import build_objective
     from tasks.train.tracking import StepLogger
 
     p = TrainParams.model_validate(config["params"])
@@ -147,13 +154,27 @@ def train_worker(config: dict[str, Any]) -> None:
     )
     model = built.model.to(device)
     model.output_dict = True
+    if p.inherit.source:  # TinyCLIP weight inheritance from a larger trained model
+        from tasks.train.inherit import inherit_from
+
+        inherit_from(model, p.inherit.source, image=p.inherit.image, text=p.inherit.text)
     apply_locks(model, p)
     if p.grad_checkpointing:
         model.set_grad_checkpointing(True)
     _broadcast_weights(model, world)
     optimizer = make_optimizer(model, p)
+    # what each step minimises (contrastive + FLIP, A-CLIP, ...): tasks/train/objectives
+    objective = build_objective(p, model, rank, world)
+    own = getattr(objective, "parameters", None)  # an objective's own weights (HQ-CLIP tag head)
+    if own is not None and own():  # decay on matrices only, as make_optimizer does
+        optimizer.add_param_group(
+            {"params": [q for q in own() if q.ndim >= 2], "weight_decay": p.weight_decay}
+        )
+        optimizer.add_param_group({"params": [q for q in own() if q.ndim < 2], "weight_decay": 0.0})
+    make_extras = getattr(objective, "make_extras", None)  # what its loss reads besides the pairs
+    extras = make_extras(built) if make_extras is not None else []
     ckpt = Checkpointer(p, run_dir, rank, world, local_mode)
-    state = ckpt.restore(model, optimizer)
+    state = ckpt.restore(model, optimizer, objective)
     start, history = int(state["step"]), [list(h) for h in state.get("history", [])]
     if rank == 0 and start:
         print(
@@ -163,6 +184,11 @@ def train_worker(config: dict[str, Any]) -> None:
     label = Path(config["output_dir"]).name
     transform = built.preprocess_train if p.train_augment else built.preprocess_val
     towers = cached_towers(model, built, p, config["feature_store"])
+    if towers is not None and extras:
+        raise ValueError(
+            "feature_cache with distill.mode or hqclip.enabled: these objectives read more than "
+            "the stored features; set feature_cache: false"
+        )
     cache_summary: dict[str, Any] = {"used": False}
     if towers is not None:  # locked towers: encode once, then steps read stored features
         encode_all(
@@ -204,6 +230,7 @@ def train_worker(config: dict[str, Any]) -> None:
             tokenizer=built.tokenizer,
             fields=p.caption_fields,
             augment=p.train_augment,
+            extras=extras,
             **common,
         )
     )
@@ -230,6 +257,7 @@ def train_worker(config: dict[str, Any]) -> None:
             "lr": r.lr,
             "logit_scale": r.logit_scale,
             "samples_per_s": r.samples_per_s,
+            **{f"objective/{k}": v for k, v in r.terms.items()},
         }
         if r.step % p.log_every == 0 or r.step + 1 == p.steps:
             logger.log(r.step, values)
@@ -244,13 +272,20 @@ def train_worker(config: dict[str, Any]) -> None:
                 "fingerprint": config["fingerprint"],
                 "loss": r.loss,
             }
-            ckpt.save(done, model, optimizer, state, {"step": done, "loss": r.loss})
+            ckpt.save(
+                done,
+                model,
+                optimizer,
+                state,
+                {"step": done, "loss": r.loss},
+                objective.state_dict(),
+            )
 
     set_train_mode(model, p)
     train_steps(
         heads_model(model, towers) if towers is not None else model,
         optimizer,
-        LOSSES[p.loss](p, rank, world),
+        objective,
         batches,
         p,
         start_step=start,

@@ -76,3 +76,7 @@ def bomb_png(side: int = 40000) -> bytes:
         + chunk(b"IDAT", b"".join(parts))
         + chunk(b"IEND", b"")
     )
+
+
+# A ZIP local-file header carrying a shell script, appended to an image (a JPEG/ZIP polyglot).
+POLYGLOT_PAYLOAD = b"PK\x03\x04" + b"\x00" * 26 + b"#!/bin/sh\ntouch /tmp/clipmill-pwned-polyglot\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,8 @@ class ThreadServer:
 
     def __init__(self, app_factory: Callable[[ThreadServer], web.Application]) -> None:
         self.hits: Counter[str] = Counter()
+        # (monotonic time, path, Authorization header) of every request, in arrival order
+        self.log: list[tuple[float, str, str]] = []
         self.connections = 0
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -33,6 +36,9 @@ class ThreadServer:
         @web.middleware
         async def count(request: web.Request, handler: Any) -> web.StreamResponse:
             self.hits[request.path] += 1
+            self.log.append(
+                (time.monotonic(), request.path, request.headers.get("Authorization", ""))
+            )
             return await handler(request)
 
         app = self._app_factory(self)
@@ -55,11 +61,11 @@ class ThreadServer:
 class Canary:
     """A bare TCP listener that only counts accepted connections (to prove none were made)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         import socket
 
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind((host, port))
         self.sock.listen(16)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
@@ -102,6 +108,9 @@ def bad_app(server: ThreadServer) -> web.Application:
         "/big.png": (images.big_png(), {"Content-Type": "image/png"}),
         "/bomb.png": (images.bomb_png(), {"Content-Type": "image/png"}),
         "/empty.jpg": (b"", {"Content-Type": "image/jpeg"}),
+        # a JPEG that is also a ZIP holding a script (polyglot): decodes, the payload never kept
+        "/polyglot.jpg": (jpg + images.POLYGLOT_PAYLOAD, {"Content-Type": "image/jpeg"}),
+        "/png-named.jpg": (images.png_rgba(), {"Content-Type": "image/jpeg"}),  # wrong extension
         "/truncated.jpg": (jpg[: len(jpg) // 3], {"Content-Type": "image/jpeg"}),
         "/html-as-image.jpg": (
             b"<html><body>not an image</body></html>",
@@ -184,10 +193,14 @@ def bad_app(server: ThreadServer) -> web.Application:
 
     def redirect(to: str) -> Callable[..., Any]:
         async def h(request: web.Request, n: int) -> web.StreamResponse:
-            target = to.replace("{base}", server.base)
+            target = to.replace("{base}", server.base).replace("{host}", f"127.0.0.1:{server.port}")
             return web.Response(status=302, headers={"Location": target})
 
         return h
+
+    async def to_query(request: web.Request, n: int) -> web.StreamResponse:
+        """/redirect?to=URL: a redirect wherever the test says (another port, a name...)."""
+        return web.Response(status=302, headers={"Location": request.query["to"]})
 
     async def reset(request: web.Request, n: int) -> web.StreamResponse:
         request.transport.abort()
@@ -211,6 +224,8 @@ def bad_app(server: ThreadServer) -> web.Application:
         "/to-metadata.jpg": redirect("http://169.254.169.254/latest/meta-data/"),
         "/to-internal-name.jpg": redirect("http://internal.test/x.jpg"),
         "/to-file.jpg": redirect("file:///etc/passwd"),
+        "/to-creds.jpg": redirect("http://user:secret@{host}/ok.jpg"),
+        "/redirect": to_query,
         "/reset.jpg": reset,
     }
     app = web.Application()

@@ -165,8 +165,9 @@ def test_url_lists(tmp_path, fmt):
         "txt": lambda: path.write_text("\n".join(df.url)),
     }
     writers[fmt]()
-    refs, skipped = read_url_list(str(path))
-    assert [r.url for r in refs] == ["http://a.test/1.jpg", "http://a.test/2.jpg"] and skipped == 1
+    refs, refused = read_url_list(str(path))
+    assert [r.url for r in refs] == ["http://a.test/1.jpg", "http://a.test/2.jpg"]
+    assert [(r["row"], r["status"], r["url"]) for r in refused] == [(1, "bad_url", "not a url")]
     if fmt != "txt":
         assert refs[0].texts == ["a dog on grass"] and refs[1].language == "de"
 

@@ -7,15 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import yaml
 
 from tasks import PROJECT_ROOT
 from tasks.pool import open_pool
+from tests.crawl.outputs import shard_uids
 
 N_URLS = 60
 SHARD = 10
@@ -81,19 +80,6 @@ def _done(out: Path) -> int:
     )
 
 
-def _uids(out: Path) -> tuple[list[str], list[str]]:
-    tar_uids, parquet_uids = [], []
-    for tar_path in sorted((out / "shards").glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            tar_uids += [n.split(".")[0] for n in tar.getnames() if n.endswith(".jpg")]
-        parquet_uids += (
-            pq.read_table(tar_path.with_suffix(".parquet"), columns=["uid"])
-            .column("uid")
-            .to_pylist()
-        )
-    return sorted(tar_uids), sorted(parquet_uids)
-
-
 # Not marked slow although it takes ~40-120 s: it is an acceptance test CI must run.
 def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, bad_server):
     killed = _params(tmp_path, bad_server.base, "killed")
@@ -118,8 +104,8 @@ def test_sigkill_then_resume_equals_uninterrupted_run(tmp_path, bad_server):
     out, _ = ref.communicate(timeout=180)
     assert ref.returncode == 0, out.decode()[-3000:]
 
-    tar_k, parquet_k = _uids(tmp_path / "killed")
-    tar_c, parquet_c = _uids(tmp_path / "clean")
+    tar_k, parquet_k = shard_uids(tmp_path / "killed")
+    tar_c, parquet_c = shard_uids(tmp_path / "clean")
     assert tar_k == tar_c and parquet_k == parquet_c  # same uids, none duplicated, none lost
     assert len(tar_k) == len(set(tar_k)) == N_URLS
     pool = open_pool(str(tmp_path / "killed_lancedb")).to_arrow().column("uid").to_pylist()

@@ -70,11 +70,7 @@ def test_stage_layout_pool_resume_and_retry(env):
 
     shards = tmp / "crawl/shards"
     assert sorted(p.name for p in shards.iterdir() if not p.name.startswith(".")) == sorted(
-        [
-            f"0000{i}{ext}"
-            for i in range(3)
-            for ext in (".tar", ".parquet", "_stats.json", ".done", ".pool.done")
-        ]
+        [f"0000{i}{ext}" for i in range(3) for ext in (".tar", ".parquet", "_stats.json", ".done")]
     )
     names = [n for i in range(3) for n in _tar_names(shards / f"0000{i}.tar")]
     assert {n.split(".")[0] for n in names} == ok_uids and len(names) == 3 * len(ok_uids)
@@ -114,6 +110,14 @@ def test_stage_layout_pool_resume_and_retry(env):
     again = _run(ov)
     assert again["shards_run"] == 0 and again["shards_skipped"] == 3 and again["plan_reused"] == 1
     assert len(open_pool(str(tmp / "lancedb")).to_arrow()) == len(ok_uids) + 1
+    # A new pool (another CLIPMILL_LANCEDB_URI, a fresh clone): the record of what is in a pool
+    # lives in the pool, so this one is refilled from the shards, nothing downloaded.
+    moved = _run(ov, {"output.lancedb_uri": str(tmp / "lancedb2")})
+    assert moved["shards_run"] == 0
+    assert sorted(open_pool(str(tmp / "lancedb2")).to_arrow().column("uid").to_pylist()) == sorted(
+        ok_uids | {late_uid}
+    )
+    assert pq.read_table(tmp / "crawl/refused.parquet").num_rows == 0
 
     # retry_failed: the missing image now exists; only it is fetched, and merged into its shard + pool.
     (root / "site/img/late.jpg").write_bytes(images.jpeg(90, 90))

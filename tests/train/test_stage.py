@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,12 @@ def test_stage_trains_tracks_and_registers(
 
     folder = Path(p.output_dir)
     assert yaml.safe_load((folder / "params.yaml").read_text())["steps"] == 30
+    # the curve dvc.yaml's `plots:` renders, the same values as MLflow's history
+    curve = json.loads((folder / "loss_history.json").read_text())
+    assert [c["step"] for c in curve] == sorted(m.step for m in history)
+    assert curve[-1]["loss"] == pytest.approx(
+        next(m.value for m in history if m.step == curve[-1]["step"]), rel=1e-5
+    )
     mlflow.set_tracking_uri(mlflow_store)
     registered, _, tok = load_clip("models:/clipmill-test-student/1")
     local, _, _ = load_clip(str(folder))

@@ -15,9 +15,18 @@ DataComp's pool only lists samples its downloader stored and CLIP-embedded, so s
 part of N. Rows with a text problem (empty, too long) still have both embeddings and count, as in
 DataComp, where the caption checks are separate filters. The threshold is then applied to the
 rows that reach the step.
+
+Raw or synthetic (`clip_score.caption`, Nguyen et al. 2023): with `raw_else_synthetic` or `both`,
+a row whose raw caption scores below the threshold is kept when its synthetic caption (the
+recaption stage's long positive, scored by the same teacher: pool column
+`recaption_score_long_positive`) scores at or above the SAME threshold; the threshold itself is
+still taken over the raw scores of the whole pool, as DataComp's. The `caption_choice` artifact
+tells curate's shard writer which rows train on their synthetic caption.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -96,9 +105,57 @@ class ClipScore(Step[ClipScoreParams]):
         for i in np.flatnonzero(mask):
             if score[i] < threshold:
                 reasons[i] = "clip_score_low"
+        synthetic = synthetic_scores(rows)
+        rescued = np.zeros(rows.num_rows, dtype=bool)
+        if self.params.caption != "raw":
+            # Nguyen et al.: the synthetic caption, filtered with the same threshold, where the raw
+            # one fails (a row with no image embedding has no synthetic score either: stays out)
+            rescued = np.array([r == "clip_score_low" for r in reasons]) & (synthetic >= threshold)
+            for i in np.flatnonzero(rescued):
+                reasons[i] = None
         metrics.update(
             clip_score_threshold=threshold,
             clip_score_reaching=int(rows.num_rows),
             clip_score_passed=int(sum(r is None for r in reasons)),
+            clip_score_kept_by_synthetic=int(rescued.sum()),
+            clip_score_synthetic_scored=int((~np.isnan(synthetic)).sum()),
         )
-        return StepResult.from_reasons(reasons, score=score, metrics=metrics)
+        n = rows.num_rows  # rows always carry their uid; hand-made ones in tests may not
+        uids = (
+            rows.column("uid").to_pylist()
+            if "uid" in rows.column_names
+            else list(map(str, range(n)))
+        )
+        artifacts = {
+            "caption_choice": CaptionChoice(
+                mode=self.params.caption,
+                threshold=threshold,
+                synthetic_uids=frozenset(uids[i] for i in np.flatnonzero(rescued)),
+                synthetic_passing=frozenset(
+                    uids[i] for i in np.flatnonzero(synthetic >= threshold)
+                ),
+            ),
+            "caption_scores": (score, synthetic, threshold),
+        }
+        return StepResult.from_reasons(reasons, score=score, metrics=metrics, artifacts=artifacts)
+
+
+@dataclass(frozen=True)
+class CaptionChoice:
+    """Which caption each kept row trains on, for the shards curate writes: `synthetic_uids`
+    kept only by their synthetic caption (their `txt` becomes it), `synthetic_passing` whose
+    synthetic caption passes the threshold (written as `recaption` when mode is both)."""
+
+    mode: str
+    threshold: float
+    synthetic_uids: frozenset[str]
+    synthetic_passing: frozenset[str]
+
+
+def synthetic_scores(rows: pa.Table) -> np.ndarray:
+    """The teacher's CLIP score of each row's synthetic caption (recaption's long positive), NaN
+    where the recaption stage wrote none (or never ran)."""
+    if "synthetic_score" not in rows.column_names:
+        return np.full(rows.num_rows, np.nan)
+    values = rows.column("synthetic_score").cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=np.float64)

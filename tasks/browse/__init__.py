@@ -1,0 +1,1 @@
+"""`clipmill browse`: a small web page over the LanceDB pool (see server.py)."""

@@ -1,0 +1,1 @@
+"""Captioner backends behind one interface (base.py); picked by name from params."""

@@ -1,0 +1,1 @@
+"""The reinforce stage: a MobileCLIP-style reinforced dataset beside the curated shards."""

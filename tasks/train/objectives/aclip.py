@@ -1,0 +1,161 @@
+"""Attentive Mask CLIP (A-CLIP, Yang et al. 2023; microsoft/A-CLIP) on open_clip's ViT.
+
+Per step and sample:
+1. Views. The zoom-out view is the batch image itself (the whole image at model resolution, no
+   colour augmentation). The two online views are random boxes inside it (RandomResizedCrop-style,
+   area fraction in [aclip.crop_scale_min, 1], aspect in [3/4, 4/3]) resized back to model
+   resolution with bilinear `roi_align`. So the zoom-out view contains both online crops by
+   construction and each crop's box in its pixels is known exactly (our choice: the release builds
+   the three views with its own transforms from the raw image; ours needs no change to the reader).
+2. Attention. An EMA copy of the WHOLE model (both towers and projections, momentum on a cosine
+   schedule aclip.momentum_start -> aclip.momentum_end per step, `tasks.train.ema`) encodes the
+   zoom-out view unmasked; its CLS -> patch attention is averaged over heads and over ALL blocks.
+3. Masks. For each online view the map is cut to its box, resized to the patch grid, pooled to 2x2
+   patch blocks, and the top `N - int(N * mask_ratio)` blocks are kept (`masking.select_patches`).
+   The mask applies at any ratio > 0 (the release only masks with ratio > 0 and its default is 0,
+   so by default it trains unmasked; our default ratio is 0.5).
+4. Loss: `0.5 * L(view1, text) + 0.5 * L(view2, text)` with the run's contrastive loss (CLIP or
+   SigLIP), plus the optional self-supervised terms (weights default 0):
+   `aclip.simclr_weight * NT-Xent(z1, z2; tau = aclip.simclr_temperature)` over the two online
+   views' normalised image embeddings of this worker's batch, and
+   `aclip.byol_weight * mean_v (2 - 2 cos(z_v, sg(e)))`, z_v an online view's normalised image
+   embedding and e the EMA model's normalised embedding of the zoom-out view (BYOL-style
+   online/EMA agreement without a predictor head: our choice, the paper's exact heads differ).
+The EMA copy is the objective's state: it goes into every train-state checkpoint (exact resume).
+A-CLIP cannot accumulate micro-batches (params refuse accum_steps > 1).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from tasks.train.ema import EmaModel, momentum_at
+from tasks.train.loop import LOSSES, _loss_of
+from tasks.train.objectives.base import Batch, ObjectiveBase
+from tasks.train.objectives.masking import (
+    AttentionRecorder,
+    crop_resize,
+    install_patch_keep,
+    random_boxes,
+    select_patches,
+    vision_transformer,
+)
+from tasks.train.params import TrainParams
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+EMA_PREFIX = "ema."
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """SimCLR's loss: each view's positive is the other view of its sample, negatives all others."""
+    z = torch.cat([F.normalize(z1, dim=-1), F.normalize(z2, dim=-1)])
+    sim = (z @ z.T) / temperature
+    sim = sim.masked_fill(torch.eye(len(z), dtype=torch.bool, device=z.device), float("-inf"))
+    n = len(z1)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+class AClipObjective(ObjectiveBase):
+    """Two attention-masked online views, an EMA teacher of the masks, optional SSL terms."""
+
+    accumulates = False
+
+    def __init__(self, p: TrainParams, model: Any, rank: int, world: int) -> None:
+        super().__init__()
+        self.p, self.cfg = p, p.aclip
+        self.loss_fn = LOSSES[p.loss](p, rank, world)
+        visual = vision_transformer(model, "aclip.enabled")
+        self.keeper = install_patch_keep(model, "aclip.enabled")
+        self.grid = (int(visual.grid_size[0]), int(visual.grid_size[1]))
+        self.patch = (int(visual.patch_size[0]), int(visual.patch_size[1]))
+        if self.grid[0] % 2 or self.grid[1] % 2:
+            raise ValueError(
+                f"aclip.enabled: model {p.model!r} has a {self.grid[0]}x{self.grid[1]} patch grid; "
+                "A-CLIP pools 2x2 patch blocks, so it needs an even grid"
+            )
+        self.ema = EmaModel(model)
+
+    def masks(self, images: Tensor, boxes: list[Tensor]) -> tuple[list[Tensor | None], Tensor]:
+        """Each view's kept patch indices (None at mask_ratio 0) and the EMA zoom-out embedding."""
+        visual = self.ema.module.visual
+        recorder = AttentionRecorder(visual)
+        try:
+            with torch.no_grad():
+                ema_embedding = visual(images)
+        finally:
+            recorder.close()
+        if self.cfg.mask_ratio == 0:
+            return [None for _ in boxes], ema_embedding
+        attention = recorder.map(self.grid)
+        return [
+            select_patches(attention, b, self.patch, self.cfg.mask_ratio) for b in boxes
+        ], ema_embedding
+
+    def loss(self, model: Any, batch: Batch, step: int) -> Tensor:
+        cfg = self.cfg
+        images = batch.images
+        bsz, _, height, width = images.shape
+        boxes = [
+            random_boxes(bsz, height, width, (cfg.crop_scale_min, 1.0), images.device)
+            for _ in range(2)
+        ]
+        keeps, ema_embedding = self.masks(images, boxes)
+        text = model.encode_text(batch.texts, normalize=True)
+        out: dict[str, Any] = {"text_features": text, "logit_scale": model.logit_scale.exp()}
+        if getattr(model, "logit_bias", None) is not None:
+            out["logit_bias"] = model.logit_bias
+        views, clip_terms = [], []
+        for box, keep in zip(boxes, keeps, strict=True):
+            self.keeper.keep = keep
+            try:
+                z = model.encode_image(crop_resize(images, box), normalize=True)
+            finally:
+                self.keeper.keep = None
+            views.append(z)
+            clip_terms.append(_loss_of(self.loss_fn, {**out, "image_features": z}))
+        loss = 0.5 * clip_terms[0] + 0.5 * clip_terms[1]
+        terms = {
+            "clip_view1": float(clip_terms[0].detach()),
+            "clip_view2": float(clip_terms[1].detach()),
+        }
+        if cfg.simclr_weight > 0:
+            ssl = nt_xent(views[0], views[1], cfg.simclr_temperature)
+            loss = loss + cfg.simclr_weight * ssl
+            terms["simclr"] = float(ssl.detach())
+        if cfg.byol_weight > 0:
+            target = F.normalize(ema_embedding.detach().float(), dim=-1)
+            byol = torch.stack([(2 - 2 * (z.float() * target).sum(-1)).mean() for z in views])
+            loss = loss + cfg.byol_weight * byol.mean()
+            terms["byol"] = float(byol.mean().detach())
+        terms["kept_patches"] = float(
+            keeps[0].shape[1] if keeps[0] is not None else self.grid[0] * self.grid[1]
+        )
+        self._terms = terms
+        return loss
+
+    def momentum(self, step: int) -> float:
+        return momentum_at(step, self.p.steps, self.cfg.momentum_start, self.cfg.momentum_end)
+
+    def after_step(self, model: Any, step: int) -> None:
+        """Fold the just-updated online weights into the EMA copy with this step's momentum."""
+        m = self.momentum(step)
+        self.ema.update(model, m)
+        self._terms["ema_momentum"] = m
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {EMA_PREFIX + k: v for k, v in self.ema.state_dict().items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if not state:
+            raise ValueError(
+                "aclip.enabled: the checkpoint holds no EMA model; cannot resume exactly"
+            )
+        self.ema.load_state_dict(
+            {k[len(EMA_PREFIX) :]: v for k, v in state.items() if k.startswith(EMA_PREFIX)}
+        )

@@ -1,0 +1,82 @@
+"""Merging as models arrive (flows/merge_on_arrival.py): experts registered in MLflow are merged
+into the online OPCM model oldest first, each poll continuing the latest registered version."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.merge.helpers import tiny_suite
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def _register(client, name: str, folder: Path, root: Path) -> None:  # noqa: ANN001
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name("experts")
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else mlflow.create_experiment("experts", artifact_location=(root / "art").as_uri())
+    )
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_artifacts(str(folder), "model")
+        source = mlflow.get_artifact_uri("model")
+    if not client.search_registered_models(f"name = '{name}'"):
+        client.create_registered_model(name)
+    client.create_model_version(name, source, run_id=run.info.run_id)
+
+
+def test_new_experts_are_merged_as_they_arrive(
+    tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from flows.merge_on_arrival import merge_new_experts
+    from tasks.clip.statedict import open_weights
+    from tasks.settings import get_settings
+
+    monkeypatch.setenv("CLIPMILL_ROOT", str(tmp_path))
+    get_settings.cache_clear()
+    (tmp_path / "params").mkdir()
+    shutil.copy(PROJECT / "params" / "merge.yaml", tmp_path / "params" / "merge.yaml")
+    base, experts = tiny_suite(tmp_path / "models", 3)
+    text = (tmp_path / "params" / "merge.yaml").read_text()
+    (tmp_path / "params" / "merge.yaml").write_text(
+        text.replace("base: data/models/teacher", f"base: {base}")
+    )
+    mlflow.set_tracking_uri(mlflow_store)
+    client = MlflowClient(mlflow_store)
+    out = str(tmp_path / "online")
+
+    assert merge_new_experts("t-expert-", "t-online", out, evaluate=False)["arrivals"] == []
+    _register(client, "t-expert-a", experts[0], tmp_path)
+    _register(client, "t-expert-b", experts[1], tmp_path)
+    first = merge_new_experts("t-expert-", "t-online", out, evaluate=False)
+    assert first["arrivals"] == ["models:/t-expert-a/1", "models:/t-expert-b/1"]
+    assert first["registered"] == "models:/t-online-opcm/1" and first["continued_from"] is None
+    assert merge_new_experts("t-expert-", "t-online", out, evaluate=False)["arrivals"] == []
+
+    _register(client, "t-expert-a", experts[2], tmp_path)  # a new version of a known expert
+    second = merge_new_experts("t-expert-", "t-online", out, evaluate=False)
+    assert second["arrivals"] == ["models:/t-expert-a/2"]
+    assert second["continued_from"] == "models:/t-online-opcm/1"
+    assert second["registered"] == "models:/t-online-opcm/2"
+    lineage = json.loads((Path(out) / "opcm" / "merge_lineage.json").read_text())
+    assert lineage["models"] == [*first["arrivals"], "models:/t-expert-a/2"]
+    assert lineage["method_info"]["lambda"] != 1.0 and len(lineage["method_info"]["norms"]) == 3
+    # the online model is the one-run OPCM of the three, in arrival order
+    from tasks.merge.keys import merged_keys
+    from tasks.merge.opcm import opcm
+
+    b = open_weights(base)
+    batch = opcm(b, [open_weights(e) for e in experts], merged_keys(b, []), alpha=0.5)
+    online = open_weights(Path(out) / "opcm")
+    for key in b.names():
+        assert torch.allclose(online.get(key), batch.merged[key], atol=1e-5), key
