@@ -34,7 +34,25 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "benchmarks" / "results" / "demo.json"
-STAGES = ["sample", "crawl", "decontaminate", "teacher", "recaption", "curate", "train", "evaluate"]
+CORE = [
+    "sample",
+    "crawl",
+    "decontaminate",
+    "teacher",
+    "curate",
+    "train",
+    "evaluate",
+]  # issue #12's chain
+RECAPTION = ["recaption"]  # issue #13: <= 3 minutes on top
+MERGE_SUITE = [  # issue #15: <= 5 minutes on top
+    "expert_fashion",
+    "expert_emoji",
+    "expert_tuxpaint",
+    "expert_openclipart",
+    "merge",
+    "evaluate_merge",
+]
+STAGES = CORE[:4] + RECAPTION + CORE[4:] + MERGE_SUITE
 BASELINE_MINUTES = 114.0  # issue #12: the first cold `make demo` on this 2-core machine
 BASELINE_TEACHER = 0.227  # issue #12: that run's teacher average (with leaked eval copies)
 
@@ -139,6 +157,11 @@ def main() -> None:
             "setup_seconds": round(setup_s, 1),
             "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
             "overhead_seconds": round(demo_s - sum(stages.values()), 1),
+            "minutes_by_part": {
+                "core_chain_stages": round(sum(stages[s] for s in CORE) / 60, 2),
+                "recaption": round(sum(stages[s] for s in RECAPTION) / 60, 2),
+                "merge_suite": round(sum(stages[s] for s in MERGE_SUITE) / 60, 2),
+            },
             "teacher": teacher,
             "student": student,
         },
