@@ -125,6 +125,19 @@ def make_transforms(model: Any, preprocess_cfg: dict[str, Any]) -> tuple[Any, An
     return image_transform_v2(pp, is_train=True), image_transform_v2(pp, is_train=False), final
 
 
+def init_coca_decoder(model: Any) -> None:
+    """open_clip's CoCa never calls its multimodal decoder's `init_parameters`, so the decoder's
+    `text_projection` is left as `torch.empty` memory: whatever the allocator held (NaN after some
+    earlier work, and then every caption is NaN). A freshly built CoCa gets the init open_clip
+    meant: normal with std width ** -0.5."""
+    import torch
+
+    decoder: Any = getattr(model, "text_decoder", None)
+    projection = getattr(decoder, "text_projection", None)
+    if projection is not None:  # its own init_parameters is broken too (refers to .transformer)
+        torch.nn.init.normal_(projection, std=decoder.width**-0.5)
+
+
 def build_model(
     name: str,
     *,
@@ -146,6 +159,8 @@ def build_model(
         run_cfg["vision_cfg"]["timm_model_pretrained"] = True
     overrides = {k: v for k, v in run_cfg.items() if k != "custom_text"}
     model = open_clip.create_model(name, pretrained=pretrained or None, **overrides)
+    if not pretrained:
+        init_coca_decoder(model)
     if pretrained_image and pretrained_image != "timm":
         load_image_tower(model, pretrained_image)
     train_tf, val_tf, pp = make_transforms(model, preprocess_overrides(name))

@@ -143,3 +143,16 @@ def test_params_mistakes_name_the_field() -> None:
         CocaParams(generation="greedy")
     with pytest.raises(CocaModelError, match="coca.model 'random:clipmill-tiny'"):
         CocaCaptioner(CocaParams(model="random:clipmill-tiny"))
+
+
+def test_a_fresh_coca_decoder_projection_is_initialised_not_left_empty() -> None:
+    """open_clip leaves CoCa's decoder `text_projection` as torch.empty memory; ours is normal(0, w**-0.5)."""
+    from tasks.clip.zoo import build_model
+
+    torch.manual_seed(0)
+    built = build_model("clipmill-tiny-coca")
+    proj = built.model.text_decoder.text_projection.detach()
+    expected = built.model.text_decoder.width**-0.5
+    assert torch.isfinite(proj).all()
+    assert abs(float(proj.std()) - expected) < 0.2 * expected
+    assert abs(float(proj.mean())) < 0.2 * expected
