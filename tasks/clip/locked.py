@@ -150,15 +150,18 @@ def split_image(model: Any, preprocess_cfg: dict[str, Any]) -> TowerSplit:
             kind="image",
             modules=(trunk,),
         )
+    return _whole_tower(visual, "image", preprocess_cfg)
+
+
+def _whole_tower(tower: Any, kind: str, cfg: dict[str, Any]) -> TowerSplit:
+    """No head can be split off: the whole tower is the frozen part, the head is the identity."""
     return TowerSplit(
-        key=fingerprint(
-            "image", "whole-tower", tensors_digest(_named_state(visual)), preprocess_cfg
-        ),
-        frozen_fn=visual,
+        key=fingerprint(kind, "whole-tower", tensors_digest(_named_state(tower)), cfg),
+        frozen_fn=tower,
         head_fn=_identity,
-        dim=int(getattr(visual, "output_dim", 0) or 0),
-        kind="image",
-        modules=(visual,),
+        dim=int(getattr(tower, "output_dim", 0) or 0),
+        kind=kind,
+        modules=(tower,),
     )
 
 
@@ -169,16 +172,7 @@ def split_text(model: Any, tokenizer_cfg: dict[str, Any]) -> TowerSplit:
     if text is not None and _is_hf_tower(text):
         return _split_hf(text, tokenizer_cfg)
     if text is not None:  # another custom text tower: whole tower
-        return TowerSplit(
-            key=fingerprint(
-                "text", "whole-tower", tensors_digest(_named_state(text)), tokenizer_cfg
-            ),
-            frozen_fn=text,
-            head_fn=_identity,
-            dim=int(getattr(text, "output_dim", 0) or 0),
-            kind="text",
-            modules=(text,),
-        )
+        return _whole_tower(text, "text", tokenizer_cfg)
     # open_clip's plain CLIP keeps its text tower on the model itself
     names = ("token_embedding", "transformer", "ln_final")
     modules = tuple(getattr(model, n) for n in names)
