@@ -9,7 +9,8 @@ deployment polls on a schedule (prefect.yaml `merge-on-arrival`, every 15 minute
 nothing new costs one registry query. New versions are merged oldest first, in ONE merge-stage run
 through the runner (`inputs.continue_from` = the latest online model, so lambda, the norms and
 the order carry on), then the evaluate stage scores the new model on the suite's tasks
-(params/evaluate_merge.yaml, results under `<out_dir>/evaluate`).
+(params/evaluate_merge.yaml, results under `<out_dir>/evaluate`); its run id, scoreboard mean
+and per-set top-1 become tags (`clipmill.evaluate.*`) of the new registered version.
 """
 
 from __future__ import annotations
@@ -87,6 +88,23 @@ def evaluate_model(folder: str, out_dir: str) -> dict[str, Any]:
     return tasks.runner.run_stage("evaluate_merge", overrides=overrides, door="prefect")
 
 
+def attach_evaluation(merged_name: str, version: str, label: str, metrics: dict[str, Any]) -> dict:
+    """The new version's scores (the evaluate run's id, its scoreboard mean and each set's top-1)
+    as tags of that model version, so the registry shows how every online version scores and
+    which run holds the details."""
+    model = metrics.get(label, {})
+    scores: dict[str, Any] = {"run_id": metrics.get("_mlflow_run_id", "")}
+    if "scoreboard_mean" in model:
+        scores["scoreboard_mean"] = model["scoreboard_mean"]
+    for name, value in model.items():
+        if isinstance(value, dict) and "acc1" in value:
+            scores[f"{name}.acc1"] = value["acc1"]
+    client = _client()
+    for key, value in scores.items():
+        client.set_model_version_tag(merged_name, version, f"clipmill.evaluate.{key}", str(value))
+    return scores
+
+
 def merge_new_experts(
     expert_prefix: str, merged_prefix: str, out_dir: str, evaluate: bool
 ) -> dict[str, Any]:
@@ -105,9 +123,11 @@ def merge_new_experts(
         "merge_seconds": metrics.get("opcm.seconds"),
     }
     if evaluate:
-        folder = str(Path(out_dir) / "opcm")
-        scores = evaluate_model(folder, str(Path(out_dir) / "evaluate"))
-        result["evaluate"] = {k: v for k, v in scores.items() if k.endswith("average")}
+        folder = Path(out_dir) / "opcm"
+        scores = evaluate_model(str(folder), str(Path(out_dir) / "evaluate"))
+        result["evaluate"] = (
+            attach_evaluation(merged_name, str(version), folder.name, scores) if version else {}
+        )
     return result
 
 

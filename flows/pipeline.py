@@ -123,9 +123,10 @@ def run_experiment(
 
 def _remote(root: Path) -> str:
     """The DVC remote to pull from / push to: the local folder remote by default, or the URL in
-    $CLIPMILL_DVC_REMOTE_URL (s3://bucket/dvc, ...), registered in .dvc/config.local (with
+    $CLIPMILL_DVC_REMOTE_URL (s3://bucket/dvc, ...), else `<CLIPMILL_DATA_ROOT>/dvc` when the
+    data root is a bucket (Settings.dvc_remote), registered in .dvc/config.local (with
     $AWS_ENDPOINT_URL as its endpoint when set: MinIO, an S3-compatible server)."""
-    url = os.environ.get("CLIPMILL_DVC_REMOTE_URL")
+    url = os.environ.get("CLIPMILL_DVC_REMOTE_URL") or get_settings().dvc_remote
     if not url:
         return "local"
     remote = "clipmill-env"

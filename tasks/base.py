@@ -48,9 +48,17 @@ class StageParams(BaseModel):
     @classmethod
     def validate_mapping(cls, data: dict[str, Any], source: str) -> Self:
         try:
-            return cls.model_validate(data)
+            params = cls.model_validate(data)
         except ValidationError as exc:
             raise ParamsError(describe_validation_error(source, exc, data)) from None
+        for key, value in escaping_paths(params.model_dump(mode="json")):
+            # Here, before any work, for every stage and every path field alike: a stage that
+            # checks its inputs first would otherwise report a missing input instead.
+            raise ParamsError(
+                f"{source}: {key}={value!r}: params path escapes the project folder; write it "
+                "inside the project, or as an absolute path / URI to point outside it on purpose"
+            )
+        return params
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -60,6 +68,26 @@ class StageParams(BaseModel):
         A stage that can run in-process overrides it, and the runner then starts no local Ray: its
         processes would only take CPU time from the run (seconds to boot, then steady polling)."""
         return True
+
+
+def escaping_paths(data: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, value) of every relative path in `data` that climbs out of the folder it is
+    relative to (`../x`, `data/../../x`), judged lexically, so without knowing the root.
+
+    Why lexically: a relative params path is a promise to stay in the project, whatever the
+    project's root; absolute paths and URIs say outright where they go and pass.
+    """
+    import posixpath
+
+    if isinstance(data, dict):
+        return [hit for k, v in data.items() for hit in escaping_paths(v, f"{prefix}{k}.")]
+    if isinstance(data, list):
+        return [hit for i, v in enumerate(data) for hit in escaping_paths(v, f"{prefix}{i}.")]
+    if not isinstance(data, str) or "://" in data or data.startswith("/"):
+        return []
+    if posixpath.normpath(data).split("/")[0] == "..":
+        return [(prefix.rstrip("."), data)]
+    return []
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:

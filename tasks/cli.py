@@ -66,9 +66,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
     from tasks.runner import run_stage
 
-    metrics = run_stage(args.stage, args.params, args.set, door=args.door)
+    # SIGTERM (an orchestrator's cancel, `kill`) raises SystemExit, so every stage's `finally`
+    # and cleanup blocks run: temporary files are removed, nothing is left half-written. Stages
+    # that start Ray set the same handler (tasks/raysession.py); local ones would otherwise die
+    # on the spot. In-process callers (tests, another thread) get their own handler back.
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if main_thread:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        metrics = run_stage(args.stage, args.params, args.set, door=args.door)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before if before is not None else signal.SIG_DFL)
     print(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     return 0
 

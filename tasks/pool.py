@@ -40,9 +40,18 @@ POOL_SCHEMA = pa.schema(
 
 
 def connect(uri: str | None = None) -> Any:
+    """The LanceDB at `uri` (default: the settings'). An S3-compatible server on plain http
+    (MinIO, moto: AWS_ENDPOINT_URL=http://...) needs `allow_http`, which LanceDB's object store
+    refuses by default but boto3 and s3fs do not: set here so one endpoint variable serves all."""
+    import os
+
     import lancedb
 
-    return lancedb.connect(uri or get_settings().lance_uri)
+    uri = uri or get_settings().lance_uri
+    options: dict[str, str] = {}
+    if uri.startswith("s3://") and os.environ.get("AWS_ENDPOINT_URL", "").startswith("http://"):
+        options["allow_http"] = "true"
+    return lancedb.connect(uri, storage_options=options or None)
 
 
 def open_pool(uri: str | None = None, create: bool = False) -> Any:

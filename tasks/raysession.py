@@ -187,7 +187,10 @@ def ray_session(settings: Settings | None = None, background: bool = False) -> I
     global _pending
     settings = settings or get_settings()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if not settings.ray_address:
+        # A local Ray stays on the loopback address (Ray's single-node mode). Not when joining
+        # a cluster: Ray would then take 127.0.0.1 for this node and find none of its nodes.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     _await_closing()

@@ -26,6 +26,9 @@ class StageSpec:
     uses_ray: bool = True  # the runner has Ray up (started or joined) before the stage runs
     upstream: tuple[str, ...] = field(default=())  # stages whose outputs this one reads
     in_default_run: bool = True  # in a run naming no stages (make demo); False = when named
+    # params keys (dotted) of outputs written through fsspec: with CLIPMILL_DATA_ROOT a bucket,
+    # the runner points them at it (tasks/io/dataroot.py) instead of a local copy
+    native_outs: tuple[str, ...] = field(default=())
 
     @property
     def params_file(self) -> Path:
@@ -77,6 +80,7 @@ STAGES: dict[str, StageSpec] = {
                 *_COMMON,
             ),
             upstream=("sample",),
+            native_outs=("output.output_dir",),  # shards written by Ray workers, any node
         ),
         StageSpec(
             name="decontaminate",

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.base import StageParams, parse_override
-from tasks.io import atomic_write_json
+from tasks.io import atomic_write_json, dataroot
 from tasks.registry import StageSpec, get_stage
 from tasks.settings import get_settings
 from tasks.tracking import (
@@ -53,6 +53,12 @@ def run_stage(
     spec = get_stage(name)
     params = load_stage_params(spec, params_file, overrides)
     settings = get_settings()
+    # CLIPMILL_DATA_ROOT a bucket: checked here, before any work; native outputs pointed at it
+    shared = dataroot.for_stage(name, spec.native_outs, params.model_dump(mode="json"), settings)
+    if shared is not None and shared.native:
+        if isinstance(overrides, list):
+            overrides = dict(parse_override(o) for o in overrides)
+        params = load_stage_params(spec, params_file, {**(overrides or {}), **shared.native})
     door = entry_door(door)
 
     def tags() -> dict[str, str]:
@@ -69,6 +75,8 @@ def run_stage(
     metrics_dir = settings.root / "metrics"
     run_function = spec.run_callable()
     use_ray = spec.uses_ray and params.needs_ray()
+    # inputs from the bucket before the MLflow run or Ray start: a missing one fails cleanly
+    pulled = shared.pull() if shared is not None else None
     with engines(spec, name, dump, tags, use_ray=use_ray) as run:
         started = time.perf_counter()
         metrics = dict(run_function(params))
@@ -77,6 +85,15 @@ def run_stage(
             from tasks.raysession import release_ray
 
             release_ray()  # Ray shuts down while the run's results are recorded below
+        if shared is not None and pulled is not None:  # outputs up to the bucket
+            pushed = shared.push()
+            metrics.update(
+                dataroot_downloaded=pulled.moved,
+                dataroot_download_skipped=pulled.skipped,
+                dataroot_uploaded=pushed.moved,
+                dataroot_skipped=pushed.skipped,
+                dataroot_deleted=pushed.deleted,
+            )
         log_metrics(metrics)
         out = metrics_dir / f"{name}.json"
         atomic_write_json(out, metrics)

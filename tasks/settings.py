@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     mlflow_experiment: str = "clipmill"  # experiment every stage run goes to
     mlflow_artifact_root: str | None = None  # None = <root>/mlartifacts; s3://bucket/prefix works
     data_root: str | None = None  # None = <root>/data; s3://bucket/prefix for shared storage
+    data_cache: Path | None = None  # local copies of a remote data_root (None = under cache_dir)
+    dvc_remote_url: str | None = None  # DVC remote of the flows (None = <data_root>/dvc if remote)
     lancedb_uri: str | None = (
         None  # None = <data_root>/lancedb; s3://... or db:// for LanceDB Cloud
     )
@@ -57,15 +59,51 @@ class Settings(BaseSettings):
 
     @property
     def artifact_root(self) -> str:
-        return self.mlflow_artifact_root or (self.root / "mlartifacts").as_uri()
+        if self.mlflow_artifact_root:
+            return self.mlflow_artifact_root
+        if self.remote_data:
+            return join_uri(self.data_uri, "mlartifacts")  # shared storage: artifacts beside it
+        return (self.root / "mlartifacts").as_uri()
 
     @property
     def data_uri(self) -> str:
         return self.data_root or str(self.root / "data")
 
     @property
+    def remote_data(self) -> bool:
+        """Whether data_root is a URI (s3://...) rather than a local folder: then stages get
+        local copies through the runner's layer (tasks/io/dataroot.py)."""
+        return is_remote_uri(self.data_root)
+
+    @property
+    def local_data(self) -> Path:
+        """Where a stage's relative `data/...` paths live on this machine: `<root>/data`, a
+        local data_root, or the local cache of a remote one (tasks/io/paths.py resolves there)."""
+        if not self.data_root:
+            return self.root / "data"
+        if not self.remote_data:
+            return Path(self.data_root.removeprefix("file://"))
+        if self.data_cache is not None:
+            return self.data_cache
+        where = self.data_root.split("://", 1)[1].strip("/")
+        return self.cache_dir / "dataroot" / where
+
+    @property
+    def dvc_remote(self) -> str | None:
+        """The DVC remote the flows pull from / push to: CLIPMILL_DVC_REMOTE_URL, else
+        `<data_root>/dvc` when data_root is a bucket, else None (the committed local remote)."""
+        if self.dvc_remote_url:
+            return self.dvc_remote_url
+        return join_uri(self.data_uri, "dvc") if self.remote_data else None
+
+    @property
     def lance_uri(self) -> str:
         return self.lancedb_uri or join_uri(self.data_uri, "lancedb")
+
+
+def is_remote_uri(uri: str | None) -> bool:
+    """A URI of a remote filesystem (s3://, gs://, memory://...), not a local path or file://."""
+    return bool(uri) and "://" in str(uri) and not str(uri).startswith(("file://", "local://"))
 
 
 def join_uri(base: str, *parts: str) -> str:

@@ -39,13 +39,14 @@ def content_id(data: bytes | str) -> str:
 
 
 def default_store_root() -> Path:
-    """`$CLIPMILL_FEATURE_STORE` when set, else `<settings root>/data/features`."""
+    """`$CLIPMILL_FEATURE_STORE` when set, else `<local data>/features` (`<root>/data/features`
+    by default; the local cache folder when CLIPMILL_DATA_ROOT is a bucket: a cache stays local)."""
     env = os.environ.get(STORE_ENV, "").strip()
     if env:
         return Path(env).expanduser()
     from tasks.settings import get_settings
 
-    return Path(get_settings().root) / "data" / "features"
+    return get_settings().local_data / "features"
 
 
 class FeatureStore:

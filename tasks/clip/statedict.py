@@ -1,8 +1,9 @@
 """A model folder's weights read lazily: safetensors memory-mapped, one tensor at a time.
 
 Merging N checkpoints must not hold N state dicts: `LazyWeights` opens `model.safetensors` with
-`safetensors.safe_open` (a memory map) and hands out one tensor per `get`, so a method that walks
-the keys holds only the tensors it is combining. `check_compatible` compares architecture,
+`safetensors.safe_open` (a memory map; its header gives keys, shapes, dtypes) and hands out one
+tensor per `get`, each read through a map of its own, so a method that walks the keys holds only
+the tensors it is combining, however many models stay open. `check_compatible` compares architecture,
 key sets and shapes before any arithmetic, and every error names the model and the key.
 `write_model_folder` writes a merged state dict as a model folder (docs/CONTRACTS.md) built from
 a base folder's config, loadable by `load_clip` and by plain open_clip.
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from tasks.clip.errors import ModelLoadError
 from tasks.clip.folder import CONFIG_FILE, WEIGHTS_FILE, folder_config, read_folder_config
+from tasks.io.atomic import atomic_dir
 
 HF_FILES = (  # an HF text tower's files a folder carries so it loads offline (tasks/train)
     "config.json",
@@ -75,9 +76,17 @@ class LazyWeights:
         return tuple(self._file.get_slice(key).get_shape())
 
     def get(self, key: str) -> Any:
-        """One tensor (float32 for floating tensors, so arithmetic is exact enough and uniform)."""
+        """One tensor (float32 for floating tensors, so arithmetic is exact enough and uniform).
+
+        Read through a map opened for this read and closed after it: pages read through the
+        long-lived header map would stay resident (and count in RSS) for as long as the model is
+        open, so a merge that keeps N models open would grow by N checkpoints as it reads them.
+        The returned tensor is a copy; the extra header parse costs well under a millisecond."""
+        from safetensors import safe_open
+
         self._require(key)
-        tensor = self._file.get_tensor(key)
+        with safe_open(str(self.folder / WEIGHTS_FILE), framework="pt", device="cpu") as file:
+            tensor = file.get_tensor(key)
         return tensor.float() if tensor.is_floating_point() else tensor
 
     def dtype(self, key: str) -> Any:
@@ -154,24 +163,24 @@ def write_model_folder(
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp_"))
-    sd = {k: state[k].to(base.dtype_torch(k)).contiguous() for k in base.names()}
-    save_file(sd, str(tmp / WEIGHTS_FILE))
-    cfg = base.config
-    hf_in_folder = (base.folder / "config.json").is_file()
-    config = folder_config(
-        cfg["model_name"], cfg["model_cfg"], cfg.get("preprocess_cfg", {}), out_dir, hf_in_folder
-    )
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))
-    (tmp / "params.yaml").write_text(params_yaml)
-    if checkpoint_pt:
-        checkpoint = {"epoch": 1, "step": 0, "name": cfg["model_name"], "state_dict": sd}
-        torch.save(checkpoint, tmp / "checkpoint.pt")
-    for name in HF_FILES if hf_in_folder else ():
-        if (base.folder / name).is_file():
-            shutil.copy2(base.folder / name, tmp / name)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:  # a failed or interrupted write leaves nothing behind
+        sd = {k: state[k].to(base.dtype_torch(k)).contiguous() for k in base.names()}
+        save_file(sd, str(tmp / WEIGHTS_FILE))
+        cfg = base.config
+        hf_in_folder = (base.folder / "config.json").is_file()
+        config = folder_config(
+            cfg["model_name"],
+            cfg["model_cfg"],
+            cfg.get("preprocess_cfg", {}),
+            out_dir,
+            hf_in_folder,
+        )
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=list))
+        (tmp / "params.yaml").write_text(params_yaml)
+        if checkpoint_pt:
+            checkpoint = {"epoch": 1, "step": 0, "name": cfg["model_name"], "state_dict": sd}
+            torch.save(checkpoint, tmp / "checkpoint.pt")
+        for name in HF_FILES if hf_in_folder else ():
+            if (base.folder / name).is_file():
+                shutil.copy2(base.folder / name, tmp / name)
     return out_dir

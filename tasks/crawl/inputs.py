@@ -9,10 +9,11 @@ from tasks.crawl.context import CrawlContext
 from tasks.crawl.errors import CrawlError
 from tasks.crawl.gather import Gathered, extract_files
 from tasks.crawl.params import CrawlParams
+from tasks.crawl.pathlists import iter_path_list
 from tasks.crawl.records import ImageRef, merge_refs
 from tasks.crawl.security import rules_of
 from tasks.crawl.urlscreen import UrlRules, screen, strip_userinfo
-from tasks.io.paths import resolve_uri
+from tasks.io.paths import is_uri, resolve_uri
 
 
 class InputError(ValueError):
@@ -22,12 +23,21 @@ class InputError(ValueError):
 def _archive_files(kind: str, p: CrawlParams, ctx: CrawlContext) -> list[str]:
     listed = list((ctx.archives or {}).get(kind) or [])
     extra = [resolve_uri(f) for f in (p.inputs.wat_files if kind == "wat" else p.inputs.warc_files)]
-    files = list(dict.fromkeys(listed + extra))
+    path_lists = p.inputs.wat_path_lists if kind == "wat" else p.inputs.warc_path_lists
+    prefix = p.inputs.archive_prefix
+    if prefix and not is_uri(prefix):
+        prefix = resolve_uri(prefix)  # a local mirror, relative to the project like any params path
+    listed_by_paths = [
+        path
+        for path_list in path_lists
+        for path in iter_path_list(resolve_uri(path_list), prefix, p.inputs.max_archive_files)
+    ]
+    files = list(dict.fromkeys(listed + extra + listed_by_paths))
     if not files:
         raise InputError(
             f"inputs.sources includes {kind!r} but there are no {kind.upper()} files: "
             f"inputs.archives_index {p.inputs.archives_index!r} lists none (or is missing) and "
-            f"inputs.{kind}_files is empty"
+            f"inputs.{kind}_files and inputs.{kind}_path_lists are empty"
         )
     return files
 

@@ -27,6 +27,10 @@ class InputParams(ParamsSection):
     archives_index: str = "data/sample/archives/index.json"  # lists WAT/WARC files + their base_url ("" = none)
     wat_files: list[str] = []  # extra WAT paths or URLs (fsspec, .gz ok)
     warc_files: list[str] = []  # extra WARC paths or URLs (fsspec, .gz ok)
+    wat_path_lists: list[str] = []  # Common Crawl wat.paths(.gz) style files: one WAT path per line, joined to archive_prefix
+    warc_path_lists: list[str] = []  # the same for WARC files (warc.paths.gz)
+    archive_prefix: str = "https://data.commoncrawl.org/"  # prefix of relative paths in the path lists (s3://commoncrawl/ on AWS, or a local mirror)
+    max_archive_files: int = Field(default=0, ge=0)  # first N files of each path list (0 = all): a sample of a crawl
     url_lists: list[str] = []  # parquet / csv / tsv / jsonl / txt files of image URLs (img2dataset columns)
     url_col: str = "url"  # column holding the image URL in url_lists
     caption_col: str = "caption"  # column holding the text in url_lists ("" = none)
@@ -86,6 +90,7 @@ class DownloadParams(ParamsSection):
     connections_per_shard: int = Field(default=32, ge=1, le=4096)  # concurrent requests in one shard task
     cpus_per_shard: float = Field(default=1.0, gt=0.0, le=64.0)  # Ray CPUs reserved by a shard task
     decode_threads: int = Field(default=2, ge=1, le=64)  # threads decoding/resizing inside a shard task
+    shard_timeout_s: float = Field(default=3600.0, ge=0.0, le=86400.0)  # seconds one shard task may spend downloading; URLs unfinished then are recorded as timeout (0 = no limit)
     # fmt: on
 
 

@@ -94,6 +94,7 @@ def ensure_plan(p: CrawlParams, ctx: CrawlContext) -> tuple[list[dict[str, Any]]
         save_refused,
     )
     from tasks.crawl.urlscreen import strip_userinfo
+    from tasks.crawl.writer import writing
 
     _sweep_temp(ctx.output_dir)
     inputs = p.plan_inputs()
@@ -119,13 +120,14 @@ def ensure_plan(p: CrawlParams, ctx: CrawlContext) -> tuple[list[dict[str, Any]]
             ctx.output_dir,
         )
     rows = plan_rows(gathered.refs, p.inputs.shard_size, p.inputs.max_images)
-    save_refused(ctx.output_dir, gathered.refused)
     gather = {**gathered.metrics, **{f"input_error_{k}": v for k, v in gathered.errors.items()}}
-    save_plan(
-        ctx.output_dir,
-        rows,
-        {"fingerprint": fp, "inputs": inputs, "rows": len(rows), "gather": gather},
-    )
+    with writing(join_uri(ctx.output_dir, "_plan")):  # a full disk: one line naming the folder
+        save_refused(ctx.output_dir, gathered.refused)
+        save_plan(
+            ctx.output_dir,
+            rows,
+            {"fingerprint": fp, "inputs": inputs, "rows": len(rows), "gather": gather},
+        )
     return rows, {**gather, "plan_reused": 0}
 
 

@@ -6,19 +6,29 @@ complete or redone from scratch; rewriting a shard (retry_failed) replaces it as
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
+from tasks.base import StageError
 from tasks.crawl.errors import SUCCESS
-from tasks.io import mark_done, put_atomic
+from tasks.io import is_done, mark_done, put_atomic
 from tasks.io.wds import TarWriter, iter_members
 from tasks.settings import join_uri
 
 RESIZE_FAILURES = frozenset(
-    {"decode_error", "decompression_bomb", "not_an_image", "image_too_small"}
+    {
+        "decode_error",
+        "decompression_bomb",
+        "not_an_image",
+        "image_too_small",
+        "image_too_large",
+        "aspect_ratio",
+    }
 )
 PARQUET_COLUMNS = (  # img2dataset's names first, then ours
     "key",
@@ -117,17 +127,57 @@ def shard_stats(
     }
 
 
+class OutputWriteError(StageError):
+    """The output folder refused a write (full disk, quota, read-only): names the file.
+
+    A StageError, so the command line prints it as one line; it pickles as a plain exception,
+    so it crosses from a Ray shard task to the driver unchanged."""
+
+
+@contextlib.contextmanager
+def writing(path: str, cleanup: tuple[str, ...] = ()) -> Iterator[None]:
+    """Turn an OSError while writing `path` into an OutputWriteError naming it, after removing
+    `cleanup` (the files of a shard begun here), so that no tar is left without its parquet
+    and done marker; the atomic writes already removed their own temporary file."""
+    try:
+        yield
+    except OSError as exc:
+        import fsspec
+
+        for uri in cleanup:
+            with contextlib.suppress(OSError):
+                fs, p = fsspec.core.url_to_fs(uri)
+                if fs.exists(p):
+                    fs.rm(p)
+        reason = exc.strerror or str(exc)
+        raise OutputWriteError(
+            f"cannot write {path}: {reason} (errno {exc.errno}); the shards finished before "
+            "are kept: free space (or fix the folder) and run again to resume"
+        ) from exc
+
+
 def write_shard(
     output_dir: str, index: int, rows: list[dict[str, Any]], ext: str, started: float
 ) -> dict[str, Any]:
-    """Write tar, parquet and stats atomically, then the done marker; return the stats."""
+    """Write tar, parquet and stats atomically, then the done marker; return the stats.
+
+    A write that fails (a full disk) removes what this call wrote of a shard that was not done
+    before, and raises OutputWriteError; a rewrite of a done shard (retry_failed) keeps its
+    files, whose done marker still describes a complete shard.
+    """
     base = shard_uri(output_dir, index)
+    files = (f"{base}.tar", f"{base}.parquet", f"{base}_stats.json")
+    cleanup = () if is_done(base) else files
     tar = build_tar(rows, ext)
-    put_atomic(f"{base}.tar", tar)
-    put_atomic(f"{base}.parquet", build_parquet(rows))
+    with writing(files[0], cleanup):
+        put_atomic(files[0], tar)
+    with writing(files[1], cleanup):
+        put_atomic(files[1], build_parquet(rows))
     stats = shard_stats(rows, started, time.time(), len(tar))
-    put_atomic(f"{base}_stats.json", json.dumps(stats, indent=2).encode())
-    mark_done(base, {"count": stats["count"], "successes": stats["successes"]})
+    with writing(files[2], cleanup):
+        put_atomic(files[2], json.dumps(stats, indent=2).encode())
+    with writing(f"{base}.done", cleanup):
+        mark_done(base, {"count": stats["count"], "successes": stats["successes"]})
     return stats
 
 

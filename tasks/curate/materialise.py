@@ -47,6 +47,24 @@ def materialise(
     n_out = max(1, -(-len(uids) // shard_size))
     bucket = {u: i // shard_size for i, u in enumerate(uids)}
     tmp = [out_dir / f".bucket-{i:05d}.tar" for i in range(n_out)]
+    try:
+        return _route_and_write(kept, shard_of, out_dir, bucket, tmp, seed)
+    except BaseException:  # failed or interrupted (SIGTERM): no temporary bucket is left behind
+        for path in tmp:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def _route_and_write(
+    kept: dict[str, dict[str, Any]],
+    shard_of: dict[str, Path],
+    out_dir: Path,
+    bucket: dict[str, int],
+    tmp: list[Path],
+    seed: int,
+) -> list[Path]:
+    """Route every kept sample into its bucket, then shuffle each bucket into its final shard."""
+    uids = sorted(bucket)
     with ExitStack() as stack:
         writers = []
         for p in tmp:

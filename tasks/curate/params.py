@@ -25,6 +25,7 @@ StepName = Literal[
     "image_based",
     "semantic_dedup",
     "balance",
+    "uid_subset",
 ]
 STEP_NAMES: tuple[str, ...] = get_args(StepName)
 
@@ -175,6 +176,19 @@ class BalanceParams(StepSection):
     # fmt: on
 
 
+class UidSubsetParams(StepSection):
+    """Apply an existing subset: keep only the pool rows a uid file lists (tasks/curate/formats.py)."""
+
+    # fmt: off
+    path: str | None = None  # DataComp .npy of (u8,u8) uid pairs, a parquet with a `uid` column, or a .txt of hex uids
+    # fmt: on
+
+    def unusable(self) -> str | None:
+        if self.path is None:
+            return "step 'uid_subset' needs uid_subset.path (a DataComp .npy, .parquet or .txt uid file)"
+        return None
+
+
 class PlantedQAParams(ParamsSection):
     """Report only: decontamination quality on the sample's planted copies (never decides)."""
 
@@ -214,6 +228,8 @@ class OutputsParams(ParamsSection):
     materialise: bool = True  # write the shuffled training shards
     shard_size: int = Field(default=1000, ge=1)  # samples per output shard
     report_examples: int = Field(default=16, ge=0)  # images per kept/dropped grid; 0 = no grids
+    datacomp_uids: bool = True  # also write the subset as DataComp's sorted (u8,u8) uid file subset_uids.npy
+    metaclip_counts: bool = True  # after balance: entry_counts.npy + metadata.json in balance/, MetaCLIP's form
     # fmt: on
 
 
@@ -242,6 +258,7 @@ class CurateParams(StageParams):
     image_based: ImageBasedParams = ImageBasedParams()  # step image_based (DataComp)
     semantic_dedup: SemanticDedupParams = SemanticDedupParams()  # step semantic_dedup (SemDeDup)
     balance: BalanceParams = BalanceParams()  # step balance (MetaCLIP)
+    uid_subset: UidSubsetParams = UidSubsetParams()  # step uid_subset: keep the rows an existing uid file lists
     planted_qa: PlantedQAParams = PlantedQAParams()  # report on the planted copies, after decontaminate
     holdout: HoldoutParams = HoldoutParams()  # held-out pairs, after every step; never in the training shards
     compute: ComputeParams = ComputeParams()  # Ray actors, batch sizes, CPUs

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -174,5 +173,5 @@ def write_report(
             written.append(_save(grid_figure(images, name), out_dir, f"grid_{name}.png"))
     plt.close("all")
     log_artifact(_log_inputs(out_dir, recorded or {}), "report")
-    (out_dir / "index.json").write_text(json.dumps([p.name for p in written]))
+    atomic_write_json(out_dir / "index.json", [p.name for p in written])
     return written

@@ -71,6 +71,34 @@ def _subset(rows: pa.Table, keep: np.ndarray, path: Path) -> list[str]:
     return write_uids(path, rows.column("uid").filter(pa.array(keep)).to_pylist())
 
 
+def _field_formats(
+    uids: list[str], outcome: Outcome, p: CurateParams, out_dir: Path
+) -> dict[str, Any]:
+    """The subset as DataComp's uid file, and MetaCLIP's entry-count table after balancing.
+
+    A pool whose uids are not hex (hand-made test pools; the crawl always writes MetaCLIP's
+    24-hex uids) has no DataComp form: the file is not written and the metrics and log say so.
+    """
+    from tasks.curate.formats import is_hex_uid, write_datacomp_uids, write_metaclip_counts
+    from tasks.curate.metadata import load_entries
+
+    out: dict[str, Any] = {}
+    target = out_dir / "subset_uids.npy"
+    target.unlink(missing_ok=True)  # never leave a previous run's subset in DataComp form
+    if p.outputs.datacomp_uids:
+        bad = next((u for u in uids if not is_hex_uid(u)), None)
+        if bad is None:
+            out["datacomp_uids_written"] = write_datacomp_uids(uids, target)
+        else:
+            print(f"curate: subset_uids.npy not written: uid {bad!r} is not a hex uid", flush=True)
+            out["datacomp_uids_written"] = -1
+    counts = outcome.artifacts.get("balance", {}).get("entry_counts")
+    if p.outputs.metaclip_counts and counts is not None:
+        entries = load_entries(out_dir / "metadata.parquet")
+        write_metaclip_counts(entries, counts.before, out_dir / "balance")
+    return out
+
+
 # The recaption stage's pool columns -> their fixed names in the curated shards' JSON side file
 # (docs/CONTRACTS.md): HQ-CLIP's four fields, which backend and model made each, and both scores.
 RECAPTION_FIELDS = {
@@ -234,9 +262,11 @@ def run(params: CurateParams) -> dict[str, Any]:
     from tasks.curate.poolio import open_pool_table
     from tasks.curate.report import write_report
     from tasks.curate.steps.registry import build_reports, build_steps, needed_inputs
+    from tasks.io.atomic import sweep_temp
 
     out_dir = resolve_path(params.paths.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    sweep_temp(out_dir, ("*.tmp", ".*.tmp_*", ".bucket-*"))  # what a killed run left half-written
     pool = open_pool_table(params.paths.pool_uri)
     steps, reports = build_steps(params), build_reports(params)
     rows, ctx, metrics = prepare(pool, params, out_dir, needed_inputs([*steps, *reports]))
@@ -244,6 +274,7 @@ def run(params: CurateParams) -> dict[str, Any]:
     train = outcome.keep & ~held  # the training set: kept by every step and not held out
     uids = _subset(rows, train, out_dir / "subset_uids.parquet")
     held_uids = _subset(rows, held, out_dir / "holdout_uids.parquet")
+    metrics.update(_field_formats(uids, outcome, params, out_dir))
     metrics.update(pool_rows=rows.num_rows, subset_size=len(uids), **outcome.metrics)
     metrics.update(curated_size=int(outcome.keep.sum()), holdout_size=len(held_uids))
     metrics.update({f"funnel_{f['step']}": f["left"] for f in outcome.funnel})

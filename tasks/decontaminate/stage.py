@@ -41,7 +41,12 @@ def eval_view_of(p: DecontaminateParams) -> EvalView:
 
 
 def eval_features(p: DecontaminateParams) -> pa.Table:
-    """Hashes of every eval image's views (whole + crops), with `id` = `<set>/<key>`."""
+    """Hashes of every eval image's views (whole + crops), with `id` = `<set>/<key>`.
+
+    Eval sets share pictures (emoji groups and subgroups hold the same images; in the demo 3,696
+    eval images are 2,725 distinct byte strings): the views of each distinct image are made and
+    hashed once and copied to every id holding the same bytes (same bytes, same views, same
+    hashes), in the order one pass over every id would give."""
     from tasks.decontam.reading import hash_items, read_shard, shard_items
     from tasks.decontam.views import eval_prefixes, eval_shards, with_eval_ids
     from tasks.io.paths import resolve_path
@@ -53,12 +58,60 @@ def eval_features(p: DecontaminateParams) -> pa.Table:
             f"decontaminate: no eval tars under {eval_dir}/<set>/test (run the sample stage first)"
         )
     view = eval_view_of(p)
+    prefixes = eval_prefixes(shards, eval_dir)
+    distinct, same_as, order = distinct_eval_images(shards, prefixes)
     items = shard_items(
-        {str(k): v for k, v in shards.items()},
-        prefixes=eval_prefixes(shards, eval_dir),
+        {str(k): v for k, v in distinct.items() if v},
+        prefixes=prefixes,
         chunk=p.compute.rows_per_block,
     )
-    return with_eval_ids(hash_items(items, read_shard, view, "decontaminate: hashing eval images"))
+    hashed = hash_items(items, read_shard, view, "decontaminate: hashing eval images")
+    return with_eval_ids(copy_views(hashed, same_as, order))
+
+
+def distinct_eval_images(
+    shards: dict[Path, list[tuple[str, str]]], prefixes: dict[str, str]
+) -> tuple[dict[Path, list[tuple[str, str]]], dict[str, str], list[str]]:
+    """(the shards' keys whose bytes were not met before, in order; every eval id -> the id of
+    the first image with the same sha256, for repeats; every eval id in reading order)."""
+    import hashlib
+
+    from tasks.io.wds import read_images
+
+    first: dict[str, str] = {}
+    same_as: dict[str, str] = {}
+    order: list[str] = []
+    distinct: dict[Path, list[tuple[str, str]]] = {}
+    for tar, keys in shards.items():
+        prefix = prefixes[str(tar)]
+        digests = {k: hashlib.sha256(data).hexdigest() for k, data, _ in read_images(tar)}
+        kept = []
+        for key, text in keys:
+            uid = prefix + key
+            order.append(uid)
+            digest = digests.get(key)
+            if digest is not None and digest in first:
+                same_as[uid] = first[digest]
+                continue
+            if digest is not None:
+                first[digest] = uid
+            kept.append((key, text))
+        distinct[tar] = kept
+    return distinct, same_as, order
+
+
+def copy_views(hashed: pa.Table, same_as: dict[str, str], order: list[str]) -> pa.Table:
+    """The hashed rows of the distinct images plus, for every repeated id, a copy of its
+    original's rows under its own uid; rows grouped by uid in `order`, each uid's views in the
+    order the view made them."""
+    by_uid: dict[str, list[dict]] = {}
+    for row in hashed.to_pylist():
+        by_uid.setdefault(row["uid"], []).append(row)
+    rows: list[dict] = []
+    for uid in order:
+        source = by_uid.get(same_as.get(uid, uid), [])
+        rows.extend({**r, "uid": uid} for r in source)
+    return pa.Table.from_pylist(rows, schema=hashed.schema)
 
 
 def crawl_features(p: DecontaminateParams) -> pa.Table:

@@ -76,6 +76,9 @@ class ProbeParams(_Section):
     )  # inverse L2 strengths tried
     max_iter: int = Field(default=1000, ge=10)  # L-BFGS iterations
     seed: int = Field(default=0, ge=0)  # splits
+    n_jobs: int = Field(
+        default=2, ge=1
+    )  # worker processes fitting folds / C values side by side (same results); 1 = in process
 
 
 class PerceptionParams(_Section):
@@ -195,6 +198,7 @@ class EvaluateParams(StageParams):
     )  # dataset -> scoreboard metric (default acc1 / mean_recall@1)
     output_dir: str = "data/evaluate"  # results JSON, scoreboard and plots
     leakage_dir: str | None = None  # decontaminate's outputs, for leakage.json; None = no report
+    figures: bool = True  # per-model figures (confusion, per-class recall, retrieval examples, scoreboard); scores are the same without
     embed: EmbedParams = Field(default_factory=EmbedParams)  # embedding computation
     probe: ProbeParams = Field(default_factory=ProbeParams)  # linear probe
     perception: PerceptionParams = Field(default_factory=PerceptionParams)  # PerceptionCLIP

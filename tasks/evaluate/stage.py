@@ -176,7 +176,8 @@ def run(params: EvaluateParams) -> dict[str, Any]:
     scoreboard.attach(metrics, rows)
     atomic_write_json(out / "scoreboard.json", scoreboard.as_table(rows))
     scoreboard.log_table(rows)
-    scoreboard.save_figures(rows, out)
+    if params.figures:
+        scoreboard.save_figures(rows, out)
     if params.membership.enabled:
         from tasks.evaluate import membership
 

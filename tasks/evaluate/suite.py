@@ -32,6 +32,8 @@ def zeroshot_task(
     target = torch.as_tensor(s.labels)
     metrics = zeroshot.classification_metrics(scores, target, len(s.classnames))
     _write(out, loaded, s.name, CLASSIFICATION, metrics, params.language)
+    if not params.figures:
+        return metrics
     matrix = zeroshot.confusion(target.numpy(), scores.argmax(dim=1).numpy(), len(s.classnames))
     title = f"{loaded.name} on {s.name}: zero-shot"
     plots.save(
@@ -59,6 +61,8 @@ def retrieval_task(
     txt = emb.texts(texts)
     metrics = retrieval.recall_at_k(img, txt, owner, params.recall_k)
     _write(out, loaded, s.name, RETRIEVAL, metrics, params.language)
+    if not params.figures:
+        return metrics
     shown = list(range(min(4, len(s))))
     top = (img[shown] @ txt.T).topk(min(3, len(texts)), dim=1)[1]
     examples = [
@@ -110,6 +114,7 @@ def probe_task(
             p.val_proportion,
             p.max_iter,
             p.seed,
+            p.n_jobs,
         )
     else:
         result = kfold_probe(
@@ -121,6 +126,7 @@ def probe_task(
             p.val_proportion,
             p.max_iter,
             p.seed,
+            p.n_jobs,
         )
     rec = results.record(
         s.name, loaded.arch, loaded.ref, "linear_probe", result.metrics, params.language

@@ -45,6 +45,8 @@ IMAGE_ERROR_CLASSES: dict[str, str] = {
     "decompression_bomb": "the declared pixel count exceeds the limit",
     "decode_error": "the image is truncated or corrupt",
     "image_too_small": "smaller than the minimum size",
+    "image_too_large": "more pixels than max_image_area (img2dataset's check)",
+    "aspect_ratio": "longer side over shorter side above max_aspect_ratio",
 }
 
 
@@ -75,6 +77,8 @@ class ResizeParams(ParamsSection):
     encode_quality: int = Field(default=95, ge=1, le=100)  # JPEG/WebP quality (PNG: compress level = quality // 10)
     max_image_pixels: int = Field(default=120_000_000, ge=1)  # width*height above this = decompression bomb
     min_image_size: int = Field(default=0, ge=0)  # px; images whose smaller side is below are refused
+    max_image_area: int = Field(default=0, ge=0)  # px; images with width*height above are refused as image_too_large, img2dataset's max_image_area (0 = no limit)
+    max_aspect_ratio: float = Field(default=0.0, ge=0.0)  # images with longer/shorter side above are refused as aspect_ratio, img2dataset's max_aspect_ratio (0 = no limit)
     # fmt: on
 
 
@@ -154,6 +158,12 @@ def _open_checked(body: bytes, cfg: ResizeParams) -> Any:
         raise ImageError("decompression_bomb", f"{w}x{h} = {w * h} px > {cfg.max_image_pixels}")
     if min(w, h) < max(1, cfg.min_image_size):
         raise ImageError("image_too_small", f"{w}x{h} < {cfg.min_image_size}")
+    if cfg.max_image_area and w * h > cfg.max_image_area:
+        raise ImageError("image_too_large", f"{w}x{h} = {w * h} px > {cfg.max_image_area}")
+    if cfg.max_aspect_ratio and max(w, h) / min(w, h) > cfg.max_aspect_ratio:
+        raise ImageError(
+            "aspect_ratio", f"{w}x{h}: ratio {max(w, h) / min(w, h):.2f} > {cfg.max_aspect_ratio}"
+        )
     return img
 
 

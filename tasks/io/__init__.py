@@ -1,11 +1,13 @@
 """The shared I/O layer every stage uses: atomic writes and completion markers (`atomic`),
-webdataset shards (`wds`), CLIP_benchmark eval sets (`clipbench`), params paths (`paths`).
+webdataset shards (`wds`), CLIP_benchmark eval sets (`clipbench`), params paths (`paths`), and
+the runner's mapping of `data/` to a bucket (`dataroot`: CLIPMILL_DATA_ROOT=s3://...).
 
 Library code: imports no stage package. The atomic helpers are re-exported here, so
 `from tasks.io import atomic_write_json` keeps working.
 """
 
 from tasks.io.atomic import (
+    atomic_dir,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -13,9 +15,11 @@ from tasks.io.atomic import (
     is_done,
     mark_done,
     put_atomic,
+    sweep_temp,
 )
 
 __all__ = [
+    "atomic_dir",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -23,4 +27,5 @@ __all__ = [
     "is_done",
     "mark_done",
     "put_atomic",
+    "sweep_temp",
 ]

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +73,44 @@ def is_done(uri: str) -> bool:
 def mark_done(uri: str, info: dict[str, Any] | None = None) -> None:
     """Write the completion marker (with a little info) after the output itself."""
     put_atomic(done_marker(uri), json.dumps(info or {}, default=str).encode())
+
+
+def sweep_temp(folder: str | Path, patterns: tuple[str, ...] = ("*.tmp", ".*.tmp_*")) -> int:
+    """Remove what writes cut short by a kill left under a local `folder` (recursively): the
+    temporary files of `atomic_write_bytes` (`*.tmp`) and the temporary folders of the
+    write-then-rename model and checkpoint writers (`.<name>.tmp_*`). A stage calls it before it
+    writes, so a rerun after SIGKILL neither trips over them nor hands them to DVC. Only one run
+    writes an output at a time (the stages' contract), so nothing live is removed. Returns how
+    many were removed."""
+    import shutil
+
+    root = Path(folder)
+    if not root.is_dir():
+        return 0
+    stale = {p for pattern in patterns for p in root.rglob(pattern)}
+    for path in sorted(stale, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return len(stale)
+
+
+@contextmanager
+def atomic_dir(final: Path, prefix: str | None = None) -> Iterator[Path]:
+    """A temporary folder beside `final` that replaces it whole when the block ends.
+
+    The block fills the yielded folder; on success any old `final` is removed and the folder
+    renamed into place; on any exit by exception (SIGTERM turned into SystemExit included) the
+    temporary folder is deleted, so a reader never sees half a model or checkpoint.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=prefix or f".{final.name}.tmp_"))
+    try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

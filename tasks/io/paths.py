@@ -3,7 +3,9 @@
 Absolute paths and URIs (`s3://bucket/x`, `file:///x`) are used as they are, so the same params
 file works on a laptop (relative, under the project) and on a cluster (a shared object store).
 The root is read from the settings, not frozen at import, so a test or a copy of the project
-that sets CLIPMILL_ROOT (then clears `get_settings`' cache) sees its own root.
+that sets CLIPMILL_ROOT (then clears `get_settings`' cache) sees its own root. Relative
+`data/...` paths resolve under the settings' `local_data` (`<root>/data` unless
+CLIPMILL_DATA_ROOT moves it: docs/ARCHITECTURE.md, "Shared storage").
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ def resolve_uri(path: str | Path) -> str:
             f"params path {text!r} escapes the project folder {root}: write it inside the "
             "project, or as an absolute path / URI to point outside it on purpose"
         )
+    parts = Path(text).parts
+    if parts and parts[0] == "data" and ".." not in parts:
+        # `data/...` lives where the settings put the data: `<root>/data` by default, the local
+        # copy of CLIPMILL_DATA_ROOT's bucket when that is set (tasks/io/dataroot.py fills it).
+        return str(get_settings().local_data.joinpath(*parts[1:]))
     return str(root / text)
 
 

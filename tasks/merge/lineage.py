@@ -29,7 +29,9 @@ def lineage(method: str, base: str, models: list[str], info: dict[str, Any], par
 
 def write_lineage(folder: Path, record: dict[str, Any]) -> None:
     """merge_lineage.json beside the weights (params.yaml holds the same, as YAML)."""
-    (folder / LINEAGE_FILE).write_text(json.dumps(record, indent=1, default=str) + "\n")
+    from tasks.io.atomic import atomic_write_text
+
+    atomic_write_text(folder / LINEAGE_FILE, json.dumps(record, indent=1, default=str) + "\n")
 
 
 def lineage_yaml(record: dict[str, Any]) -> str:

@@ -49,7 +49,9 @@ def log_comparison(
     """Write comparison.json, log the plot; return flat metrics."""
     summary = summarise(scores, list(params.heldout.expert_sets))
     out_root.mkdir(parents=True, exist_ok=True)
-    (out_root / "comparison.json").write_text(json.dumps(summary, indent=1) + "\n")
+    from tasks.io.atomic import atomic_write_text
+
+    atomic_write_text(out_root / "comparison.json", json.dumps(summary, indent=1) + "\n")
     _plot(summary)
     flat = {f"{name}.heldout_average": v for name, v in summary["average"].items()}
     for key in ("opcm_orders_mean", "opcm_orders_std", "experts_own_task_mean"):

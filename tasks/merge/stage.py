@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.clip.statedict import LazyWeights, check_compatible, open_weights, write_model_folder
+from tasks.io.atomic import atomic_write_text, sweep_temp
 from tasks.merge.lineage import lineage, lineage_yaml, register, write_lineage
 from tasks.merge.methods import METHODS, MergeJob, arrival_order
 from tasks.merge.params import MergeParams
@@ -89,6 +90,7 @@ def run(params: MergeParams) -> dict[str, Any]:
     selected = merged_keys(base, params.inputs.exclude)
     keys = changed_keys(base, [*models, *previous], selected)
     out_root = resolve_path(params.outputs.out_dir)
+    sweep_temp(out_root)  # model folders a killed run left half-written (never renamed in)
     scorer = make_scorer(params, base)
     metrics: dict[str, Any] = {
         "models": len(models),
@@ -129,7 +131,9 @@ def run(params: MergeParams) -> dict[str, Any]:
         metrics.update(log_comparison(scores, params, out_root))
     if scorer is not None:  # how often the frozen tower parts ran (once per distinct weights)
         metrics.update({f"heldout.{k}": v for k, v in scorer.stats().items()})
-    (out_root / "summary.json").write_text(json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(
+        out_root / "summary.json", json.dumps(metrics, indent=1, sort_keys=True) + "\n"
+    )
     return metrics
 
 

@@ -75,6 +75,7 @@ class HFParams(ParamsSection):
     max_new_tokens: int = Field(default=256, ge=1, le=4096)  # generation length per image
     dtype: str = "float32"  # torch dtype of the weights: float32, float16 or bfloat16
     device: str = "auto"  # auto (cuda when present), cpu or cuda
+    timeout_s: float = Field(default=120.0, ge=0.0)  # seconds of generation per image (a batch gets n times it); a row over it fails with reason timeout (0 = no limit)
     # fmt: on
 
 

@@ -98,7 +98,7 @@ def _clean_stale(parts_root: Path, keep: Path) -> None:
 
 
 def run(p: RecaptionParams) -> dict[str, Any]:
-    from tasks.io.atomic import atomic_write_json
+    from tasks.io.atomic import atomic_write_json, sweep_temp
     from tasks.pool import open_pool
     from tasks.recaption.blocks import fingerprint, plan_blocks, select_rows
     from tasks.recaption.preflight import preflight
@@ -111,6 +111,7 @@ def run(p: RecaptionParams) -> dict[str, Any]:
     out_dir = resolve_path(p.paths.out_dir)
     parts_dir = out_dir / "parts" / fingerprint(p)
     parts_dir.mkdir(parents=True, exist_ok=True)
+    sweep_temp(out_dir)  # parts a killed run left half-written (never renamed in)
     todo = _pending(blocks, parts_dir)
     start = time.perf_counter()
     done = _run_pool(p, todo, parts_dir) if todo else []

@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from tasks.io.atomic import atomic_dir
 
 MANIFEST = "manifest.json"
 OBJECTIVE_FILE = "objective.safetensors"  # the training objective's state (A-CLIP's EMA model)
@@ -76,13 +77,9 @@ def save_local_checkpoint(
     objective_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint atomically (temp dir then rename) under root and prune old ones."""
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp_ckpt_"))
-    write_train_state(tmp, model, optimizer, state, objective_state)
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    with atomic_dir(final, prefix=".tmp_ckpt_") as tmp:
+        write_train_state(tmp, model, optimizer, state, objective_state)
     for old in complete_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -148,31 +145,27 @@ def export_model_folder(out_dir: Path, built: Any, params_yaml: str, step: int) 
 
     from tasks.clip.folder import folder_config
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp_"))
-    sd = state_dict_for_saving(built.model)
-    save_file(sd, str(tmp / "model.safetensors"))
-    # written for open_clip's `local-dir:` too (offline: the HF tower config by the folder's path)
-    config = folder_config(
-        built.model_name,
-        built.model_cfg,
-        built.preprocess_cfg,
-        out_dir,
-        hf_files_in_folder=bool(built.hf_dir),
-    )
-    (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2, default=list))
-    (tmp / "params.yaml").write_text(params_yaml)
-    torch.save(
-        {"epoch": 1, "step": step, "name": built.model_name, "state_dict": sd},
-        tmp / "checkpoint.pt",
-    )
-    # the HF text tower's config and tokenizer, so the folder loads offline on its own
-    if built.hf_dir:
-        for name in HF_FILES:
-            src = Path(built.hf_dir) / name
-            if src.is_file():
-                shutil.copy2(src, tmp / name)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir) as tmp:  # a failed or interrupted write leaves nothing behind
+        sd = state_dict_for_saving(built.model)
+        save_file(sd, str(tmp / "model.safetensors"))
+        # written for open_clip's `local-dir:` too (offline: the HF tower config by the folder's path)
+        config = folder_config(
+            built.model_name,
+            built.model_cfg,
+            built.preprocess_cfg,
+            out_dir,
+            hf_files_in_folder=bool(built.hf_dir),
+        )
+        (tmp / "open_clip_config.json").write_text(json.dumps(config, indent=2, default=list))
+        (tmp / "params.yaml").write_text(params_yaml)
+        torch.save(
+            {"epoch": 1, "step": step, "name": built.model_name, "state_dict": sd},
+            tmp / "checkpoint.pt",
+        )
+        # the HF text tower's config and tokenizer, so the folder loads offline on its own
+        if built.hf_dir:
+            for name in HF_FILES:
+                src = Path(built.hf_dir) / name
+                if src.is_file():
+                    shutil.copy2(src, tmp / name)
     return out_dir

@@ -136,6 +136,7 @@ def _run(
     import time
 
     from tasks.clip.featurestore import default_store_root
+    from tasks.io.atomic import sweep_temp
     from tasks.io.paths import resolve_path
 
     shards, n_samples = preflight(params)
@@ -144,6 +145,9 @@ def _run(
     if not params.resume and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # what a killed run left half-written: checkpoint and export folders never renamed in
+    sweep_temp(run_dir, ("*.tmp", ".tmp_ckpt_*"))
+    sweep_temp(out_dir.parent, (f".{out_dir.name}.tmp_*",))
     (run_dir / "summary.json").unlink(missing_ok=True)
     config = {
         "params": params.model_dump(mode="json"),
@@ -188,6 +192,7 @@ def finish(
     `prefetch` holds the shard hash computed beside training (None: computed here)."""
     import mlflow
 
+    from tasks.io.atomic import atomic_write_text
     from tasks.train.data import load_excluded, sample_counts
     from tasks.train.tracking import data_lineage, data_version, log_loss_plot, register_model
 
@@ -197,7 +202,7 @@ def finish(
     losses = [loss for _, loss in history]
     # The training curve as a file in the model folder, for `dvc plots show` (dvc.yaml `plots:`).
     curve = [{"step": int(step), "loss": float(loss)} for step, loss in history]
-    (out_dir / "loss_history.json").write_text(json.dumps(curve, indent=1) + "\n")
+    atomic_write_text(out_dir / "loss_history.json", json.dumps(curve, indent=1) + "\n")
     k = max(1, min(5, len(losses) // 4))
     metrics: dict[str, Any] = {
         "steps": p.steps,

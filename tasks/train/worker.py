@@ -310,4 +310,6 @@ def train_worker(config: dict[str, Any]) -> None:
             "total_params": sum(q.numel() for q in model.parameters()),
             "feature_cache": cache_summary,
         }
-        (run_dir / "summary.json").write_text(json.dumps(summary))
+        from tasks.io.atomic import atomic_write_text
+
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary))

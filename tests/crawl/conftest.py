@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.hostile.recording import pytest_runtest_makereport  # noqa: F401 - records test_bounds
+
 from .servers import Canary, ThreadServer, bad_app
 from .sitegen import build_sample
 

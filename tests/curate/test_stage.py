@@ -98,6 +98,16 @@ def test_stage_end_to_end(hand_pool, tmp_path, ray_session):
     funnel = json.loads((out / "report" / "funnel.json").read_text())
     assert [f["step"] for f in funnel] == ["input", *_params(hand_pool, out).steps, "holdout"]
     assert funnel[-1] == {"step": "holdout", "left": len(kept), "dropped": {"held_out": len(held)}}
+    # MetaCLIP's form of the balancing state: one int64 count per metadata entry, in its order
+    import numpy as np
+
+    entries = json.loads((out / "balance" / "metadata.json").read_text())
+    counts = np.load(out / "balance" / "entry_counts.npy")
+    assert counts.dtype == np.int64 and len(counts) == len(entries) > 0
+    assert int(counts.max()) == metrics["max_entry_count_before"]
+    assert int(np.count_nonzero(counts)) == metrics["entries_matched"]
+    # the hand pool's uids ("good000") are not hex: no DataComp file, and the metric says so
+    assert not (out / "subset_uids.npy").exists() and metrics["datacomp_uids_written"] == -1
 
 
 def _shard_samples(folder) -> dict[str, dict[str, bytes]]:

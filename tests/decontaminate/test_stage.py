@@ -144,3 +144,32 @@ def test_stored_hashes_are_what_curate_would_compute(outputs, tiny_crawl) -> Non
     assert len(known) == metrics["rows_checked"] == len(images)
     fresh = hash_batch(pa.table({"image": images})).to_pylist()
     assert {r["image_sha256"]: (r["phash"], r["dhash"]) for r in fresh} == known
+
+
+def test_shared_eval_pictures_are_hashed_once_with_the_same_rows(outputs, tiny_crawl) -> None:
+    """toyset/e0 holds otherset/e0's bytes: its views are made once and copied, and the stored
+    rows equal hashing every eval id's views on its own (the undeduplicated pass)."""
+    from tasks.decontam.reading import ReadAndHash, read_shard, shard_items
+    from tasks.decontam.views import eval_prefixes, eval_shards
+    from tasks.decontaminate.params import DecontaminateParams
+    from tasks.decontaminate.stage import distinct_eval_images, eval_view_of
+
+    out, _ = outputs
+    shards = eval_shards(tiny_crawl.eval_dir)
+    prefixes = eval_prefixes(shards, tiny_crawl.eval_dir)
+    distinct, same_as, order = distinct_eval_images(shards, prefixes)
+    assert same_as == {"toyset/e0": "otherset/e0"}  # otherset/ is read first
+    assert sum(len(v) for v in distinct.values()) == len(order) - 1 == 4
+    hash_one = ReadAndHash(read_shard, eval_view_of(DecontaminateParams()))
+    every = [
+        row
+        for item in shard_items({str(k): v for k, v in shards.items()}, prefixes=prefixes)
+        for row in hash_one(item)
+    ]
+    columns = ["variant", "image_sha256", "phash", "dhash", "image_reason"]
+    stored = pq.read_table(out / "eval_hashes.parquet").to_pylist()
+    assert sorted((r["id"], *(str(r[c]) for c in columns)) for r in stored) == sorted(
+        (r["uid"], *(str(r[c]) for c in columns)) for r in every
+    )
+    ids = [r["id"] for r in stored]
+    assert ids == sorted(ids, key=order.index)  # grouped by id, in reading order

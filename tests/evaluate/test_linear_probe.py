@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,24 @@ def test_train_scheme_fits_on_train_only():
     assert res.test_images == len(ty)
     control = probe(tx, ty, tx, ty, 4, c_grid=[1.0, 10.0])
     assert control.metrics["lp_acc1"] >= 0.95
+
+
+def test_worker_processes_give_the_serial_results():
+    """n_jobs > 1 runs the folds / the C grid in loky processes: every number must be the one
+    the serial loop gives (the fits are deterministic), and the processes must really be used."""
+    from tasks.evaluate import linear_probe
+
+    x, y = _blobs([12, 9, 7], 3, 0.8, seed=6)
+    grid = [0.01, 1.0, 100.0]
+    serial = linear_probe.kfold_probe(x, y, 3, c_grid=grid, folds=4, seed=0, n_jobs=1)
+    parallel = linear_probe.kfold_probe(x, y, 3, c_grid=grid, folds=4, seed=0, n_jobs=2)
+    np.testing.assert_equal(parallel.metrics, serial.metrics)  # exact; NaN (acc5) equals NaN
+    np.testing.assert_equal(parallel.folds, serial.folds)
+    tx, ty = _blobs([6, 5, 4], 3, 0.8, seed=6, draw=1)
+    a = linear_probe.probe(x, y, tx, ty, 3, c_grid=grid, n_jobs=1)
+    b = linear_probe.probe(x, y, tx, ty, 3, c_grid=grid, n_jobs=2)
+    np.testing.assert_equal(
+        (a.metrics, a.val_accuracy, a.chosen_c), (b.metrics, b.val_accuracy, b.chosen_c)
+    )
+    pids = linear_probe.parallel_map(os.getpid, [()] * 4, 2)
+    assert os.getpid() not in pids

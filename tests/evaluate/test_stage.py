@@ -197,3 +197,26 @@ def test_absent_public_benchmark_is_skipped_with_a_message(tmp_path, tiny_model,
     strict = params.model_copy(update={"public_required": True})
     with pytest.raises(ValueError, match="imagenet1k"):
         load_sets(strict)
+
+
+def test_figures_off_writes_no_png_and_the_same_scores(tmp_path, tiny_model, eval_root):
+    """`figures: false` (the merge suite's setting, for speed) leaves out every per-model figure
+    and nothing else: the records and the scores are those of a run with figures."""
+    from tasks.evaluate.stage import run
+
+    off = {"enabled": False}
+    runs = {}
+    for figures in (True, False):
+        extra = {"probe": off, "perception": off, "robustness": off, "membership": off}
+        params = _params(tmp_path / str(figures), tiny_model, eval_root, figures=figures, **extra)
+        metrics = run(EvaluateParams.model_validate(params))
+        out = tmp_path / str(figures) / "out"
+        pngs = sorted(p.relative_to(out) for p in out.rglob("*.png"))
+        records = sorted(p.relative_to(out) for p in out.rglob("*.json"))
+        runs[figures] = (metrics, pngs, records)
+    (with_m, with_png, with_rec), (without_m, without_png, without_rec) = runs[True], runs[False]
+    assert with_png and not without_png
+    assert with_rec == without_rec
+    for m in (with_m, without_m):
+        m["tiny"].pop("embedding"), m["tiny"].pop("images_per_s")  # timings
+    np.testing.assert_equal(with_m, without_m)

@@ -29,6 +29,7 @@ from tasks import PROJECT_ROOT
 from tasks.crawl.records import make_uid
 from tests.crawl.outputs import shard_uids
 from tests.crawl.servers import ThreadServer, bad_app
+from tests.faults.reliability import lost_and_duplicated, record
 
 N_URLS = 60
 SHARD = 10
@@ -153,6 +154,7 @@ def test_sigkill_under_dvc_repro_then_dvc_repro_resumes(
     assert metrics["plan_reused"] == 1 and metrics["shards_skipped"] >= at_kill
     tar_uids, parquet_uids = shard_uids(out)
     expected = sorted(make_uid(u) for u in urls)
+    _record("dvc", "sigkill after 2 shards", expected, tar_uids, 1)
     assert tar_uids == parquet_uids == expected  # none lost, none duplicated
     from tasks.pool import open_pool
 
@@ -198,12 +200,22 @@ def _finish(root: Path, tries: int = 3) -> None:
     raise AssertionError(f"no successful rerun in {tries} tries:\n{text[-3000:]}")
 
 
-def _check_complete(root: Path, urls: list[str]) -> None:
+def _record(door: str, case: str, expected: list[str], got: list[str], kills: int) -> None:
+    """The case's line for docs/RELIABILITY.md (tests/faults/reliability.py)."""
+    lost, duplicated = lost_and_duplicated(expected, got)
+    outcome = "passed" if (lost, duplicated) == (0, 0) else "failed: uids lost or duplicated"
+    record("crawl", door, case, outcome, lost, duplicated, kills)
+
+
+def _check_complete(
+    root: Path, urls: list[str], door: str = "cli", case: str = "", kills: int = 1
+) -> None:
     from tasks.pool import open_pool
 
     out = root / "data/crawl"
     tar_uids, parquet_uids = shard_uids(out)
     expected = sorted(make_uid(u) for u in urls)
+    _record(door, case, expected, tar_uids, kills)
     assert tar_uids == parquet_uids == expected  # none lost, none duplicated
     assert not list(out.rglob("*.tmp"))
     pool = open_pool(str(root / "lancedb")).to_arrow().column("uid").to_pylist()
@@ -228,7 +240,7 @@ def test_sigkill_at_a_random_point_then_cli_resumes(
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     _finish(tmp_path)
-    _check_complete(tmp_path, urls)
+    _check_complete(tmp_path, urls, "cli", f"sigkill seed {seed}", int(killed))
 
 
 def test_sigterm_stops_cleanly_and_the_rerun_completes(
@@ -259,4 +271,4 @@ def test_sigterm_stops_cleanly_and_the_rerun_completes(
             assert len(tar.getnames()) == 3 * SHARD
         assert json.loads(Path(f"{base}_stats.json").read_text())["count"] == SHARD
     _finish(tmp_path)
-    _check_complete(tmp_path, urls)
+    _check_complete(tmp_path, urls, "cli", "sigterm")

@@ -25,6 +25,12 @@ from tasks.pool import open_pool
 from tests.crawl import images
 from tests.crawl.servers import Canary, ThreadServer, bad_app
 
+RELIABILITY_STAGE = (
+    "crawl"  # each case recorded in the reliability log (tests/hostile/recording.py)
+)
+RELIABILITY_DOOR = "stage"  # run_stage in this process
+RELIABILITY_DOORS = {"test_hostile_html_is_parsed_in_bounded_time": "library"}
+
 SECRET = "hunter2-s3cret"
 
 IMAGES = {  # path on the test server -> the status it must end with
@@ -84,6 +90,7 @@ def _url_list(root: Path, base: str, port: int, canary_port: int) -> tuple[Path,
         "http://169.254.169.254/latest/meta-data/": "address_refused",
         "http://[fd00:ec2::254]/latest/meta-data/": "address_refused",
         f"http://127.0.0.1:{canary_port}/other-port.jpg": "address_refused",
+        base + "bild-\u00fcn\u00efc\u00f6d\u00e9.jpg": "http_404",  # a unicode path, fetched
         **{base + path: status for path, status in IMAGES.items()},
     }
     rows = list(refused) + list(fetched)

@@ -14,6 +14,11 @@ from tasks import PROJECT_ROOT
 from tasks.cli import main
 from tests.crawl.sitegen import build_sample
 
+RELIABILITY_STAGE = (
+    "crawl"  # each case recorded in the reliability log (tests/hostile/recording.py)
+)
+RELIABILITY_DOOR = "cli"
+
 
 @pytest.fixture()
 def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mlflow_store, ray_session) -> Path:  # type: ignore[no-untyped-def]
@@ -57,17 +62,25 @@ def test_missing_and_garbage_archives_are_errors_naming_the_file(root, capsys) -
 
 
 def test_unreadable_archive_is_an_error_naming_the_file(root, capsys) -> None:  # type: ignore[no-untyped-def]
+    """chmod 000 where permissions bind; as root (who reads any file) a directory in its place,
+    which no one can read as a file (tests/hostile/test_hostile_params.py does so for every
+    input kind)."""
     unreadable = root / "locked.warc"
     unreadable.write_bytes(b"WARC/1.0\r\n")
     unreadable.chmod(0)
     try:
-        if unreadable.open("rb").readable():  # running as root: permissions do not bind
-            pytest.skip("root reads any file")
+        with unreadable.open("rb"):
+            pass
     except PermissionError:
+        pass
+    else:  # running as root: permissions do not bind
+        unreadable.unlink()
+        unreadable.mkdir()
+    try:
         code, err = _cli(root, capsys, "inputs.sources=[warc]", f"inputs.warc_files=[{unreadable}]")
         assert code == 1 and str(unreadable) in _one_line(err)
     finally:
-        unreadable.chmod(0o644)
+        unreadable.chmod(0o755)
 
 
 def test_truncated_wat_keeps_what_was_read_and_counts_it(root, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -134,7 +147,7 @@ def test_stage_errors_are_one_line_at_the_cli() -> None:
 
 def test_relative_paths_escaping_the_project_are_refused(root, capsys) -> None:  # type: ignore[no-untyped-def]
     code, err = _cli(root, capsys, "output.output_dir=../../../../tmp/escaped-crawl")
-    assert code == 1 and "escapes the project folder" in _one_line(err)
+    assert code == 2 and "escapes the project folder" in _one_line(err)  # a params error
     assert not Path("/tmp/escaped-crawl").exists()
     from tasks.io.paths import resolve_uri
 

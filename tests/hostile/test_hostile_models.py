@@ -16,6 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+RELIABILITY_STAGE = (
+    "train"  # model loaders of train / teacher / evaluate (tests/hostile/recording.py)
+)
+RELIABILITY_DOOR = "library"
+
 
 class _Payload:
     """Unpickling this calls open(marker, "w"): a file appears if any code runs."""

@@ -118,6 +118,21 @@ def test_min_size_and_sniff():
     )
 
 
+def test_img2dataset_area_and_aspect_limits():
+    """max_image_area and max_aspect_ratio as img2dataset applies them: on the original size,
+    strictly above the limit refused, at the limit kept; 0 switches each check off."""
+    with pytest.raises(ImageError) as info:
+        process_image(images.jpeg(40, 30), ResizeParams(max_image_area=1199))
+    assert info.value.error_class == "image_too_large"
+    assert process_image(images.jpeg(40, 30), ResizeParams(max_image_area=1200)).width == 256
+    with pytest.raises(ImageError) as info:
+        process_image(images.jpeg(90, 30), ResizeParams(max_aspect_ratio=2.9))
+    assert info.value.error_class == "aspect_ratio"
+    kept = process_image(images.jpeg(30, 90), ResizeParams(max_aspect_ratio=3.0))
+    assert (kept.original_width, kept.original_height) == (30, 90)
+    assert process_image(images.jpeg(300, 10), ResizeParams()).original_width == 300
+
+
 def test_params_are_a_frozen_strict_picklable_section():
     import pickle
 

@@ -80,3 +80,51 @@ def test_new_experts_are_merged_as_they_arrive(
     online = open_weights(Path(out) / "opcm")
     for key in b.names():
         assert torch.allclose(online.get(key), batch.merged[key], atol=1e-5), key
+
+
+def test_the_new_version_is_evaluated_and_its_scores_attached(
+    tmp_path: Path, mlflow_store: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate=True: the evaluate stage scores the new online version in its own MLflow run, and
+    that run's id and scores become tags of the new registered version (code-path test on a tiny
+    random model and a hand-made colour set)."""
+    import mlflow
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from flows.merge_on_arrival import merge_new_experts
+    from tasks.settings import get_settings
+    from tests.evaluate.sets import make_classification
+
+    monkeypatch.setenv("CLIPMILL_ROOT", str(tmp_path))
+    get_settings.cache_clear()
+    (tmp_path / "params").mkdir()
+    base, experts = tiny_suite(tmp_path / "models", 1)
+    merge = yaml.safe_load((PROJECT / "params" / "merge.yaml").read_text())
+    merge["inputs"]["base"] = str(base)
+    (tmp_path / "params" / "merge.yaml").write_text(yaml.safe_dump(merge))
+    make_classification(tmp_path / "eval" / "colours")
+    suite = yaml.safe_load((PROJECT / "params" / "evaluate_merge.yaml").read_text())
+    suite.update(eval_root=str(tmp_path / "eval"), datasets=["colours"])
+    suite["embed"]["feature_store"] = False
+    (tmp_path / "params" / "evaluate_merge.yaml").write_text(yaml.safe_dump(suite))
+    mlflow.set_tracking_uri(mlflow_store)
+    client = MlflowClient(mlflow_store)
+    _register(client, "t-expert-a", experts[0], tmp_path)
+
+    result = merge_new_experts("t-expert-", "t-online", str(tmp_path / "online"), evaluate=True)
+
+    assert result["registered"] == "models:/t-online-opcm/1"
+    scores = result["evaluate"]
+    run = client.get_run(scores["run_id"])  # the evaluate stage's own run, logged and finished
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"] == "evaluate_merge"
+    logged = run.data.metrics["opcm.colours.acc1"]
+    assert 0.0 <= logged <= 1.0 and scores["colours.acc1"] == pytest.approx(logged)
+    written = json.loads((tmp_path / "online" / "evaluate" / "metrics.json").read_text())
+    assert written["opcm"]["colours"]["acc1"] == pytest.approx(logged)
+    tags = client.get_model_version("t-online-opcm", "1").tags  # attached to the new version
+    assert tags["clipmill.evaluate.run_id"] == scores["run_id"]
+    assert float(tags["clipmill.evaluate.colours.acc1"]) == pytest.approx(logged)
+    assert float(tags["clipmill.evaluate.scoreboard_mean"]) == pytest.approx(
+        written["opcm"]["scoreboard_mean"]
+    )

@@ -81,6 +81,22 @@ def test_dare_before_task_arithmetic(tmp_path: Path) -> None:
         assert set((k / m.get("w")).tolist()) <= {0.0, 2.0}
 
 
+def test_dare_before_ties_drops_and_rescales_before_the_trim(tmp_path: Path) -> None:
+    """DARE comes first: TIES with dare_p equals TIES (no DARE) of the already-dropped experts.
+    Hand-worked on a mask fixed by the seed: whatever it keeps is doubled (p = 0.5)."""
+    taus = [[4.0, -1.0, 2.0, -3.0], [-2.0, 3.0, 1.0, -1.0]]
+    base, models = _folders(tmp_path, [0.0] * 4, taus)
+    dropped = [arithmetic.dare(m.get("w"), 0.5, 7, i, "w") for i, m in enumerate(models)]
+    for d, t in zip(dropped, taus, strict=True):
+        assert set((d / torch.tensor(t)).tolist()) <= {0.0, 2.0}
+    _, pre = _folders(tmp_path / "pre", [0.0] * 4, [d.tolist() for d in dropped])
+    expected = arithmetic.ties(base, pre, ["w"], top_k=0.5, merge="mean", lam=1.0)
+    out = arithmetic.ties(base, models, ["w"], top_k=0.5, merge="mean", lam=1.0, dare_p=0.5, seed=7)
+    assert torch.equal(out["w"], expected["w"])
+    plain = arithmetic.ties(base, models, ["w"], top_k=0.5, merge="mean", lam=1.0)
+    assert not torch.equal(out["w"], plain["w"])  # the drop did take part
+
+
 def test_wise_ft_interpolates(tmp_path: Path) -> None:
     base, models = _folders(tmp_path, [1.0, 1.0, 1.0, 1.0], TAUS)
     out = arithmetic.wise_ft(base, models[0], ["w"], alpha=0.25)

@@ -8,6 +8,7 @@ import math
 import weakref
 from pathlib import Path
 
+import pytest
 import torch
 
 from tasks.clip.statedict import LazyWeights, open_weights
@@ -34,15 +35,20 @@ def test_split_rank_is_zero_based() -> None:
     assert split_rank(torch.zeros(3), 0.5) == 0
 
 
-def test_projected_update_has_zero_diagonal_and_zero_top_left_block() -> None:
+@pytest.mark.parametrize("shape", [(7, 5), (5, 7), (6, 6)])  # tall, wide (transposed), square
+def test_projected_update_has_zero_diagonal_and_zero_top_left_block(
+    shape: tuple[int, int],
+) -> None:
     gen = torch.Generator().manual_seed(0)
-    d = torch.randn(7, 5, generator=gen, dtype=torch.float64)
-    tau = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    d = torch.randn(*shape, generator=gen, dtype=torch.float64)
+    tau = torch.randn(*shape, generator=gen, dtype=torch.float64)
     update, r = project(d, tau, alpha=0.5)
+    assert update.shape == tau.shape
     u, s, vh = torch.linalg.svd(d, full_matrices=True)
     assert r == split_rank(s, 0.5) and r >= 1
     p = u.T @ update @ vh.T
-    assert torch.allclose(torch.diagonal(p), torch.zeros(5, dtype=torch.float64), atol=1e-10)
+    k = min(shape)
+    assert torch.allclose(torch.diagonal(p), torch.zeros(k, dtype=torch.float64), atol=1e-10)
     assert torch.allclose(p[:r, :r], torch.zeros(r, r, dtype=torch.float64), atol=1e-10)
     # the rest of tau survives: the update is not zero
     full = u.T @ tau @ vh.T
@@ -127,3 +133,29 @@ def test_opcm_holds_at_most_base_merged_and_incoming(tmp_path: Path) -> None:
     opcm(base, arriving(), merged_keys(base, []), alpha=0.5)
     assert len(alive) == 5
     assert peak == 0, f"{peak} earlier models still referenced when the next arrived"
+
+
+def test_a_released_tensor_leaves_none_of_its_file_resident(tmp_path: Path) -> None:
+    """The stage keeps every model open while it reads them all (changed_keys, then the method).
+    safetensors' tensors are private maps of the file: pages read through one long-lived map stay
+    resident (and count in RSS) until the file is closed, N checkpoints after N models. Each read
+    must map the file for that tensor only, so releasing it releases its pages. Linux: the file's
+    Rss in /proc/self/smaps."""
+    import gc
+
+    smaps = Path("/proc/self/smaps")
+    if not smaps.is_file():
+        pytest.skip("needs Linux /proc/self/smaps")
+    tensors = {f"w{i}": torch.randn(256, 1024) for i in range(8)}  # 8 MB
+    model = tensor_folder(tmp_path / "m", tensors)
+    for key in model.names():
+        assert torch.equal(model.get(key), tensors[key])  # read, every page touched, released
+    gc.collect()
+    path = str(model.folder / "model.safetensors")
+    resident_kb, inside = 0, False
+    for line in smaps.read_text().splitlines():
+        if line[:1].isalnum() and "-" in line.split()[0]:  # a mapping's header line
+            inside = line.endswith(path)
+        elif inside and line.startswith("Rss:"):
+            resident_kb += int(line.split()[1])
+    assert resident_kb <= 256, f"{resident_kb} kB of {path} still resident, model still open"

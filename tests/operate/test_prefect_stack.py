@@ -6,7 +6,8 @@ One deployment run is made per module (`deployed_run`); the tests then check wha
 the flow run COMPLETED with the stage's outputs, the schedules and limits of every deployment in
 prefect.yaml, the nested MLflow runs, metrics and artifacts on the server, a DVC push / pull
 round trip through S3, a second `dvc repro` that does nothing, and the MLflow UI in headless
-Chromium (screenshot path printed)."""
+Chromium (screenshot path printed). The teacher and student stages register their model versions
+on the same server (`registered`), found in its registry."""
 
 from __future__ import annotations
 
@@ -168,6 +169,55 @@ def test_mlflow_server_on_postgres_holds_the_nested_runs(
     assert artifacts, "the stage run has no artifacts"
     keys = _s3_keys(s3.url, "mlflow/")
     assert any(stage.info.run_id in k for k in keys), keys[:20]
+
+
+@pytest.fixture(scope="module")
+def registered(
+    tmp_path_factory: pytest.TempPathFactory, s3: servers.Server, mlflow_server: servers.Server
+) -> dict[str, dict[str, Any]]:
+    """The teacher and the student stage, each with its registered model name, run against the
+    MLflow server (tiny ViT, 8 in-process steps on hand-made shards: a code-path run, not a
+    useful model); returns each stage's metrics (`registered_version`)."""
+    from tests.train.conftest import tiny_params
+    from tests.train.shards import write_shards
+
+    work = tmp_path_factory.mktemp("registered")
+    project = make_project(work / "project")
+    env = project_env(
+        project, **servers.s3_env(s3.url), CLIPMILL_MLFLOW_TRACKING_URI=mlflow_server.url
+    )
+    shards = write_shards(work / "shards")
+    metrics: dict[str, dict[str, Any]] = {}
+    for stage, name in REGISTERED.items():
+        params = work / f"{stage}.yaml"
+        params.write_text(tiny_params(work / stage, shards, registered_model_name=name).to_yaml())
+        _run([bin_path("clipmill"), "run", stage, "-p", str(params)], project, env)
+        metrics[stage] = json.loads((project / "metrics" / f"{stage}.json").read_text())
+    return metrics
+
+
+REGISTERED = {"teacher": "clipmill-teacher", "train": "clipmill-student"}
+
+
+def test_mlflow_server_holds_the_registered_teacher_and_student(
+    registered: dict[str, dict[str, Any]], mlflow_server: servers.Server, s3: servers.Server
+) -> None:
+    """Each stage's model version is in the server's registry (PostgreSQL), READY, made by that
+    stage's run, and its files are objects in the S3 bucket."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server.url)
+    keys = _s3_keys(s3.url, "mlflow/")
+    for stage, name in REGISTERED.items():
+        version = str(registered[stage]["registered_version"])
+        found = {v.version: v for v in client.search_model_versions(f"name='{name}'")}
+        assert version in found, (stage, name, sorted(found))
+        model = found[version]
+        assert model.status == "READY", model
+        run = client.get_run(model.run_id)
+        assert run.data.tags["clipmill.stage"] == stage
+        assert run.data.tags["clipmill.registered_model"] == f"models:/{name}/{version}"
+        assert any(model.run_id in k for k in keys), (stage, keys[:20])
 
 
 def _s3_keys(endpoint: str, prefix: str) -> list[str]:

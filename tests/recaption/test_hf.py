@@ -99,3 +99,20 @@ def test_a_generation_failure_is_the_rows_reason(tiny_blip):
     assert len(anns) == 3
     assert anns[1].error and anns[1].error.startswith("hf: generation failed")
     assert not (anns[0].error or "").startswith("hf: generation failed")
+
+
+def test_a_row_over_the_time_limit_fails_with_reason_timeout(tiny_blip):
+    """The limit is checked after every token: a batch over it is redone row by row, and a row
+    still over it carries `timeout`, not its truncated text parsed as a reply. A generous limit
+    changes nothing: the same texts as without a limit."""
+    from tasks.recaption.backends.hf import HFCaptioner
+
+    def captioner(timeout_s: float) -> HFCaptioner:
+        params = HFParams(model=str(tiny_blip), max_new_tokens=8, device="cpu", timeout_s=timeout_s)
+        return HFCaptioner(params, OutputLimitsParams())
+
+    reqs = _requests()
+    anns = captioner(1e-9).annotate(reqs)
+    assert [a.error for a in anns] == ["hf: timeout: generation over 1e-09s"] * 2
+    assert captioner(1e-9)._generate(reqs) is None
+    assert captioner(600.0)._generate(reqs) == captioner(0.0)._generate(reqs)

@@ -23,6 +23,9 @@ GUARDED = ("data", "metrics", "mlflow.db", "mlartifacts", "mlruns")
 # Settings of the caller's shell that could send test output to a real store (an S3 data root,
 # a tracking server): dropped, so the defaults under the temporary root apply.
 DROPPED_PREFIXES = ("CLIPMILL_", "MLFLOW_")
+# Test-suite settings, not a run's: kept (where the fault suites append their outcome lines,
+# tests/faults/reliability.py).
+KEPT_KEYS = ("CLIPMILL_RELIABILITY_LOG",)
 # What a run reads from its root (copied into the test root; code is imported, not copied).
 ROOT_FILES = ("params", "dvc.yaml")
 # The environment variables `isolate` sets (tests/conftest.py restores them before each test).
@@ -51,7 +54,7 @@ def isolate() -> Path:
     global _root
     if _root is not None:
         return _root
-    for key in [k for k in os.environ if k.startswith(DROPPED_PREFIXES)]:
+    for key in [k for k in os.environ if k.startswith(DROPPED_PREFIXES) and k not in KEPT_KEYS]:
         del os.environ[key]
     os.environ["CLIPMILL_ROOT"] = str(CHECKOUT)
     import tasks  # PROJECT_ROOT is read once, at import: the checkout

@@ -92,6 +92,31 @@ def test_attention_recorder_matches_torch_attention_weights() -> None:
     assert torch.allclose(got, torch.stack(expected).mean(0).view(2, 8, 8), atol=1e-6)
 
 
+def test_recorder_stopping_at_the_last_block_gives_the_same_map() -> None:
+    """The map-only EMA forward (stop_at_last) raises MapComplete before the last block's
+    attention / MLP run, and its map equals the full forward's."""
+    from tasks.clip import build_model
+    from tasks.train.objectives.masking import MapComplete
+
+    torch.manual_seed(0)
+    visual = build_model("clipmill-tiny-vit").model.visual.eval()
+    images = torch.rand(2, 3, 64, 64)
+    full = AttentionRecorder(visual)
+    with torch.no_grad():
+        visual(images)
+    full.close()
+    ran: list[int] = []
+    last_mlp = visual.transformer.resblocks[-1].mlp.register_forward_hook(lambda *_: ran.append(1))
+    early = AttentionRecorder(visual, stop_at_last=True)
+    with pytest.raises(MapComplete), torch.no_grad():
+        visual(images)
+    early.close()
+    last_mlp.remove()
+    assert not ran  # the last block's MLP never ran
+    assert len(early.rows) == 2
+    assert torch.equal(early.map((8, 8)), full.map((8, 8)))
+
+
 def test_ema_schedule_and_update_by_hand() -> None:
     from tasks.train.ema import EmaModel, momentum_at
 

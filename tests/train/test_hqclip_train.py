@@ -62,3 +62,35 @@ def test_hqclip_resumes_exactly(
     )
     assert interrupted_then_resumed(resumed, monkeypatch, stop_after=4)["resumed_from_step"] == 3
     assert same_weights(straight.output_dir, resumed.output_dir)
+
+
+def test_two_workers_equal_one_worker(tmp_path: Path, hq_shards: Path, ray_session) -> None:
+    """Hard negatives and tag targets gathered across workers, the vocabulary broadcast from rank
+    0: two Ray Train workers train what one worker does on the same global batch (a loss over
+    each worker's local negatives or tags only would give different weights)."""
+    from safetensors.torch import load_file
+
+    from tasks.train.stage import run
+
+    hq = {"enabled": True, "negative_weight": 1.0, "tag_weight": 1.0}
+    one = tiny_params(tmp_path / "one", hq_shards, steps=3, checkpoint_every=3, hqclip=hq)
+    two = one.model_copy(
+        update={
+            "num_workers": 2,
+            "run_root": str(tmp_path / "two" / "runs"),
+            "output_dir": str(tmp_path / "two" / "m"),
+        }
+    )
+    m1, m2 = run(one), run(two)
+    assert m1["world_size"] == 1 and m2["world_size"] == 2
+    assert abs(m1["loss_last"] - m2["loss_last"]) < 1e-4
+    a = load_file(str(Path(one.output_dir) / "model.safetensors"))
+    b = load_file(str(Path(two.output_dir) / "model.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-4
+    # the tag head (train state only, rank 0's) matches one worker's too
+    heads = [
+        load_file(str(next(Path(p.run_root).glob("*/checkpoint_00000003/objective.safetensors"))))
+        for p in (one, two)
+    ]
+    assert heads[0].keys() == heads[1].keys() == {"head.weight", "head.bias"}
+    assert max(float((heads[0][k] - heads[1][k]).abs().max()) for k in heads[0]) < 1e-4

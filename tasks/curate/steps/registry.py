@@ -20,6 +20,7 @@ from tasks.curate.steps.image_based import ImageBased
 from tasks.curate.steps.planted import PlantedQA
 from tasks.curate.steps.semdedup import SemanticDedup
 from tasks.curate.steps.text_based import TextBased
+from tasks.curate.steps.uid_subset import UidSubset
 
 STEPS: dict[str, type[Step[Any]]] = {
     cls.name: cls
@@ -33,6 +34,7 @@ STEPS: dict[str, type[Step[Any]]] = {
         ImageBased,
         SemanticDedup,
         Balance,
+        UidSubset,
     )
 }
 

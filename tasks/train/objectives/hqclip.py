@@ -4,6 +4,17 @@ negatives, plus a tag classification head (formulas: tasks/train/hqclip.py, docs
 The tag head (a linear layer, normalised image embedding -> one logit per vocabulary tag) is the
 objective's own: its parameters join the optimizer (`parameters()`), its weights travel in the
 train-state checkpoint (`state_dict()`), and the exported model folder stays a plain CLIP.
+
+Several Ray Train workers: the vocabulary is built once, by rank 0 from the shards' JSON side
+files, and broadcast to the others (so every worker's head has the same columns); each step the
+image / text features, the negative descriptions' features (every worker encodes all its local
+rows, "" where a sample has none, so every worker gathers the same shapes), the negative mask and
+the tag targets / weights are gathered across workers (open_clip's gather_features, with gradients
+for the features), and every worker computes both losses over the global batch, as open_clip's
+ClipLoss does without local_loss. The tag head starts from the same seed on every worker and sees
+the same global inputs, so its gradient is the same everywhere and it stays in step without an
+all-reduce; the model's gradients are averaged by the loop. Two workers thus train what one
+worker does on the same global batch (tests/train/test_hqclip_train.py).
 """
 
 from __future__ import annotations
@@ -67,26 +78,36 @@ class HQClipExtras:
         }
 
 
+def shared_vocab(p: TrainParams, rank: int, world: int) -> list[str]:
+    """The tag vocabulary of the training shards, read once: by rank 0, broadcast to the others."""
+    from tasks.train.data import list_shards, load_excluded
+
+    cfg = p.hqclip
+    vocab: list[str] = []
+    if rank == 0:
+        fields = [cfg.positive_tags_field, cfg.negative_tags_field]
+        metas = shard_metas(list_shards(p.shards), load_excluded(p.exclude_uids))
+        vocab = build_vocab(metas, fields, cfg.tag_min_count, cfg.max_tags)
+    if world > 1:
+        import torch.distributed as dist
+
+        box: list[Any] = [vocab]
+        dist.broadcast_object_list(box, src=0)
+        vocab = list(box[0])
+    return vocab
+
+
 class HQClipObjective(ObjectiveBase):
-    """`L = L_con(hard negatives, w_neg) + w_tag * L_tag` on one worker."""
+    """`L = L_con(hard negatives, w_neg) + w_tag * L_tag` over the (global) batch."""
 
     def __init__(self, p: TrainParams, model: Any, rank: int, world: int) -> None:
         super().__init__()
         import torch
 
-        from tasks.train.data import list_shards, load_excluded
-
-        if world > 1:
-            raise NotImplementedError(
-                "hqclip.enabled with num_workers > 1: the hard-negative loss is not gathered "
-                "across workers yet; use num_workers 0 or 1"
-            )
         if p.loss != "clip":
             raise ValueError(f"hqclip.enabled with loss {p.loss!r}: HQ-CLIP's loss is softmax CLIP")
-        self.p, self.cfg = p, p.hqclip
-        fields = [self.cfg.positive_tags_field, self.cfg.negative_tags_field]
-        metas = shard_metas(list_shards(p.shards), load_excluded(p.exclude_uids))
-        self.vocab = build_vocab(metas, fields, self.cfg.tag_min_count, self.cfg.max_tags)
+        self.p, self.cfg, self.rank, self.world = p, p.hqclip, rank, world
+        self.vocab = shared_vocab(p, rank, world)
         device = next(model.parameters()).device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(p.seed)
@@ -99,18 +120,32 @@ class HQClipObjective(ObjectiveBase):
     def make_extras(self, built: Any) -> list[Any]:
         return [HQClipExtras(self.p, self.vocab, built.tokenizer)]
 
+    def _gather(self, x: Tensor, grad: bool = True) -> Tensor:
+        """`x` of every worker, concatenated in rank order (this worker's keeps its gradient)."""
+        if self.world == 1:
+            return x
+        from open_clip.loss import gather_features
+
+        return gather_features(x, x, False, grad, self.rank, self.world)[0]
+
     def loss(self, model: Any, batch: Batch, step: int) -> Tensor:
+        import torch
+
         out = model(batch.images, batch.texts)
         img, txt, scale = out["image_features"], out["text_features"], out["logit_scale"]
+        img, txt = self._gather(img), self._gather(txt)
         has_neg = batch.extras["has_negative"]
         neg = txt[:0]
-        if self.cfg.negative_weight > 0 and bool(has_neg.any()):
-            neg = model.encode_text(batch.extras["neg_texts"], normalize=True)
+        if self.cfg.negative_weight > 0 and (self.world > 1 or bool(has_neg.any())):
+            neg = self._gather(model.encode_text(batch.extras["neg_texts"], normalize=True))
+            has_neg = self._gather(has_neg.to(torch.uint8), grad=False).bool()  # gloo: no bool
         con = hard_negative_clip_loss(img, txt, neg, has_neg, scale, self.cfg.negative_weight)
         self._terms = {"contrastive": float(con.detach())}
         if not self.parameters():
             return con
-        tags = tag_loss(self.head(img), batch.extras["tag_targets"], batch.extras["tag_weights"])
+        targets = self._gather(batch.extras["tag_targets"], grad=False)
+        weights = self._gather(batch.extras["tag_weights"], grad=False)
+        tags = tag_loss(self.head(img), targets, weights)
         self._terms["tags"] = float(tags.detach())
         return con + self.cfg.tag_weight * tags
 

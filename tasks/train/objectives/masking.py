@@ -88,6 +88,10 @@ def blocks_kept(num_blocks: int, mask_ratio: float) -> int:
     return num_blocks - int(num_blocks * mask_ratio)
 
 
+class MapComplete(Exception):  # noqa: N818 (a signal, not an error)
+    """Raised by `AttentionRecorder(stop_at_last=True)` once the last block's row is recorded."""
+
+
 class AttentionRecorder:
     """Records CLS -> patch attention of every block of a ViT during one forward.
 
@@ -95,11 +99,14 @@ class AttentionRecorder:
     block's attention takes its (already layer-normed) input and recomputes the CLS row of the
     softmax attention from the layer's own in-projection, exactly as MultiheadAttention does
     (no mask in a vision tower), averaged over heads. `map()` averages the blocks.
+    With `stop_at_last` the last block's hook raises `MapComplete` after recording, so a forward
+    run only for the map skips the last block's attention and MLP and the head (callers catch it).
     """
 
-    def __init__(self, visual: Any) -> None:
+    def __init__(self, visual: Any, stop_at_last: bool = False) -> None:
         self.rows: list[Tensor] = []
         self.handles = []
+        self.last: nn.Module | None = None
         for i, block in enumerate(visual.transformer.resblocks):
             attn = getattr(block, "attn", None)
             if not isinstance(attn, nn.MultiheadAttention) or not attn.batch_first:
@@ -108,6 +115,7 @@ class AttentionRecorder:
                     f"({type(attn).__name__}); its attention cannot be read"
                 )
             self.handles.append(attn.register_forward_pre_hook(self._hook))
+            self.last = attn if stop_at_last else None
 
     def _hook(self, module: nn.MultiheadAttention, args: tuple[Any, ...]) -> None:
         x = args[0]  # (batch, tokens, width)
@@ -122,6 +130,8 @@ class AttentionRecorder:
         k = k.view(x.shape[0], x.shape[1], heads, d).transpose(1, 2)  # (B, h, T, d)
         att = ((q @ k.transpose(-1, -2)) / d**0.5).float().softmax(dim=-1)  # (B, h, 1, T)
         self.rows.append(att[:, :, 0, 1:].mean(dim=1))  # CLS -> patches, mean over heads
+        if module is self.last:  # the map is complete: the rest of the forward is not needed
+            raise MapComplete
 
     def map(self, grid: tuple[int, int]) -> Tensor:
         """(batch, grid_h, grid_w): the recorded CLS -> patch attention averaged over ALL blocks."""
