@@ -135,6 +135,18 @@ def parallel_map(fn: Any, jobs: Sequence[tuple[Any, ...]], n_jobs: int) -> list[
     )
 
 
+def release_workers() -> None:
+    """Stop joblib's reusable loky workers now (they otherwise idle for 300 s, keeping the
+    parent's inherited stdout/stderr open); a no-op when none were started."""
+    import sys
+
+    if "joblib" not in sys.modules:
+        return
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
+
+
 def choose_c(
     x: np.ndarray,
     y: np.ndarray,

@@ -148,7 +148,21 @@ def _leak_report(params: EvaluateParams, out: Path, sets: list[str]) -> dict[str
 
 
 def run(params: EvaluateParams) -> dict[str, Any]:
-    """Evaluate `params.models`; return per-model metrics and the scoreboard means."""
+    """Evaluate `params.models`; return per-model metrics and the scoreboard means.
+
+    The linear probe's worker processes are stopped before returning, whatever happens: idle
+    loky workers would otherwise live on for minutes holding the caller's stdout open (a
+    `make demo` piping its output waited for them after the pipeline had finished).
+    """
+    from tasks.evaluate.linear_probe import release_workers
+
+    try:
+        return _run(params)
+    finally:
+        release_workers()
+
+
+def _run(params: EvaluateParams) -> dict[str, Any]:
     from tasks.evaluate import scoreboard
     from tasks.io import atomic_write_json
 

@@ -148,3 +148,11 @@ def test_worker_processes_give_the_serial_results():
     )
     pids = linear_probe.parallel_map(os.getpid, [()] * 4, 2)
     assert os.getpid() not in pids
+    # the evaluate stage releases them on the way out: none is left holding our stdout open
+    import psutil
+
+    workers = set(pids)
+    assert workers & {p.pid for p in psutil.Process().children(recursive=True)}
+    linear_probe.release_workers()
+    alive = {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()}
+    assert not (workers & alive), "loky workers outlived release_workers()"

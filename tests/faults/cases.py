@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.faults.harness import (
+    DVC_DOORS,
     StageProject,
     dvc_lock_out,
     dvc_noop,
@@ -94,7 +95,7 @@ def sigkill_case(spec: Spec, door: str, seed: int, tmp: Path, ref: Reference) ->
         root = tmp / f"try{attempt}"
         root.mkdir()
         project = spec.build(root)
-        if door == "dvc":
+        if door in DVC_DOORS:
             project.init_dvc()
         window = max(ref.seconds - ref.working_after, 1.0) * scale
         landed = kill_at_random(
@@ -121,7 +122,7 @@ def sigkill_case(spec: Spec, door: str, seed: int, tmp: Path, ref: Reference) ->
         got = spec.result(project)
         result = compare(spec, ref.result, got)
         assert not half_written(project.root / "data"), half_written(project.root / "data")
-        if door == "dvc":
+        if door in DVC_DOORS:
             assert dvc_lock_out(project.root, spec.stage)["path"] == spec.out
             assert dvc_noop(project), "a third dvc repro ran the stage again"
         return result

@@ -36,6 +36,12 @@ VOLATILE_NAMES = frozenset({"summary.json", "index.json"})
 VOLATILE_SUFFIXES = (".png",)
 
 
+DVC_DOORS = (
+    "dvc",
+    "prefect",
+)  # doors that run the stage through `dvc repro` (the flow does, per stage)
+
+
 def _bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
@@ -64,9 +70,11 @@ class StageProject:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith(("CLIPMILL_", "MLFLOW_", "DVC_"))
+            if not k.startswith(("CLIPMILL_", "MLFLOW_", "DVC_", "PREFECT_"))
         }
         env.update(
+            PREFECT_HOME=str(self.root / ".prefect"),  # the flow door: its own ephemeral Prefect
+            PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
             CLIPMILL_ROOT=str(self.root),
             CLIPMILL_MLFLOW_TRACKING_URI=f"sqlite:///{self.root / 'mlflow.db'}",
             CLIPMILL_MLFLOW_ARTIFACT_ROOT=(self.root / "art").as_uri(),
@@ -96,7 +104,9 @@ class StageProject:
             return [_bin("clipmill"), "run", self.stage]
         if door == "dvc":
             return [_bin("dvc"), "repro", self.stage]
-        raise ValueError(f"door {door!r}: expected 'cli' or 'dvc'")
+        if door == "prefect":  # the pipeline flow (Prefect's ephemeral mode), `dvc repro` per stage
+            return [sys.executable, "-m", "flows.pipeline", "--stages", self.stage]
+        raise ValueError(f"door {door!r}: expected 'cli', 'dvc' or 'prefect'")
 
     def declared_out(self) -> Any:
         """The stage's output entry exactly as the project's dvc.yaml declares it."""
@@ -118,7 +128,15 @@ class StageProject:
             "outs": [self.declared_out()],
         }
         (self.root / "dvc.yaml").write_text(yaml.safe_dump({"stages": {self.stage: stage}}))
-        ignore = ["mlflow.db", "art/", "lancedb/", "mlruns/", "features/", "data/train_runs/"]
+        ignore = [
+            "mlflow.db",
+            "art/",
+            "lancedb/",
+            "mlruns/",
+            "features/",
+            "data/train_runs/",
+            ".prefect/",
+        ]
         (self.root / ".gitignore").write_text("\n".join(ignore) + "\n")
         who = ["-c", "user.name=test", "-c", "user.email=test@localhost"]
         for cmd in (

@@ -1,5 +1,6 @@
 """Curate, recaption, train and merge under faults: SIGKILL at seeded random moments through
-`clipmill run <stage>` and `dvc repro <stage>`, rerun until done; SIGTERM mid-run; a Ray worker
+`clipmill run <stage>`, `dvc repro <stage>` and the Prefect pipeline flow
+(`python -m flows.pipeline --stages <stage>`), rerun through the same door until done; SIGTERM mid-run; a Ray worker
 killed mid-stage (the stages that use Ray). Each result is compared with an uninterrupted run
 of the same stage (tests/faults/cases.py); the outcomes go to $CLIPMILL_RELIABILITY_LOG.
 
@@ -50,9 +51,15 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Refe
 
 
 def _kill_cases() -> list[object]:
+    """Seed 1 through the CLI and DVC for every stage, and through the Prefect flow for curate
+    (the flow's door is `dvc repro` per stage, under a Prefect flow run); the rest slow."""
     cases: list[object] = []
     for stage in STAGES:
         cases += [(stage, "cli", 1), (stage, "dvc", 1)]
+        if stage == "curate":
+            cases.append((stage, "prefect", 1))
+        else:
+            cases.append(pytest.param(stage, "prefect", 1, marks=SLOW))
         cases += [
             pytest.param(stage, door, seed, marks=SLOW)
             for seed in (2, 3)
