@@ -46,7 +46,15 @@ EVAL_OFF = [
 
 def clipmill(root: Path, stage: str, overrides: list[str], log: Path) -> dict[str, Any]:
     """One stage run in `root` (niced); its metrics/<stage>.json."""
-    cmd = ["nice", "-n", "10", str(root / ".venv/bin/clipmill"), "run", stage]
+    # niced to 10 in all, not 10 more than a script already started with nice -n 10 (that is 19)
+    cmd = [
+        "nice",
+        "-n",
+        str(max(0, 10 - os.nice(0))),
+        str(root / ".venv/bin/clipmill"),
+        "run",
+        stage,
+    ]
     for o in overrides:
         cmd += ["-s", o]
     env = {**os.environ, **ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db"}

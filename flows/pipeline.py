@@ -106,6 +106,25 @@ def repro_stage(stage: str, parent_run_id: str, force: bool = False) -> dict[str
     return _read_metrics(stage)
 
 
+@task(name="clipmill-run", retries=0)
+def run_on_data_root(stage: str, overrides: dict[str, Any], parent_run_id: str) -> dict[str, Any]:
+    """One stage with `CLIPMILL_DATA_ROOT` a bucket: `clipmill run STAGE -s ...` (the runner
+    downloads its inputs from the bucket into the local cache and uploads its outputs), since
+    `dvc repro` checks outputs in a workspace that a bucket data root leaves empty."""
+    sets = [a for k, v in overrides.items() for a in ("-s", f"{k}={json.dumps(v)}")]
+    cmd = [_clipmill(), "run", stage, *sets]
+    get_run_logger().info("running %s (data root %s)", " ".join(cmd), get_settings().data_root)
+    proc = subprocess.run(cmd, cwd=get_settings().root, env=_stage_env(parent_run_id))
+    if proc.returncode != 0:
+        raise RuntimeError(f"stage {stage!r} failed (exit {proc.returncode}); its output is above")
+    return _read_metrics(stage)
+
+
+def _clipmill() -> str:
+    candidate = Path(sys.executable).with_name("clipmill")
+    return str(candidate) if candidate.exists() else "clipmill"
+
+
 @task(name="dvc-exp-run", retries=0)
 def run_experiment(
     stages: list[str], set_params: list[str], name: str, parent_run_id: str, force: bool = False
@@ -188,6 +207,12 @@ def pipeline(
 
     Without overrides each stage is a `dvc repro`; with overrides the stages run as one DVC
     experiment (named `experiment`, or clipmill-<time>) and the params files stay as they were.
+
+    With `CLIPMILL_DATA_ROOT` a bucket (s3://...) the data lives there, not in DVC's workspace:
+    each stage runs through the runner (`clipmill run STAGE`, overrides as `-s`, validated
+    first), which pulls the stage's inputs from the bucket and pushes its outputs; `pull` and
+    `push` are then what every stage does anyway, and every selected stage runs (DVC's
+    up-to-date check needs a workspace; `force` is implied).
     """
     import mlflow
 
@@ -199,13 +224,15 @@ def pipeline(
         )
     overrides = {stage: values for stage, values in (overrides or {}).items() if values}
     validated = validate_overrides(selected, overrides)
-    root = get_settings().root
+    settings = get_settings()
+    root = settings.root
+    on_bucket = settings.remote_data
     exp_name, set_params = None, []
-    if overrides:
+    if overrides and not on_bucket:
         exp_name = experiment_name(experiment)
         set_params = experiment_args(overrides, validated)
         require_git_commit(root)
-    if pull:
+    if pull and not on_bucket:  # on a bucket, the runner pulls each stage's inputs
         pull_inputs(selected)
     experiment_id = configure_mlflow()
     tags = {
@@ -216,16 +243,22 @@ def pipeline(
     }
     if exp_name:
         tags[EXPERIMENT_TAG] = exp_name
+    if on_bucket:
+        tags["clipmill.data_root"] = str(settings.data_root)
     results: dict[str, dict[str, Any]] = {}
     with mlflow.start_run(experiment_id=experiment_id, run_name="pipeline", tags=tags) as parent:
         mlflow.log_param("stages", ",".join(selected))
-        if exp_name:
+        if overrides:
             mlflow.log_param("overrides", json.dumps(overrides, sort_keys=True, default=str))
+        if on_bucket:
+            for name in selected:
+                results[name] = run_on_data_root(name, overrides.get(name, {}), parent.info.run_id)
+        elif exp_name:
             results = run_experiment(selected, set_params, exp_name, parent.info.run_id, force)
         else:
             for name in selected:
                 results[name] = repro_stage(name, parent.info.run_id, force)
-        if push:
+        if push and not on_bucket:
             mlflow.set_tag("clipmill.dvc_remote", push_outputs())
     return results
 

@@ -134,6 +134,15 @@ def _init_kwargs(settings: Settings) -> dict:
     kwargs: dict = {"include_dashboard": False, "log_to_driver": True, "logging_level": "WARNING"}
     if settings.ray_address:
         kwargs["address"] = settings.ray_address
+        if settings.remote_data and settings.data_root:
+            # the cluster's workers map the driver's cache paths to the bucket data root the
+            # same way, and fetch what their node lacks (tasks/io/nodefetch.py)
+            kwargs["runtime_env"] = {
+                "env_vars": {
+                    "CLIPMILL_DATA_ROOT": settings.data_root,
+                    "CLIPMILL_DATA_CACHE": str(settings.local_data),
+                }
+            }
     else:
         kwargs["num_cpus"] = settings.ray_num_cpus
         kwargs["object_store_memory"] = settings.ray_object_store_mb * 1024 * 1024

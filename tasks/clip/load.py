@@ -37,6 +37,10 @@ def load_clip(ref: str | Path | None, device: str = "cpu") -> tuple[Any, Any, An
             folder = download_model_folder(ref)
         else:
             folder = local_folder(ref)
+            if not folder.is_dir():  # a Ray node without the driver's data cache: the bucket's
+                from tasks.io.nodefetch import ensure_local
+
+                ensure_local(folder)
             if not folder.is_dir():
                 raise ModelLoadError(
                     f"model {ref!r}: folder {folder} does not exist (run the stage that writes it first)"

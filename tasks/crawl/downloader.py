@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tasks.crawl.errors import FAILURES, SUCCESS, CrawlError
-from tasks.crawl.http import fetch, make_session
+from tasks.crawl.http import HostRateLimit, fetch, make_session
 from tasks.crawl.params import CrawlParams
 from tasks.crawl.robots import RobotsCache, agent_token
 from tasks.crawl.security import guard_from, rules_of
@@ -63,6 +63,8 @@ class ShardDownloader:
         self.guard = guard_from(allow, stub_dns, rules_of(p.policy))
         self.agent = agent_token(p.http.user_agent)
         self.pool = ThreadPoolExecutor(p.download.decode_threads, thread_name_prefix="decode")
+        rate = p.http.max_requests_per_second_per_host
+        self.limit = HostRateLimit(rate) if rate > 0 else None  # image requests only
 
     async def one(
         self, session: Any, robots: RobotsCache | None, row: dict[str, Any]
@@ -74,7 +76,7 @@ class ShardDownloader:
         try:
             if robots is not None and not await robots.allowed(url):
                 raise CrawlError("robots_disallowed", url)
-            resp = await fetch(session, self.guard, url, self.p.http)
+            resp = await fetch(session, self.guard, url, self.p.http, self.limit)
             check_headers(resp.headers, self.p.policy.disallowed_header_directives, self.agent)
             if not resp.body:
                 raise CrawlError("empty_body", url)

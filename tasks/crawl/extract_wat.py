@@ -1,74 +1,260 @@
-"""WAT extraction: Common Crawl's metadata JSON already lists each page's <img> links and alts."""
+"""WAT extraction: Common Crawl's metadata JSON already lists each page's <img> links and alts.
+
+Per core this is the hot loop of a Common Crawl run (cc2dataset's whole job), so it avoids the
+generic machinery where it costs and the shape of a WAT file allows it:
+
+- records are cut straight out of the inflated stream (one zlib inflater per gzip member, the
+  WARC header parsed for WARC-Type and Content-Length only) instead of going through warcio's
+  general record loader; truncated members and records are still counted, never guessed at;
+- each JSON document is parsed with orjson; what orjson refuses is handed to `json`, so a
+  document is accepted, and a `bad_json` message worded, exactly as before;
+- absolute image links skip urljoin when it would return them unchanged (htmlimg.image_url);
+- the language of each ref's first text is detected after the file is read, once per distinct
+  text, in one batch (language.detect_languages), not once per link.
+
+The refs (url, texts, page_url, language, source), page and record counts are those of the
+straightforward warcio + json + urljoin version (tests/crawl/wat_reference.py, compared in
+tests/crawl/test_extract_wat_pinned.py).
+"""
 
 from __future__ import annotations
 
 import json
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
-from tasks.crawl.archive import ExtractResult, run_extractor
-from tasks.crawl.htmlimg import TEXT_ATTRS, absolute_url
-from tasks.crawl.language import detect_language
-from tasks.crawl.records import ImageRef, clean_text
+import orjson
+
+from tasks.crawl.archive import ExtractResult
+from tasks.crawl.htmlimg import TEXT_ATTRS, absolute_url, page_prefixes, resolve_image_url
+from tasks.crawl.language import detect_languages
+from tasks.crawl.records import ImageRef
 
 IMG_PATHS = ("IMG@/src", "IMG@/data-src")  # WAT link paths that are images
+CHUNK = 1 << 20  # compressed bytes read at a time
+_GZIP_MAGIC = b"\x1f\x8b"
 
 
-def _links(envelope: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+class _TruncatedGzip(EOFError):
+    """The file ended inside a gzip member."""
+
+
+def _inflated(fh: Any) -> Iterator[bytes]:
+    """The file's bytes, inflated member by member when it is gzip (as WAT files are)."""
+    data = fh.read(CHUNK)
+    if not data.startswith(_GZIP_MAGIC):
+        while data:
+            yield data
+            data = fh.read(CHUNK)
+        return
+    inflater = zlib.decompressobj(31)
+    fed = False  # the current member has received bytes
+    while True:
+        if not data:
+            data = fh.read(CHUNK)
+            if not data:
+                if fed and not inflater.eof:
+                    raise _TruncatedGzip("the file ends inside a gzip member")
+                return
+        out = inflater.decompress(data)
+        fed = True
+        if out:
+            yield out
+        if inflater.eof:
+            data = inflater.unused_data
+            inflater, fed = zlib.decompressobj(31), False
+        else:
+            data = b""
+
+
+def _header_fields(header: bytes) -> tuple[bytes, int | None]:
+    """(WARC-Type, Content-Length) of a WARC header block; Content-Length None when unusable."""
+    rec_type, length = b"", None
+    for line in header.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"warc-type":
+            rec_type = value.strip()
+        elif name == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                length = None
+            if length is not None and length < 0:
+                length = None
+    return rec_type, length
+
+
+def _header_value(header: bytes, wanted: bytes) -> str:
+    for line in header.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == wanted:
+            return value.strip().decode("utf-8", "replace")
+    return ""
+
+
+def iter_wat_records(uri: str, result: ExtractResult) -> Iterator[tuple[bytes, bytes, bytes]]:
+    """(WARC-Type, header block, content) of every record; problems are counted on `result`.
+
+    A missing file is `unreadable_file`; bytes that are not a WARC record `bad_record`; a file
+    cut inside a gzip member `bad_gzip`; a record shorter than its Content-Length
+    `truncated_record`. Each ends the file; the records before it are kept.
+    """
+    import fsspec
+
+    try:
+        fh = fsspec.open(uri, "rb").open()
+    except (OSError, ValueError) as exc:
+        result.note("unreadable_file", f"{type(exc).__name__}: {exc}")
+        return
+    with fh:
+        chunks = _inflated(fh)
+        buf, pos, done = b"", 0, False
+        try:
+            while True:
+                while buf.startswith(b"\r\n", pos) or buf.startswith(b"\n", pos):
+                    pos += 2 if buf.startswith(b"\r\n", pos) else 1
+                end = buf.find(b"\r\n\r\n", pos)
+                stop = -1
+                if end >= 0:
+                    header = buf[pos:end]
+                    if not header.startswith(b"WARC/"):
+                        result.note("bad_record", f"record {result.records + 1}: not a WARC record")
+                        return
+                    rec_type, length = _header_fields(header)
+                    if length is None:
+                        result.note(
+                            "bad_record",
+                            f"record {result.records + 1}: no usable Content-Length",
+                        )
+                        return
+                    stop = end + 4 + length
+                if 0 <= stop <= len(buf):
+                    result.records += 1
+                    yield rec_type, header, buf[end + 4 : stop]
+                    pos = stop
+                    continue
+                if done:
+                    if stop >= 0:
+                        result.records += 1
+                        result.note(
+                            "truncated_record",
+                            f"record {result.records}: {stop - len(buf)} declared bytes missing",
+                        )
+                    elif buf[pos:].strip():
+                        if not buf.startswith(b"WARC/", pos) and len(buf) - pos >= 5:
+                            result.note(
+                                "bad_record", f"record {result.records + 1}: not a WARC record"
+                            )
+                        else:
+                            result.note(
+                                "truncated_record",
+                                f"record {result.records + 1}: the file ends in its header",
+                            )
+                    return
+                chunk = next(chunks, None)
+                if chunk is None:
+                    done = True
+                else:
+                    buf, pos = buf[pos:] + chunk, 0
+        except (_TruncatedGzip, zlib.error) as exc:
+            result.note("bad_gzip", f"after {result.records} records: {type(exc).__name__}: {exc}")
+        except OSError as exc:
+            result.note(
+                "bad_record", f"after {result.records} records: {type(exc).__name__}: {exc}"
+            )
+
+
+def _parse(raw: bytes, header: bytes, result: ExtractResult) -> dict[str, Any] | None:
+    """The JSON document; orjson first, `json` for what orjson refuses (and for its message)."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:
+            doc = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            uri = _header_value(header, b"warc-target-uri") or "?"
+            result.note("bad_json", f"record {result.records} ({uri}): {exc}")
+            return None
+    if not isinstance(doc, dict):
+        result.note("bad_json", f"record {result.records}: top level is {type(doc).__name__}")
+        return None
+    return doc
+
+
+def _image_refs(doc: dict[str, Any]) -> tuple[str, list[ImageRef]] | None:
+    """(page URL, image refs with language left "") of one WAT document; None if not a response."""
+    envelope = doc.get("Envelope") or {}
+    header = envelope.get("WARC-Header-Metadata") or {}
+    if header.get("WARC-Type") != "response":
+        return None
+    page_url = header.get("WARC-Target-URI") or ""
     html_meta = (
         envelope.get("Payload-Metadata", {})
         .get("HTTP-Response-Metadata", {})
         .get("HTML-Metadata", {})
     )
     base = (html_meta.get("Head") or {}).get("Base")
-    return list(html_meta.get("Links") or []), base
-
-
-def refs_from_wat_json(doc: dict[str, Any]) -> tuple[str, list[ImageRef]] | None:
-    """(page URL, image refs) of one WAT JSON document; None when it is not an HTML response."""
-    envelope = doc.get("Envelope") or {}
-    header = envelope.get("WARC-Header-Metadata") or {}
-    if header.get("WARC-Type") != "response":
-        return None
-    page_url = header.get("WARC-Target-URI") or ""
-    links, base = _links(envelope)
     base_url = (absolute_url(base, page_url) if base else None) or page_url
+    links = html_meta.get("Links") or ()
+    prefixes = page_prefixes(base_url)
     refs: list[ImageRef] = []
     for link in links:
         if not isinstance(link, dict) or link.get("path") not in IMG_PATHS:
             continue
-        url = absolute_url(str(link.get("url") or ""), base_url)
+        url = resolve_image_url(str(link.get("url") or ""), base_url, prefixes)
         if not url:
             continue
         texts: list[str] = []
         for key in TEXT_ATTRS:
-            text = clean_text(link.get(key) if isinstance(link.get(key), str) else None)
-            if text and text not in texts:
-                texts.append(text)
-        refs.append(
-            ImageRef(url, texts, page_url, detect_language(texts[0]) if texts else "", "wat")
-        )
+            value = link.get(key)
+            if value and isinstance(value, str):
+                # clean_text; a printable text without double, leading or trailing spaces is
+                # already clean (any other whitespace character is not printable)
+                if value.isprintable() and "  " not in value and value[0] != " " != value[-1]:
+                    text = value
+                else:
+                    text = " ".join(value.split())
+                if text and text not in texts:
+                    texts.append(text)
+        refs.append(ImageRef(url, texts, page_url, "", "wat"))
     return page_url, refs
 
 
-def _per_record(record: Any, result: ExtractResult) -> None:
-    if record.rec_type != "metadata":
-        return
-    raw = record.content_stream().read()
-    try:
-        doc = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        uri = record.rec_headers.get_header("WARC-Target-URI") or "?"
-        result.note("bad_json", f"record {result.records} ({uri}): {exc}")
-        return
-    if not isinstance(doc, dict):
-        result.note("bad_json", f"record {result.records}: top level is {type(doc).__name__}")
-        return
-    found = refs_from_wat_json(doc)
+def _set_languages(refs: list[ImageRef]) -> None:
+    """Each ref's language: that of its first text, detected once per distinct text."""
+    texts = list(dict.fromkeys(r.texts[0] for r in refs if r.texts))
+    found = dict(zip(texts, detect_languages(texts), strict=True))
+    for ref in refs:
+        if ref.texts:
+            ref.language = found[ref.texts[0]]
+
+
+def refs_from_wat_json(doc: dict[str, Any]) -> tuple[str, list[ImageRef]] | None:
+    """(page URL, image refs) of one WAT JSON document; None when it is not an HTML response."""
+    found = _image_refs(doc)
     if found is not None:
-        result.pages += 1
-        result.refs.extend(found[1])
+        _set_languages(found[1])
+    return found
 
 
 def extract_wat(uri: str) -> ExtractResult:
     """Every image ref of one WAT file (local path or fsspec URL, gzip or not)."""
-    return run_extractor(uri, _per_record)
+    result = ExtractResult(uri=uri)
+    for rec_type, header, raw in iter_wat_records(uri, result):
+        if rec_type != b"metadata":
+            continue
+        doc = _parse(raw, header, result)
+        if doc is None:
+            continue
+        try:
+            found = _image_refs(doc)
+        except Exception as exc:  # one odd document must not lose the file
+            result.note("bad_record", f"record {result.records}: {type(exc).__name__}: {exc}")
+            continue
+        if found is not None:
+            result.pages += 1
+            result.refs.extend(found[1])
+    _set_languages(result.refs)
+    return result

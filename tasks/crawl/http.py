@@ -7,7 +7,7 @@ import email.utils
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from tasks.crawl.errors import CrawlError, http_error_class
 from tasks.crawl.params import HttpParams
@@ -34,6 +34,32 @@ class _Transient(CrawlError):
     def __init__(self, error_class: str, detail: str, retry_after: float | None = None) -> None:
         super().__init__(error_class, detail)
         self.retry_after = retry_after
+
+
+class HostRateLimit:
+    """At most `rate` requests per second to each host (http.max_requests_per_second_per_host).
+
+    A token bucket holding one token per host, refilled every 1/rate s: requests to one host
+    start at least 1/rate s apart, whatever the connections; other hosts are not slowed. One
+    per shard task (one event loop, so no lock): N shards in flight reach a host at up to
+    N x rate. Every request takes a token: HTTP retries and redirect hops included, so a
+    retrying or redirecting host is not hit faster than the rate.
+    """
+
+    def __init__(self, rate: float) -> None:
+        if rate <= 0:
+            raise ValueError(f"http.max_requests_per_second_per_host must be > 0 here, got {rate}")
+        self.interval = 1.0 / rate
+        self.next_slot: dict[str, float] = {}
+
+    async def wait(self, url: str) -> None:
+        """Sleep until this request's slot for the URL's host comes (reserved at once)."""
+        host = (urlsplit(url).hostname or "").lower()
+        now = time.monotonic()
+        slot = max(now, self.next_slot.get(host, now))
+        self.next_slot[host] = slot + self.interval
+        if slot > now:
+            await asyncio.sleep(slot - now)
 
 
 def make_session(cfg: HttpParams, guard: UrlGuard, connections: int) -> Any:
@@ -91,12 +117,16 @@ async def _read_limited(resp: Any, limit: int, url: str) -> bytes:
     return b"".join(chunks)
 
 
-async def _fetch_once(session: Any, guard: UrlGuard, url: str, cfg: HttpParams) -> Response:
+async def _fetch_once(
+    session: Any, guard: UrlGuard, url: str, cfg: HttpParams, limit: HostRateLimit | None = None
+) -> Response:
     current, seen = url, {url}
     for _hop in range(cfg.max_redirects + 1):
         # Repeated on every hop: a redirect may point anywhere, and may carry user:password@
         # (screened away or refused by the guard before the request is made).
         current = await guard.check(current)
+        if limit is not None:
+            await limit.wait(current)
         async with session.get(current, allow_redirects=False) as resp:
             if resp.status in REDIRECTS:
                 location = resp.headers.get("Location")
@@ -141,15 +171,20 @@ def _classify(exc: BaseException, url: str) -> CrawlError:
     return _Transient("connection_error", f"{url}: {type(exc).__name__}: {exc}")
 
 
-async def fetch(session: Any, guard: UrlGuard, url: str, cfg: HttpParams) -> Response:
-    """GET with retries and exponential backoff for transient failures; CrawlError when it fails."""
+async def fetch(
+    session: Any, guard: UrlGuard, url: str, cfg: HttpParams, limit: HostRateLimit | None = None
+) -> Response:
+    """GET with retries and exponential backoff for transient failures; CrawlError when it fails.
+
+    `limit`: the shard task's per-host request rate (image downloads), taken by every attempt.
+    """
     import aiohttp
 
     attempt = 0
     while True:
         attempt += 1
         try:
-            resp = await _fetch_once(session, guard, url, cfg)
+            resp = await _fetch_once(session, guard, url, cfg, limit)
             resp.attempts = attempt
             return resp
         except (TimeoutError, CrawlError, aiohttp.ClientError, OSError, ValueError) as exc:

@@ -1,19 +1,26 @@
-"""Turn the configured sources into one merged list of image refs (with extraction metrics)."""
+"""Turn the configured sources into image refs in the plan partitions (with extraction metrics)."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
 from urllib.parse import urlsplit
 
 from tasks.crawl.context import CrawlContext
-from tasks.crawl.errors import CrawlError
-from tasks.crawl.gather import Gathered, extract_files
+from tasks.crawl.gather import (
+    ArchiveFileError,
+    ExtractSpec,
+    Gathered,
+    run_extract_tasks,
+    write_refs,
+)
 from tasks.crawl.params import CrawlParams
 from tasks.crawl.pathlists import iter_path_list
-from tasks.crawl.records import ImageRef, merge_refs
+from tasks.crawl.planparts import PartWriter
 from tasks.crawl.security import rules_of
-from tasks.crawl.urlscreen import UrlRules, screen, strip_userinfo
+from tasks.crawl.urllists import list_format, parquet_ranges
 from tasks.io.paths import is_uri, resolve_uri
+
+TASK_ROWS = 2_000_000  # rows of a parquet URL list one extraction task reads (row-group ranges)
 
 
 class InputError(ValueError):
@@ -75,67 +82,104 @@ def _site(p: CrawlParams, ctx: CrawlContext) -> Gathered:
     return out
 
 
-def _urls(p: CrawlParams) -> Gathered:
-    from tasks.crawl.urllists import read_url_list
-
+def _specs(p: CrawlParams, ctx: CrawlContext, work_dir: str) -> list[tuple[str, ExtractSpec]]:
+    """The extraction tasks of every source's inputs, in input order (the site crawl is one
+    input, run in the driver). An input's number is the first half of its refs' sequence key."""
     inputs = p.inputs
-    if not inputs.url_lists:
-        raise InputError("inputs.sources includes 'urls' but inputs.url_lists is empty")
-    out = Gathered()
     rules = rules_of(p.policy)
-    for entry in inputs.url_lists:
-        refs, refused = read_url_list(resolve_uri(entry), inputs.url_col, inputs.caption_col, rules)
-        out.refs.extend(refs)
-        out.refused.extend(refused)
-    out.metrics = {
-        "urls_rows": len(out.refs) + len(out.refused),
-        "urls_skipped": len(out.refused),
-    }
+    out: list[tuple[str, ExtractSpec]] = []
+    index = 0  # the input's number; `len(out)` is the task's
+
+    def spec(
+        kind: str, uri: str, groups: tuple[int, int] | None = None, first: int = 0
+    ) -> ExtractSpec:
+        return ExtractSpec(
+            kind,
+            uri,
+            index,
+            work_dir,
+            inputs.plan_partitions,
+            rules,
+            inputs.url_col,
+            inputs.caption_col,
+            tuple(inputs.save_additional_columns),
+            task=len(out),
+            row_groups=groups,
+            first_row=first,
+        )
+
+    for source in dict.fromkeys(inputs.sources):
+        if source in ("wat", "warc"):
+            for f in _archive_files(source, p, ctx):
+                out.append((source, spec(source, f)))
+                index += 1
+        elif source == "site":
+            out.append(("site", spec("site", "")))
+            index += 1
+        else:
+            if not inputs.url_lists:
+                raise InputError("inputs.sources includes 'urls' but inputs.url_lists is empty")
+            for entry in inputs.url_lists:
+                uri = resolve_uri(entry)
+                list_format(uri)  # an unknown format is an error before any task starts
+                ranges: list[tuple[tuple[int, int] | None, int]] = [(None, 0)]
+                ranges = list(parquet_ranges(uri, TASK_ROWS) or ranges)
+                for groups, first in ranges:  # a huge parquet list: one task per range
+                    out.append(("urls", spec("urls", uri, groups, first)))
+                index += 1
     return out
 
 
-def _screen(refs: list[ImageRef], rules: UrlRules) -> tuple[list[ImageRef], list[dict[str, Any]]]:
-    """Every ref's URL screened (credentials stripped or refused, scheme, length) and its page
-    URL cleared of credentials: what is planned is what may be fetched and stored."""
-    from tasks.crawl.urllists import refused_row
-
-    kept: list[ImageRef] = []
-    refused: list[dict[str, Any]] = []
-    for ref in refs:
-        try:
-            url = screen(ref.url, rules)
-        except CrawlError as exc:
-            refused.append(refused_row(ref.source, ref.page_url, -1, ref.url, exc))
-            continue
-        page = strip_userinfo(ref.page_url)
-        if url != ref.url or page != ref.page_url:
-            ref = ImageRef(url, ref.texts, page, ref.language, ref.source)
-        kept.append(ref)
-    return kept, refused
-
-
-def gather_refs(p: CrawlParams, ctx: CrawlContext) -> Gathered:
-    """All refs of all sources, merged per URL ((url, text) de-duplicated)."""
+def gather_to_parts(p: CrawlParams, ctx: CrawlContext, work_dir: str) -> Gathered:
+    """Every source's refs written, screened, to the plan partitions under `work_dir`; the
+    returned Gathered holds metrics, error counts and details only (no refs, no refused rows)."""
+    specs = _specs(p, ctx, work_dir)
     total = Gathered()
-    for source in dict.fromkeys(p.inputs.sources):
-        if source in ("wat", "warc"):
-            part = extract_files(source, _archive_files(source, p, ctx))
-        elif source == "site":
-            part = _site(p, ctx)
-        else:
-            part = _urls(p)
-        total.refs.extend(part.refs)
+    site = [s for kind, s in specs if kind == "site"]
+    if site:  # in the driver (bounded by site.max_pages), written the same way
+        part = _site(p, ctx)
+        writer = PartWriter(work_dir, site[0].task, p.inputs.plan_partitions)
+        write_refs(writer, site[0].index, part.refs, rules_of(p.policy))
+        writer.flush()
         total.metrics.update(part.metrics)
         total.errors.update(part.errors)
         total.details.extend(part.details)
-        total.refused.extend(part.refused)
-    total.refs, refused = _screen(total.refs, rules_of(p.policy))
-    total.refused.extend(refused)
-    total.metrics["refused"] = len(total.refused)
-    for row in total.refused:
-        key = f"refused_{row['status']}"
-        total.metrics[key] = total.metrics.get(key, 0) + 1
-    pairs = len({(r.url, t) for r in total.refs for t in (r.texts or [""])})
-    total.refs = merge_refs(total.refs)
-    total.metrics.update({"unique_pairs": pairs, "unique_images": len(total.refs)})
+        total.metrics["refused_site"] = writer.refused_count
+    started = time.perf_counter()
+    summaries = run_extract_tasks([s for kind, s in specs if kind != "site"])
+    seconds = round(time.perf_counter() - started, 3)
+    for kind in ("wat", "warc"):
+        mine = [s for s in summaries if s["kind"] == kind]
+        if not mine:
+            continue
+        bad = [s["unusable"] for s in mine if s["unusable"]]
+        if bad:
+            raise ArchiveFileError(
+                f"inputs: {len(bad)} {kind.upper()} file(s) unusable: {'; '.join(bad[:5])}"
+            )
+        for s in mine:
+            total.errors.update({f"{kind}_{k}": v for k, v in s["errors"].items()})
+            if len(total.details) < 20:
+                total.details.extend(s["details"])
+        total.metrics.update(
+            {
+                f"{kind}_files": len(mine),
+                f"{kind}_records": sum(s["records"] for s in mine),
+                f"{kind}_pages": sum(s["pages"] for s in mine),
+                f"{kind}_image_refs": sum(s["refs"] for s in mine),
+                f"{kind}_seconds": seconds,
+            }
+        )
+    lists = [s for s in summaries if s["kind"] == "urls"]
+    if lists:
+        total.metrics.update(
+            {
+                "urls_rows": sum(s["rows"] for s in lists),
+                "urls_skipped": sum(s["skipped"] for s in lists),
+            }
+        )
+    total.metrics["refused"] = total.metrics.pop("refused_site", 0) + sum(
+        s["refused"] for s in summaries
+    )
+    total.metrics["extract_tasks"] = len(summaries)
     return total

@@ -31,12 +31,14 @@ class InputParams(ParamsSection):
     warc_path_lists: list[str] = []  # the same for WARC files (warc.paths.gz)
     archive_prefix: str = "https://data.commoncrawl.org/"  # prefix of relative paths in the path lists (s3://commoncrawl/ on AWS, or a local mirror)
     max_archive_files: int = Field(default=0, ge=0)  # first N files of each path list (0 = all): a sample of a crawl
-    url_lists: list[str] = []  # parquet / csv / tsv / jsonl / txt files of image URLs (img2dataset columns)
+    url_lists: list[str] = []  # txt / csv / tsv / json / jsonl / parquet files of image URLs, .gz ok (img2dataset columns), read in chunks
     url_col: str = "url"  # column holding the image URL in url_lists
     caption_col: str = "caption"  # column holding the text in url_lists ("" = none)
+    save_additional_columns: list[str] = []  # url_lists columns carried to the outputs as the JSON `extra` (img2dataset's save_additional_columns)
     url_map: dict[str, str] = {}  # canonical URL prefix -> prefix to fetch from (archives -> served site)
     max_images: int = Field(default=0, ge=0)  # images kept after de-duplication, lowest uids first (0 = all)
     shard_size: int = Field(default=1000, ge=1, le=1_000_000)  # images per output shard
+    plan_partitions: int = Field(default=16, ge=1, le=4096)  # uid-range partitions the plan is de-duplicated in: one Ray task each, holding about refs / plan_partitions rows
     # fmt: on
 
 
@@ -79,6 +81,7 @@ class HttpParams(ParamsSection):
     max_retry_after_s: float = Field(default=30.0, ge=0.0, le=3600.0)  # longest Retry-After honoured, seconds
     max_redirects: int = Field(default=5, ge=0, le=50)  # redirect hops per URL
     max_body_bytes: int = Field(default=20_000_000, ge=1)  # bytes; bigger bodies are cut off while streaming
+    max_requests_per_second_per_host: float = Field(default=0.0, ge=0.0, le=100_000.0)  # image requests (retries and redirects included) per second to one host in one shard task (0 = unlimited)
     # fmt: on
 
 
@@ -91,6 +94,7 @@ class DownloadParams(ParamsSection):
     cpus_per_shard: float = Field(default=1.0, gt=0.0, le=64.0)  # Ray CPUs reserved by a shard task
     decode_threads: int = Field(default=2, ge=1, le=64)  # threads decoding/resizing inside a shard task
     shard_timeout_s: float = Field(default=3600.0, ge=0.0, le=86400.0)  # seconds one shard task may spend downloading; URLs unfinished then are recorded as timeout (0 = no limit)
+    max_retries: int = Field(default=3, ge=0, le=100)  # times Ray reruns a shard task whose worker died (killed, node lost, out of memory); 0 = fail naming the shard
     # fmt: on
 
 
@@ -99,9 +103,10 @@ class OutputParams(ParamsSection):
 
     # fmt: off
     output_dir: str = "data/crawl"  # img2dataset layout root (local path or fsspec URI)
+    output_format: Literal["webdataset", "files", "parquet"] = "webdataset"  # img2dataset's layouts: NNNNN.tar, NNNNN/<key>.<ext|txt|json> folders, or image bytes in NNNNN.parquet (curate reads webdataset only)
     lancedb_uri: str = ""  # LanceDB holding the `pool` table ("" = settings' lancedb_uri)
     write_pool: bool = True  # upsert every input URL (with its status) into the pool table
-    overwrite: bool = False  # delete an output made from other inputs (inputs, site, policy, resize differ) instead of refusing
+    overwrite: bool = False  # delete an output made from other inputs (inputs, site, policy, resize, output_format differ) instead of refusing
     retry_failed: bool = False  # re-download only the URLs failed with retry_error_classes, merge into shards
     retry_error_classes: list[str] = ["timeout", "connection_error", "http_5xx", "http_429", "dns_error"]  # error classes retry_failed re-downloads
     progress: bool = True  # show a progress bar (images/s, success rate)
@@ -126,8 +131,12 @@ class CrawlParams(StageParams):
     # The sections a saved plan and its shards are made from. A resumed run must use the same
     # values, otherwise one output would mix two crawls (http / download / output only change
     # how fast or how a run goes, never which images are stored nor how).
+    # output.output_format joins them: a shard's files depend on it (one field, not the section).
     PLAN_SECTIONS: ClassVar[tuple[str, ...]] = ("inputs", "site", "policy", "resize")
 
     def plan_inputs(self) -> dict[str, Any]:
-        """The values the resume fingerprint is computed from (PLAN_SECTIONS, dumped whole)."""
-        return {name: getattr(self, name).model_dump(mode="json") for name in self.PLAN_SECTIONS}
+        """The values the resume fingerprint is computed from (PLAN_SECTIONS dumped whole, plus
+        output.output_format: a rerun in another layout must not keep the old shards)."""
+        out = {name: getattr(self, name).model_dump(mode="json") for name in self.PLAN_SECTIONS}
+        out["output_format"] = self.output.output_format
+        return out

@@ -21,6 +21,7 @@ class ImageRef:
     page_url: str = ""  # page the image was found on ("" for URL lists)
     language: str = ""  # ISO 639-1 of the main text ("" when there is no text)
     source: str = ""  # wat | warc | site | urls
+    extra: str = ""  # JSON object of the URL list's inputs.save_additional_columns ("" = none)
 
     @property
     def uid(self) -> str:
@@ -41,13 +42,15 @@ def merge_refs(refs: Iterable[ImageRef]) -> list[ImageRef]:
     for ref in refs:
         kept = by_url.get(ref.url)
         if kept is None:
-            kept = ImageRef(ref.url, [], ref.page_url, ref.language, ref.source)
+            kept = ImageRef(ref.url, [], ref.page_url, ref.language, ref.source, ref.extra)
             by_url[ref.url] = kept
         for text in ref.texts:
             if text and text not in kept.texts:
                 kept.texts.append(text)
         if not kept.language and ref.language:
             kept.language = ref.language
+        if not kept.extra and ref.extra:
+            kept.extra = ref.extra
     return list(by_url.values())
 
 

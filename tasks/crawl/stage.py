@@ -15,24 +15,19 @@ from tasks.settings import join_uri
 log = logging.getLogger(__name__)
 
 
-def _open_pool(p: CrawlParams) -> Any:
+def _open_pool(p: CrawlParams) -> tuple[Any, str]:
+    """(PoolSink, its LanceDB URI) with the tables made, or (None, "") without output.write_pool.
+
+    Made by the driver before the first shard task starts: the tasks upsert their own rows
+    (tasks/crawl/poolsync.py) and must not race to create the tables.
+    """
     if not p.output.write_pool:
-        return None
+        return None, ""
     from tasks.crawl.poolsync import PoolSink
+    from tasks.settings import get_settings
 
-    return PoolSink(p.output.lancedb_uri or None)
-
-
-class _LazyPool:
-    """The pool (and its record of synced shards), opened on first use."""
-
-    def __init__(self, p: CrawlParams) -> None:
-        self.params, self.sink, self.opened = p, None, False
-
-    def get(self) -> Any:
-        if not self.opened:
-            self.sink, self.opened = _open_pool(self.params), True
-        return self.sink
+    uri = p.output.lancedb_uri or get_settings().lance_uri
+    return PoolSink(uri), uri
 
 
 def _run_by_dvc() -> bool:
@@ -82,15 +77,23 @@ def _sweep_temp(output_dir: str) -> int:
     return len(stale)
 
 
-def ensure_plan(p: CrawlParams, ctx: CrawlContext) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Load the saved plan of these inputs, or gather the sources and save a new one."""
-    from tasks.crawl.inputs import gather_refs
+def ensure_plan(p: CrawlParams, ctx: CrawlContext) -> tuple[Any, dict[str, Any]]:
+    """Load the saved plan of these inputs, or gather the sources and save a new one.
+
+    Returns (tasks.crawl.plan.Plan, metrics). Planning never holds the rows in the driver:
+    extraction tasks write refs to uid partitions, reduce tasks merge and sort them, and the
+    driver writes plan.json (the commit point) from their counts. A killed planning run leaves
+    no plan.json; its partial `_plan/` is removed and planning starts over.
+    """
+    from tasks.crawl.inputs import gather_to_parts
     from tasks.crawl.plan import (
+        PLAN_FORMAT,
         PlanMismatchError,
+        build_plan,
+        commit_plan,
         fingerprint,
         load_plan,
-        plan_rows,
-        save_plan,
+        plan_uri,
         save_refused,
     )
     from tasks.crawl.urlscreen import strip_userinfo
@@ -100,71 +103,124 @@ def ensure_plan(p: CrawlParams, ctx: CrawlContext) -> tuple[list[dict[str, Any]]
     inputs = p.plan_inputs()
     fp = fingerprint(inputs)
     found = load_plan(ctx.output_dir)
-    if found and found[0].get("fingerprint") == fp:
-        return found[1], {**found[0].get("gather", {}), "plan_reused": 1}
+    if found and found.meta.get("fingerprint") == fp and found.meta.get("format") == PLAN_FORMAT:
+        return found, {**found.meta.get("gather", {}), "plan_reused": 1}
     if found or _existing_shards(ctx.output_dir):
         if not (p.output.overwrite or _run_by_dvc()):
-            old = found[0].get("inputs") if found else "unknown (no plan)"
+            old = found.meta.get("inputs") if found else "unknown (no plan)"
             raise PlanMismatchError(
                 f"{ctx.output_dir} holds a crawl of other inputs ({old}); set "
                 "output.overwrite=true to replace it or choose another output.output_dir"
             )
         _clear(ctx.output_dir)
-    gathered = gather_refs(p, ctx)
+    _clear_uncommitted_plan(ctx.output_dir)
+    work_dir = plan_uri(ctx.output_dir, "work")
+    # input errors (a file that cannot be read, named) pass as they are; the plan's own writes
+    # below turn a full disk into one line naming the folder
+    gathered = gather_to_parts(p, ctx, work_dir)
     for detail in gathered.details[:20]:
         log.warning("input problem: %s", strip_userinfo(detail))
-    if gathered.refused:
-        log.warning(
-            "%d inputs refused before fetching (reasons in %s/refused.parquet)",
-            len(gathered.refused),
+    with writing(join_uri(ctx.output_dir, "_plan")):
+        parts, rows, pairs = build_plan(
             ctx.output_dir,
+            work_dir,
+            p.inputs.plan_partitions,
+            p.inputs.shard_size,
+            p.inputs.max_images,
         )
-    rows = plan_rows(gathered.refs, p.inputs.shard_size, p.inputs.max_images)
-    gather = {**gathered.metrics, **{f"input_error_{k}": v for k, v in gathered.errors.items()}}
-    with writing(join_uri(ctx.output_dir, "_plan")):  # a full disk: one line naming the folder
-        save_refused(ctx.output_dir, gathered.refused)
-        save_plan(
-            ctx.output_dir,
-            rows,
-            {"fingerprint": fp, "inputs": inputs, "rows": len(rows), "gather": gather},
-        )
-    return rows, {**gather, "plan_reused": 0}
+        unique = sum(e["rows"] for e in parts)
+        refused = save_refused(ctx.output_dir, work_dir)
+        if refused:
+            log.warning(
+                "%d inputs refused before fetching (reasons in %s/refused.parquet)",
+                refused,
+                ctx.output_dir,
+            )
+        gather = {
+            **gathered.metrics,
+            **{f"input_error_{k}": v for k, v in gathered.errors.items()},
+            "unique_pairs": pairs,
+            "unique_images": unique,
+            **_refused_counts(ctx.output_dir),
+        }
+        meta = {
+            "fingerprint": fp,
+            "inputs": inputs,
+            "rows": rows,
+            "shard_size": p.inputs.shard_size,
+            "partitions": parts,
+            "gather": gather,
+        }
+        _remove(work_dir)  # the part files are merged into the partitions
+        commit_plan(ctx.output_dir, meta)
+    plan = load_plan(ctx.output_dir)
+    assert plan is not None
+    return plan, {**gather, "plan_reused": 0}
+
+
+def _remove(uri: str) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def _clear_uncommitted_plan(output_dir: str) -> None:
+    """What a planning run killed before its commit point left (part files, partitions)."""
+    _remove(join_uri(output_dir, "_plan"))
+
+
+def _refused_counts(output_dir: str) -> dict[str, int]:
+    """refused_<status> counts of refused.parquet (read by its one small column)."""
+    import fsspec
+    import pyarrow.parquet as pq
+
+    with fsspec.open(join_uri(output_dir, "refused.parquet"), "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        counts: dict[str, int] = {}
+        for batch in pf.iter_batches(columns=["status"]):
+            for status in batch.column(0).to_pylist():
+                counts[f"refused_{status}"] = counts.get(f"refused_{status}", 0) + 1
+    return {"refused": sum(counts.values()), **counts}
 
 
 def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
     from tasks.crawl.distributor import run_shard_jobs
-    from tasks.crawl.plan import by_shard
+    from tasks.crawl.plan import ShardRef
     from tasks.crawl.shardtask import download_and_write
     from tasks.crawl.writer import shard_uri
     from tasks.io import is_done
 
-    rows, metrics = ensure_plan(p, ctx)
-    shards = by_shard(rows)
-    todo = [i for i in sorted(shards) if not is_done(shard_uri(ctx.output_dir, i))]
-    pool = _LazyPool(p)  # opened when the first shard is done: LanceDB's import overlaps downloads
+    plan, metrics = ensure_plan(p, ctx)
+    shards = range(plan.shards)
+    todo = [i for i in shards if not is_done(shard_uri(ctx.output_dir, i))]
+    sink, pool_uri = _open_pool(p)  # the tasks write their rows into it themselves
     ran: list[dict[str, Any]] = []
 
-    def on_done(stats: dict[str, Any]) -> None:
+    def on_done(stats: dict[str, Any]) -> None:  # the driver only aggregates counts
         ran.append(stats)
-        if (sink := pool.get()) is not None:
-            sink.sync_shard(ctx.output_dir, stats["index"])
 
-    args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map)
-    jobs = [(i, download_and_write, (shards[i], *args)) for i in todo]
+    args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map, pool_uri)
+    # a job carries a reference to its rows (plan folder + shard index), read by the task
+    jobs = [(i, download_and_write, (ShardRef(ctx.output_dir, i), *args)) for i in todo]
     seconds = run_shard_jobs(
         jobs,
         p.download.shards_in_flight,
         p.download.cpus_per_shard,
-        sum(len(shards[i]) for i in todo),
+        sum(plan.shard_count(i) for i in todo),
         on_done,
         p.output.progress,
+        max_retries=p.download.max_retries,
     )
     # Shards a killed run finished before their upsert, and every shard when the pool is new
-    # (a fresh clone, another CLIPMILL_LANCEDB_URI): the pool's own record says which.
-    if (sink := pool.get()) is not None:
-        for i in sorted(shards):
-            if is_done(shard_uri(ctx.output_dir, i)):
-                sink.sync_shard(ctx.output_dir, i)
+    # (a fresh clone, another CLIPMILL_LANCEDB_URI): the pool's own record says which (the
+    # done markers name each shard's content; the rows of recorded shards are not read).
+    if sink is not None:
+        done = [i for i in shards if is_done(shard_uri(ctx.output_dir, i))]
+        metrics["pool_shards_synced_by_driver"] = sink.sync_missing(
+            ctx.output_dir, done, p.output.output_format
+        )
     done_now = sum(s["count"] for s in ran)
     ok_now = sum(s["successes"] for s in ran)
     metrics.update(
@@ -200,6 +256,8 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         raise FileNotFoundError(
             f"output.retry_failed=true but {ctx.output_dir} holds no crawl (no _plan/plan.json)"
         )
+    sink, pool_uri = _open_pool(p)  # made before the tasks, which upsert their shards
+    args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map, pool_uri)
     jobs, total = [], 0
     for marker in _existing_shards(ctx.output_dir):
         index = int(marker.rsplit("/", 1)[-1].split(".")[0])
@@ -208,15 +266,11 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         n = sum(s in classes for s in status)
         if n:
             total += n
-            args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map)
             jobs.append((index, retry_and_merge, args))
-    sink = _open_pool(p)
     ran: list[dict[str, Any]] = []
 
-    def on_done(stats: dict[str, Any]) -> None:
+    def on_done(stats: dict[str, Any]) -> None:  # each task upserts its rewritten shard itself
         ran.append(stats)
-        if sink is not None:  # the rewritten shard is new content: upserted again
-            sink.sync_shard(ctx.output_dir, stats["index"])
 
     seconds = run_shard_jobs(
         jobs,
@@ -226,10 +280,13 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         on_done,
         p.output.progress,
         "crawl: retrying",
+        max_retries=p.download.max_retries,
     )
     if sink is not None:  # a shard a killed retry rewrote before its upsert
-        for marker in _existing_shards(ctx.output_dir):
-            sink.sync_shard(ctx.output_dir, int(marker.rsplit("/", 1)[-1].split(".")[0]))
+        indices = [
+            int(m.rsplit("/", 1)[-1].split(".")[0]) for m in _existing_shards(ctx.output_dir)
+        ]
+        sink.sync_missing(ctx.output_dir, indices, p.output.output_format)
     return {
         "retry_shards": len(jobs),
         "retried": sum(s.get("retried", 0) for s in ran),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -125,18 +126,52 @@ def find_t(tmin: np.ndarray, target_size: int) -> int:
 # --- the streaming map -> reduce -> map over parquet shards (uid, entry_ids) ---------------------
 
 
-def count_file(path: str | Path, n_entries: int, batch_rows: int = 262_144) -> np.ndarray:
-    """map step over one stored matches file, reading it in batches (bounded memory)."""
+# a stored matches file, or its table (uid, entry_ids)
+MatchesSource: TypeAlias = str | Path | pa.Table
+
+
+def _batches(
+    source: MatchesSource, columns: list[str], batch_rows: int
+) -> Iterable[pa.RecordBatch]:
+    """A matches file read in batches (bounded memory), or the batches of its table."""
     import pyarrow.parquet as pq
 
+    if isinstance(source, pa.Table):
+        return source.select(columns).to_batches(max_chunksize=batch_rows)
+    return pq.ParquetFile(source).iter_batches(batch_size=batch_rows, columns=columns)
+
+
+def count_file(source: MatchesSource, n_entries: int, batch_rows: int = 262_144) -> np.ndarray:
+    """map step over one matches file (or its table), batch by batch."""
     total = np.zeros(n_entries, dtype=np.int64)
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["entry_ids"]):
+    for batch in _batches(source, ["entry_ids"], batch_rows):
         total += count_entries(batch.column(0), n_entries)
     return total
 
 
+def tmin_table(
+    source: MatchesSource, counts: np.ndarray, seed: int, batch_rows: int = 262_144
+) -> pa.Table:
+    """second map step: (uid, tmin) of one matches file (or its table), as a table."""
+    parts = [
+        pa.table(
+            {
+                "uid": b.column(0),
+                "tmin": pa.array(pair_tmin(b.column(0), b.column(1), counts, seed), pa.float64()),
+            }
+        )
+        for b in _batches(source, ["uid", "entry_ids"], batch_rows)
+    ]
+    schema = pa.schema([("uid", pa.string()), ("tmin", pa.float64())])
+    return pa.concat_tables(parts) if parts else schema.empty_table()
+
+
 def tmin_file(
-    path: str | Path, out_path: str | Path, counts: np.ndarray, seed: int, batch_rows: int = 262_144
+    path: MatchesSource,
+    out_path: str | Path,
+    counts: np.ndarray,
+    seed: int,
+    batch_rows: int = 262_144,
 ) -> int:
     """second map step: write (uid, tmin) for one matches file; returns the rows written."""
     import pyarrow.parquet as pq
@@ -144,9 +179,7 @@ def tmin_file(
     rows = 0
     writer = None
     try:
-        for batch in pq.ParquetFile(path).iter_batches(
-            batch_size=batch_rows, columns=["uid", "entry_ids"]
-        ):
+        for batch in _batches(path, ["uid", "entry_ids"], batch_rows):
             tmin = pair_tmin(batch.column(0), batch.column(1), counts, seed)
             part = pa.table({"uid": batch.column(0), "tmin": pa.array(tmin, pa.float64())})
             if writer is None:
@@ -159,13 +192,16 @@ def tmin_file(
     return rows
 
 
-def global_counts(paths: Iterable[str | Path], n_entries: int) -> np.ndarray:
-    """map (Ray task per file) -> reduce (sum on the driver, 64-bit)."""
+def global_counts(sources: Iterable[Any], n_entries: int) -> np.ndarray:
+    """map (Ray task per file, or per table in the object store) -> reduce (sum on the driver,
+    64-bit)."""
     import ray
 
     task = ray.remote(count_file)
     total = np.zeros(n_entries, dtype=np.int64)
-    for part in ray.get([task.remote(str(p), n_entries) for p in paths]):
+    for part in ray.get(
+        [task.remote(s if isinstance(s, ray.ObjectRef) else str(s), n_entries) for s in sources]
+    ):
         total += part
     return total
 
@@ -173,16 +209,26 @@ def global_counts(paths: Iterable[str | Path], n_entries: int) -> np.ndarray:
 def balance_files(
     paths: Sequence[str | Path], out_dir: str | Path, n_entries: int, seed: int
 ) -> tuple[np.ndarray, list[Path]]:
-    """The whole balancing pass: global counts, then (uid, tmin) files beside the matches."""
+    """The whole balancing pass: global counts, then (uid, tmin) files beside the matches.
+
+    The matches files are the driver's: they go to the tasks through Ray's object store (one
+    part each) and the (uid, tmin) parts come back the same way, written here. So the tasks
+    may run on any node of a cluster, none of which sees the driver's disk."""
+    import pyarrow.parquet as pq
     import ray
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    counts = global_counts(paths, n_entries)
+    parts = [ray.put(pq.read_table(str(p), columns=["uid", "entry_ids"])) for p in paths]
+    counts = global_counts(parts, n_entries)
     counts_ref = ray.put(counts)
-    task = ray.remote(tmin_file)
+    task = ray.remote(tmin_table)
     outs = [out_dir / f"tmin-{i:05d}.parquet" for i in range(len(paths))]
-    ray.get(
-        [task.remote(str(p), str(o), counts_ref, seed) for p, o in zip(paths, outs, strict=True)]
-    )
+    pending = {
+        task.remote(part, counts_ref, seed): out for part, out in zip(parts, outs, strict=True)
+    }
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            pq.write_table(ray.get(ref), str(pending.pop(ref)))
     return counts, outs

@@ -105,32 +105,41 @@ class Matcher:
         return ids, pa.array(reasons, pa.string())
 
 
-_WORKER_MATCHERS: dict[tuple[str, float], Matcher] = {}
+_WORKER_MATCHERS: dict[tuple[str, str], Matcher] = {}
 
 
-def get_matcher(metadata_path: str | Path) -> Matcher:
+def get_matcher(metadata_path: str | Path, data: bytes | None = None) -> Matcher:
     """The worker's automaton for this metadata file, built on first use and then reused.
 
     Ray reuses worker processes across tasks, so a module-level cache keyed by (path, mtime)
     means one build per worker, not one per batch, without shipping a pickled automaton around.
+    `data`: the file's bytes as the driver read them (then keyed by their digest): a worker on
+    a node that does not share the driver's disk builds from them, never opening the path.
     """
+    import hashlib
+    import io
+
     from tasks.curate.metadata import load_entries
 
     path = str(Path(metadata_path).resolve())
-    key = (path, Path(path).stat().st_mtime)
+    version = (
+        hashlib.sha256(data).hexdigest() if data is not None else str(Path(path).stat().st_mtime)
+    )
+    key = (path, version)
     matcher = _WORKER_MATCHERS.get(key)
     if matcher is None:
         _WORKER_MATCHERS.clear()
-        matcher = Matcher(load_entries(path))
+        matcher = Matcher(load_entries(io.BytesIO(data) if data is not None else path))
         _WORKER_MATCHERS[key] = matcher
     return matcher
 
 
 class MatchBatch:
-    """Ray Data callable class: one actor = one automaton, applied to every batch it receives."""
+    """Ray Data callable class: one actor = one automaton, applied to every batch it receives.
+    `metadata`: the metadata file's bytes (the driver's file, shipped with the actor)."""
 
-    def __init__(self, metadata_path: str, max_chars: int) -> None:
-        self.matcher = get_matcher(metadata_path)
+    def __init__(self, metadata_path: str, max_chars: int, metadata: bytes | None = None) -> None:
+        self.matcher = get_matcher(metadata_path, metadata)
         self.max_chars = max_chars
 
     def __call__(self, batch: Any) -> Any:

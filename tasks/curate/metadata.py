@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 
 class MetadataError(ValueError):
@@ -122,7 +123,7 @@ def save_metadata(meta: Metadata, path: str | Path) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def load_entries(path: str | Path) -> tuple[str, ...]:
+def load_entries(path: str | Path | BinaryIO) -> tuple[str, ...]:
     import pyarrow.parquet as pq
 
     return tuple(pq.read_table(path, columns=["entry"]).column("entry").to_pylist())

@@ -60,7 +60,8 @@ def match_rows(
     else:
         ds = ds.map_batches(
             MatchBatch,
-            fn_constructor_args=(metadata_path, max_chars),
+            # the file's bytes go with the actors: a node without the driver's disk needs them
+            fn_constructor_args=(metadata_path, max_chars, Path(metadata_path).read_bytes()),
             batch_format="pyarrow",
             batch_size=block,
             compute=ray.data.ActorPoolStrategy(size=workers),

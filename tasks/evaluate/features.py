@@ -111,7 +111,7 @@ class Embedder:
         if params.channels_last:
             model.to(memory_format=_channels_last())
         self.image_split = split_image(model, image_preprocess_config(model))
-        self.text_split = split_text(model, tokenizer_config(loaded.model_cfg))
+        self.text_split = _trimmed(model, split_text(model, tokenizer_config(loaded.model_cfg)))
         self.image_store = FeatureStore(store_root, self.image_split.key) if store_root else None
         self.text_store = FeatureStore(store_root, self.text_split.key) if store_root else None
         self._images = _Memo()
@@ -159,6 +159,9 @@ class Embedder:
         todo = self._texts.missing(ids)
         if todo:
             started = time.perf_counter()
+            # shortest first: each batch is cut to its longest prompt (text_trim.py, the HF
+            # towers' own trim), so like lengths together cut the most; rows are independent
+            todo = sorted(todo, key=lambda n: len(texts[n]))
             new_ids = [ids[n] for n in todo]
             new = [texts[n] for n in todo]
             tokenizer = self.loaded.tokenizer
@@ -252,6 +255,20 @@ class Embedder:
             for i in range(0, len(feats), step):
                 chunks.append(F.normalize(split.head(feats[i : i + step]), dim=-1).float())
         return torch.cat(chunks) if chunks else torch.zeros(0)
+
+
+def _trimmed(model: Any, split: Any) -> Any:
+    """The whole-tower text split of a causal CLIP text tower, encoding tokens cut to each
+    batch's longest prompt (tasks/evaluate/text_trim.py: same features, ~1/3 of the compute
+    for the demo's prompts); any other split unchanged. The store key stays: same features."""
+    import dataclasses
+
+    from tasks.evaluate.text_trim import trimmed_text_encoder
+
+    if split.frozen_fn != model.encode_text:
+        return split
+    encode = trimmed_text_encoder(model)
+    return split if encode is None else dataclasses.replace(split, frozen_fn=encode)
 
 
 def image_preprocess_config(model: Any) -> dict[str, Any]:

@@ -157,7 +157,16 @@ def split_key(name: str) -> tuple[str, str] | None:
 def _open(source: Source) -> tarfile.TarFile:
     if isinstance(source, bytes):
         return tarfile.open(fileobj=io.BytesIO(source), mode="r:*")
+    _fetch_if_missing(source)
     return tarfile.open(source, "r:*")
+
+
+def _fetch_if_missing(path: str | Path) -> None:
+    """On a Ray node without the driver's data cache, a shard there comes from the bucket data
+    root first (tasks/io/nodefetch.py; nothing happens for a local data root)."""
+    from tasks.io.nodefetch import ensure_local
+
+    ensure_local(path)
 
 
 def _label(source: Source, name: str | None) -> str:
@@ -209,6 +218,7 @@ def _plain_member_names(path: str | Path) -> list[str] | None:
     prefix, a link, a bad checksum, a number tarfile would decode otherwise, a truncation, an
     archive opening with its end block; then tarfile reads it (and names what is wrong)."""
     names: list[str] = []
+    _fetch_if_missing(path)
     with open(path, "rb") as fh:
         size = fh.seek(0, io.SEEK_END)
         offset = 0

@@ -54,6 +54,7 @@ def _with_tags(r: CaptionRequest, a: Annotation) -> CaptionRequest:
 
 def read_block_images(block: dict[str, Any], crawl_dir: Path) -> dict[str, bytes]:
     """uid -> stored image bytes of the block's rows (rows whose image is gone are absent)."""
+    from tasks.io.nodefetch import ensure_local
     from tasks.io.wds import read_images
 
     by_shard: dict[str, set[str]] = {}
@@ -62,6 +63,7 @@ def read_block_images(block: dict[str, Any], crawl_dir: Path) -> dict[str, bytes
     found: dict[str, bytes] = {}
     for shard, uids in by_shard.items():
         path = Path(shard) if Path(shard).is_absolute() else crawl_dir / shard
+        ensure_local(path)  # a Ray node without the driver's data cache: from the bucket
         if path.exists():
             found.update({k: data for k, data, _ in read_images(path, uids)})
     return found

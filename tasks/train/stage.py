@@ -71,7 +71,15 @@ def run_directory(p: TrainParams, name: str) -> tuple[Path, str]:
 
 
 def launch(p: TrainParams, config: dict[str, Any], run_dir: Path) -> None:
-    """TorchTrainer: `num_workers=0` runs in this process (local mode), N > 0 on Ray workers."""
+    """TorchTrainer for N > 0 Ray workers; `num_workers=0` calls the same worker function in
+    this process without Ray Train (its local mode ran the function in-process too, after
+    importing ray.train and setting up its run context: ~2 s of a whole command that a bare
+    open_clip script does not pay; benchmarks/train_overhead.py)."""
+    from tasks.train.worker import train_worker
+
+    if p.num_workers == 0:
+        train_worker(config)
+        return
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -86,8 +94,6 @@ def launch(p: TrainParams, config: dict[str, Any], run_dir: Path) -> None:
         failure_config=FailureConfig(max_failures=p.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
     )
-    from tasks.train.worker import train_worker
-
     trainer = TorchTrainer(
         train_worker,
         train_loop_config=config,
@@ -98,8 +104,6 @@ def launch(p: TrainParams, config: dict[str, Any], run_dir: Path) -> None:
     try:
         trainer.fit()
     except Exception as exc:
-        if p.num_workers == 0:
-            raise
         raise TrainError(f"training {run_dir.name} failed on a Ray Train worker: {exc}") from exc
 
 

@@ -19,10 +19,12 @@ def _context() -> tuple[int, int]:
     return ctx.get_world_rank(), ctx.get_world_size()
 
 
-def _device(p: TrainParams, rank: int) -> Any:
+def _device(p: TrainParams, local_mode: bool) -> Any:
     import torch
 
     if p.use_gpu and torch.cuda.is_available():
+        if local_mode:  # this process, no Ray Train context
+            return torch.device("cuda")
         import ray.train.torch
 
         return ray.train.torch.get_device()
@@ -54,24 +56,37 @@ class Checkpointer:
         self.last_path = ""
 
     def restore(self, model: Any, optimizer: Any, objective: Any = None) -> dict[str, Any]:
-        """Latest checkpoint of this run (Ray's on a worker restart, else the newest complete folder)."""
+        """Latest checkpoint of this run (Ray's on a worker restart, else the newest complete
+        folder whose files match its manifest)."""
         from tasks.train.checkpoints import complete_checkpoints, load_train_state
 
         if not self.p.resume:
             return {"step": 0, "history": []}
-        import ray.train
+        ckpt = None
+        if not self.local_mode:  # local mode runs without Ray Train (stage.launch)
+            import ray.train
 
-        ckpt = None if self.local_mode else ray.train.get_checkpoint()
+            ckpt = ray.train.get_checkpoint()
         if ckpt is not None:
             with ckpt.as_directory() as d:
                 state = load_train_state(Path(d), model, optimizer, objective)
                 self.last_path = str(ckpt.path)
                 return state
-        found = complete_checkpoints(self.run_dir)
-        if not found:
-            return {"step": 0, "history": []}
-        self.last_path = str(found[-1])
-        return load_train_state(found[-1], model, optimizer, objective)
+        # Newest first; one that fails its manifest is skipped: a Ray Train worker killed while
+        # Ray copied a checkpoint into storage leaves the folder (manifest included) with a file
+        # cut short, never registered by Ray. Any older checkpoint resumes exactly as well.
+        from tasks.train.checkpoints import CheckpointError
+
+        for found in reversed(complete_checkpoints(self.run_dir)):
+            try:
+                state = load_train_state(found, model, optimizer, objective)
+            except CheckpointError as exc:
+                if self.rank == 0:
+                    print(f"[train] skipping checkpoint {found.name}: {exc}", flush=True)
+                continue
+            self.last_path = str(found)
+            return state
+        return {"step": 0, "history": []}
 
     def save(
         self,
@@ -110,8 +125,23 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _weights_file(value: str) -> str:
+    """`pretrained` as open_clip gets it: a weights file path (`data/models/teacher/
+    checkpoint.pt`) resolved like every params path (under the data root's cache folder with
+    CLIPMILL_DATA_ROOT, fetched from the bucket on a node that lacks it); an open_clip tag or a
+    `hf-hub:` id unchanged."""
+    if not value or ":" in value or ("/" not in value and not Path(value).suffix):
+        return value
+    from tasks.io.nodefetch import ensure_local
+    from tasks.io.paths import resolve_path
+
+    path = resolve_path(value)
+    ensure_local(path)
+    return str(path)
+
+
 def train_worker(config: dict[str, Any]) -> None:
-    """Entry point of TorchTrainer: the same function in local mode and on every worker."""
+    """Entry point of TorchTrainer on every worker, and called directly in local mode."""
     import torch
 
     from tasks.clip import build_model
@@ -139,14 +169,14 @@ def train_worker(config: dict[str, Any]) -> None:
 
     p = TrainParams.model_validate(config["params"])
     run_dir, local_mode = Path(config["run_dir"]), config["local_mode"]
-    rank, world = _context()
+    rank, world = (0, 1) if local_mode else _context()
     if not local_mode:
         torch.set_num_threads(max(1, int(p.cpus_per_worker)))
-    device = _device(p, rank)
+    device = _device(p, local_mode)
     torch.manual_seed(p.seed)
     built = build_model(
         p.model,
-        pretrained=p.pretrained,
+        pretrained=_weights_file(p.pretrained),
         pretrained_image=p.pretrained_image,
         pretrained_text=p.pretrained_text,
         image_size=p.image_size,

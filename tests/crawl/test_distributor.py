@@ -69,3 +69,36 @@ def test_a_failing_callback_stops_the_run(ray_session):
 
     with pytest.raises(ValueError, match="pool write failed"):
         run_shard_jobs([(0, fake_shard, (2, False))], 1, 0.5, 2, boom, show=False)
+
+
+def _make_dying_shard():
+    """A shard whose worker process dies (SIGKILL, as the OOM killer or a lost node would) on
+    its first attempt; the flag file makes the rerun, if any, finish."""
+
+    def dying_shard(index: int, flag: str, progress=None) -> dict:
+        import os
+        import signal
+        from pathlib import Path
+
+        if not Path(flag).exists():
+            Path(flag).write_text("died once")
+            os.kill(os.getpid(), signal.SIGKILL)
+        progress(1, 1)
+        return {"index": index, "count": 1}
+
+    return dying_shard
+
+
+def test_a_lost_worker_is_rerun_with_retries(ray_session, tmp_path):
+    seen: list[int] = []
+    job = (4, _make_dying_shard(), (str(tmp_path / "flag"),))
+    run_shard_jobs([job], 1, 0.5, 1, lambda s: seen.append(s["index"]), show=False, max_retries=2)
+    assert seen == [4] and (tmp_path / "flag").exists()
+
+
+def test_a_lost_worker_without_retries_fails_naming_the_shard(ray_session, tmp_path):
+    from tasks.crawl.distributor import ShardLostError
+
+    job = (4, _make_dying_shard(), (str(tmp_path / "flag"),))
+    with pytest.raises(ShardLostError, match=r"shard 00004: its Ray worker died .*max_retries=0"):
+        run_shard_jobs([job], 1, 0.5, 1, lambda s: None, show=False, max_retries=0)

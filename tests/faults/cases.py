@@ -194,10 +194,21 @@ def ray_workers(pid: int, exclude: tuple[str, ...] = ("IDLE",)) -> list[tuple[in
     return found
 
 
-def ray_worker_case(spec: Spec, tmp: Path, ref: Reference, wanted: tuple[str, ...]) -> None:
+def ray_worker_case(
+    spec: Spec,
+    tmp: Path,
+    ref: Reference,
+    wanted: tuple[str, ...],
+    ready: Callable[[Path], bool] | None = None,
+    shows: str = "",
+) -> None:
     """SIGKILL one Ray worker process (a task or actor whose name holds one of `wanted`) while
-    the stage runs: Ray retries the task / restarts the actor, the stage completes on its own
-    (no rerun) and its result equals the uninterrupted run's."""
+    the stage runs, once `ready(root)` holds (e.g. a checkpoint exists): Ray retries the task /
+    restarts the actor (Ray Train restarts its worker group from the last checkpoint), the
+    stage completes on its own (no rerun), its output holds the regex `shows` (e.g. that it
+    resumed) and its result equals the uninterrupted run's."""
+    import re
+
     root = tmp / "rayworker"
     root.mkdir()
     project = spec.build(root)
@@ -206,6 +217,9 @@ def ray_worker_case(spec: Spec, tmp: Path, ref: Reference, wanted: tuple[str, ..
     try:
         deadline = time.monotonic() + 400
         while proc.poll() is None and not killed and time.monotonic() < deadline:
+            if ready is not None and not ready(root):
+                time.sleep(0.02)
+                continue
             for pid, name in ray_workers(proc.pid):
                 if any(w in name for w in wanted):
                     with contextlib.suppress(ProcessLookupError):
@@ -225,6 +239,7 @@ def ray_worker_case(spec: Spec, tmp: Path, ref: Reference, wanted: tuple[str, ..
         assert proc.returncode == 0, (
             f"the stage did not survive the worker's death:\n{text[-3000:]}"
         )
+        assert not shows or re.search(shows, text), f"no {shows!r} in:\n{text[-3000:]}"
         return compare(spec, ref.result, spec.result(project))
 
     # a stable case name (the log keeps the last line per case); which worker it hit is in the

@@ -227,6 +227,45 @@ TRAIN = Spec(
 )
 
 
+def build_train_ray(root: Path) -> StageProject:
+    """The same tiny run on two Ray Train workers (gloo on CPU), restarted by Ray Train after a
+    worker failure (`max_failures`), 24 steps so a worker kill can land after a checkpoint."""
+    project = build_train(root)
+    path = root / "params" / "train.yaml"
+    import yaml
+
+    from tests.faults.harness import set_dotted
+
+    data = yaml.safe_load(path.read_text())
+    over = {"num_workers": 2, "cpus_per_worker": 1.0, "max_failures": 2, "steps": 24}
+    path.write_text(yaml.safe_dump(set_dotted(data, over), sort_keys=False))
+    return project
+
+
+def train_checkpointed(root: Path) -> bool:
+    """A whole Ray Train checkpoint of the run is on disk (its files match its manifest): a
+    worker killed now must resume from it, not from the start."""
+    from tasks.train.checkpoints import CheckpointError, verify
+
+    for folder in (root / "data/train_runs").glob("*/checkpoint_*"):
+        try:
+            verify(folder)
+        except (CheckpointError, OSError, ValueError):
+            continue
+        return True
+    return False
+
+
+# The multi-worker mode: Ray Train workers (`ray::RayTrainWorker`), killed in the ray-worker case.
+TRAIN_RAY = Spec(
+    "train",
+    "data/models/train",
+    build_train_ray,
+    train_result,
+    started="data/train_runs",
+)
+
+
 # --- merge ------------------------------------------------------------------------------------
 
 

@@ -1,11 +1,13 @@
 """Curate, recaption, train and merge under faults: SIGKILL at seeded random moments through
 `clipmill run <stage>`, `dvc repro <stage>` and the Prefect pipeline flow
-(`python -m flows.pipeline --stages <stage>`), rerun through the same door until done; SIGTERM mid-run; a Ray worker
-killed mid-stage (the stages that use Ray). Each result is compared with an uninterrupted run
+(`python -m flows.pipeline --stages <stage>`), rerun through the same door until done; SIGTERM
+mid-run; a Ray worker killed mid-stage (the stages that use Ray, and train on Ray Train
+workers). Each result is compared with an uninterrupted run
 of the same stage (tests/faults/cases.py); the outcomes go to $CLIPMILL_RELIABILITY_LOG.
 
-By default one seed per stage and door runs; seeds 2 and 3 are marked slow (`make reliability`
-runs them).
+By default seed 1 per stage runs through the CLI and DVC, and through the Prefect flow for
+curate and train; seeds 2 and 3 and the other stages' Prefect cases are marked slow
+(`make reliability FAULTS_ARGS="-m ''"` runs them).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from tests.faults.cases import (
     sigkill_case,
     sigterm_case,
 )
-from tests.faults.stages import SPECS
+from tests.faults.stages import SPECS, TRAIN_RAY, train_checkpointed
 
 SLOW = pytest.mark.slow
 STAGES = ("curate", "recaption", "train", "merge")
@@ -30,9 +32,11 @@ STAGES = ("curate", "recaption", "train", "merge")
 # The Ray processes a worker kill may hit, per stage (`ray::<name>`): Ray Data restarts actors
 # and retries their tasks (max_restarts / max_task_retries -1, Ray Data's default), plain tasks
 # retry (max_retries 3); recaption's block part and marker are written atomically, so a retried
-# block rewrites it whole. Train (in-process by default) and merge start no Ray.
+# block rewrites it whole. Train in its multi-worker mode (`num_workers` 2) runs on Ray Train
+# workers, restarted from the last checkpoint (`max_failures`): its own case below. Train's
+# in-process default and merge start no Ray.
 RAY_WORKERS = {
-    "curate": ("MatchBatch", "TextCheckBatch", "ReadAndHash", "count_file", "tmin_file"),
+    "curate": ("MatchBatch", "TextCheckBatch", "ReadAndHash", "count_file", "tmin_table"),
     "recaption": ("RecaptionActor",),
 }
 
@@ -42,21 +46,29 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Refe
     """Each stage's uninterrupted run, made once, on first use."""
     made: dict[str, Reference] = {}
 
+    specs = {**SPECS, "train-ray": TRAIN_RAY}
+
     def get(stage: str) -> Reference:
         if stage not in made:
-            made[stage] = reference(SPECS[stage], tmp_path_factory.mktemp(f"{stage}_reference"))
+            made[stage] = reference(specs[stage], tmp_path_factory.mktemp(f"{stage}_reference"))
         return made[stage]
 
     return get
 
 
+# Stages whose Prefect-flow case is in the fast subset (about a minute each on an idle machine;
+# recaption's and merge's take several minutes and run under `-m slow`).
+PREFECT_FAST = ("curate", "train")
+
+
 def _kill_cases() -> list[object]:
-    """Seed 1 through the CLI and DVC for every stage, and through the Prefect flow for curate
-    (the flow's door is `dvc repro` per stage, under a Prefect flow run); the rest slow."""
+    """Seed 1 through the CLI and DVC for every stage, and through the Prefect flow for
+    PREFECT_FAST (the flow's door is `dvc repro` per stage, under a Prefect flow run); the rest
+    slow."""
     cases: list[object] = []
     for stage in STAGES:
         cases += [(stage, "cli", 1), (stage, "dvc", 1)]
-        if stage == "curate":
+        if stage in PREFECT_FAST:
             cases.append((stage, "prefect", 1))
         else:
             cases.append(pytest.param(stage, "prefect", 1, marks=SLOW))
@@ -89,3 +101,20 @@ def test_a_killed_ray_worker_is_retried_and_the_stage_completes(
     """SIGKILL the first matching `ray::` process seen running: the run succeeds unaided with
     the uninterrupted run's result."""
     ray_worker_case(SPECS[stage], tmp_path, references(stage), RAY_WORKERS[stage])
+
+
+def test_a_killed_ray_train_worker_resumes_from_the_last_checkpoint(
+    references: Callable[[str], Reference], tmp_path: Path
+) -> None:
+    """Train on two Ray Train workers; once a checkpoint is on disk, SIGKILL a worker
+    (`ray::RayTrainWorker`): Ray Train restarts the worker group (`max_failures`), the workers
+    restore the last checkpoint (the run says it resumed at a step > 0) and the run ends with
+    the weights of an uninterrupted two-worker run, bit for bit (the train stage's promise)."""
+    ray_worker_case(
+        TRAIN_RAY,
+        tmp_path,
+        references("train-ray"),
+        ("RayTrainWorker",),
+        ready=train_checkpointed,
+        shows=r"resuming \S+ at step [1-9]\d*/",
+    )

@@ -29,14 +29,17 @@ in 61 s, two-node crawl + curate 122 s; the module 5 min 53 s. The manifest test
 
 The stages run through the runner (`tasks.runner.run_stage`, what `clipmill run` calls) in one
 driver process per run, which joins the cluster through `CLIPMILL_RAY_ADDRESS` (tasks/settings.py,
-tasks/raysession.py). The crawl runs with `CLIPMILL_DATA_ROOT=s3://clipmill/<run>`: its input
+tasks/raysession.py). Both run with `CLIPMILL_DATA_ROOT=s3://clipmill/<run>`: the crawl's input
 (the sample site and archives, uploaded to `<run>/sample`) comes through the runner's cache
 (tasks/io/dataroot.py), its shards and the LanceDB pool go straight into the bucket from the
-shard tasks on both nodes. Curate runs without the data root, with its pool URI in the bucket
-and `paths.crawl_dir` a local copy of the bucket's shards: under CLIPMILL_DATA_ROOT the runner
-first downloads every data dep dvc.yaml lists for curate (the teacher model, recaption's output,
-the eval sets), which this two-stage run does not make. The same input runs first on one node (a
-local Ray): the uids the crawl wrote and every curate decision must be equal.
+shard tasks on both nodes; curate's data dep is the crawl (this run's dvc.yaml lists only that:
+no teacher, recaption or eval sets are made here), downloaded into the driver's cache. The
+second node does not share that cache: where the machine allows a mount namespace (root, or
+unprivileged user namespaces) it runs with an empty tmpfs over the driver's cache folder, as a
+second machine's own disk, so its curate tasks must fetch the shards they read from the bucket
+(tasks/io/nodefetch.py) and get balancing's parts through Ray's object store. The same input
+runs first on one node (a local Ray): the uids the crawl wrote and every curate decision must be
+equal.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tasks import PROJECT_ROOT
 from tests.crawl.sitegen import build_sample
@@ -76,6 +80,9 @@ class RayCluster:
     env: dict[str, str]  # what a driver of this cluster needs (the token among it)
     groups: list[int] = field(default_factory=list)  # process group of each `ray start`
     logs: list[Path] = field(default_factory=list)
+    # the driver's cache folder, which the second node sees as its own empty disk (a tmpfs in
+    # its own mount namespace), as a second machine would; None where no namespace can be made
+    hidden: Path | None = None
 
     def stop(self) -> None:
         _stop_groups(self.groups)
@@ -104,7 +111,9 @@ def _stop_groups(groups: list[int]) -> None:
     psutil.wait_procs(alive, timeout=5)
 
 
-def _ray_start(args: list[str], env: dict[str, str], log: Path, groups: list[int]) -> None:
+def _ray_start(
+    args: list[str], env: dict[str, str], log: Path, groups: list[int], prefix: list[str]
+) -> None:
     """Run one `ray start` in a new process group, added to `groups` at once (the daemons it
     starts stay in it, so a start that fails or hangs is stopped with the rest). Ray waits a
     fixed 30 s for a node's raylet to register: on a loaded machine that can run out, and the
@@ -112,7 +121,7 @@ def _ray_start(args: list[str], env: dict[str, str], log: Path, groups: list[int
     for attempt in range(3):
         with log.open("ab") as out:
             proc = subprocess.Popen(
-                [RAY, "start", *args, "--disable-usage-stats"],
+                [*prefix, RAY, "start", *args, "--disable-usage-stats"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -131,11 +140,43 @@ def _ray_start(args: list[str], env: dict[str, str], log: Path, groups: list[int
         _stop_groups([groups.pop()])
 
 
+_MOUNT = 'mount -t tmpfs clipmill-node-disk "$0" && exec "$@"'
+
+
+def own_disk_prefix(folder: Path) -> list[str] | None:
+    """The command prefix that runs a process in its own mount namespace with an empty tmpfs
+    over `folder` (what it starts inherits both): root's `unshare -m`, else an unprivileged user
+    namespace (`unshare -rm`); None where this machine allows neither."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    for flags in (["-m"], ["-r", "-m"]):
+        prefix = [unshare, *flags, "--propagation", "private", "sh", "-c", _MOUNT, str(folder)]
+        probe = subprocess.run([*prefix, "true"], capture_output=True)
+        if probe.returncode == 0:
+            return prefix
+    return None
+
+
+def node_view(cluster: RayCluster, node: int, path: Path) -> Path:
+    """`path` as the processes of node `node` see it (/proc/PID/root: their mount namespace)."""
+    import psutil
+
+    for proc in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getpgid(proc.pid) == cluster.groups[node]:
+                return Path(f"/proc/{proc.pid}/root") / path.relative_to("/")
+    raise AssertionError(f"no process of node {node} is alive")
+
+
 def start_cluster(
-    temp: Path, log_dir: Path, node_env: dict[str, str], nodes: int = 2
+    temp: Path, log_dir: Path, node_env: dict[str, str], nodes: int = 2, hidden: Path | None = None
 ) -> RayCluster:
     """A head and `nodes - 1` workers, one CPU each, on free ports, with their own token.
-    `node_env`: what the nodes' workers need besides (the object store's credentials)."""
+    `node_env`: what the nodes' workers need besides (the object store's credentials).
+    `hidden`: a folder (the driver's data cache) that the non-head nodes each see as their own
+    empty disk, where the machine allows a mount namespace (`RayCluster.hidden` says)."""
     env = {
         **os.environ,
         **node_env,
@@ -149,6 +190,8 @@ def start_cluster(
     env.pop("CLIPMILL_RAY_ADDRESS", None)
     port, dash = servers.free_port(), servers.free_port()
     cluster = RayCluster(f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}", env)
+    own_disk = own_disk_prefix(hidden) if hidden is not None else None
+    cluster.hidden = hidden if own_disk is not None else None
     common = ["--num-cpus=1", "--object-store-memory=200000000", "--node-ip-address=127.0.0.1"]
     try:
         for i in range(nodes):
@@ -173,7 +216,7 @@ def start_cluster(
                 args += [f"--address={cluster.address}"]
             log = log_dir / f"ray-{name}.log"
             cluster.logs.append(log)
-            _ray_start(args, env, log, cluster.groups)
+            _ray_start(args, env, log, cluster.groups, own_disk if i and own_disk else [])
     except BaseException:
         cluster.stop()
         raise
@@ -188,7 +231,14 @@ def cluster(log_dir: Path, s3: servers.Server) -> Iterator[RayCluster]:
     try:
         # every node reads and writes the bucket: its credentials and endpoint are in the nodes'
         # environment (on Kubernetes: infra/kuberay's envFrom secret), never shipped by a driver
-        c = start_cluster(temp, log_dir, {**servers.s3_env(s3.url), "AWS_ALLOW_HTTP": "true"})
+        c = start_cluster(
+            temp,
+            log_dir,
+            # the nodes' workers import the code the drivers run (this checkout's)
+            {**servers.s3_env(s3.url), "AWS_ALLOW_HTTP": "true", "PYTHONPATH": str(PROJECT_ROOT)},
+            hidden=temp / "driver-cache",
+        )
+        print(f"second node's own disk over the driver's cache: {c.hidden is not None}")
         print(f"two-node Ray cluster up in {time.monotonic() - started:.0f} s at {c.address}")
         yield c
     finally:
@@ -212,7 +262,7 @@ def _stage_env(root: Path, s3: servers.Server, extra: dict[str, str]) -> dict[st
 # the cluster named by CLIPMILL_RAY_ADDRESS (tasks/raysession.py) as its own Ray job; for the
 # one-node run a local Ray is started first and both stages join it (one start, not two: on a
 # loaded 2-core machine a Ray start is the slowest part). Steps: ["stage", name, overrides],
-# ["copy", bucket path, local folder], ["tasks", dashboard URL, output JSON: the tasks and the
+# ["tasks", dashboard URL, output JSON: the tasks and the
 # alive nodes the state API lists], ["env", {name: value or None}] (for the next stages).
 DRIVER = """
 import json, sys
@@ -238,9 +288,6 @@ for step in spec["steps"]:
         get_settings.cache_clear()
     elif step[0] == "stage":
         run_stage(step[1], overrides=step[2], door="python")
-    elif step[0] == "copy":
-        import s3fs
-        s3fs.S3FileSystem().get(step[1] + "/", step[2], recursive=True)
     elif step[0] == "tasks":
         from ray.util.state import list_tasks
         found = list_tasks(address=step[1], limit=10000, detail=True, raise_on_missing_output=False)
@@ -265,7 +312,14 @@ def _pipeline(
     (root / "params").mkdir(parents=True)
     for path in (PROJECT_ROOT / "params").glob("*.yaml"):
         shutil.copy(path, root / "params" / path.name)
-    shutil.copy(PROJECT_ROOT / "dvc.yaml", root / "dvc.yaml")  # the data root layer reads it
+    # the data root layer reads the stages' data deps from dvc.yaml: this two-stage run's
+    # curate reads the crawl only (no teacher, recaption or eval sets: see its params below)
+    dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    deps = dvc["stages"]["curate"]["deps"]
+    dvc["stages"]["curate"]["deps"] = [d for d in deps if not d.startswith("data/")] + [
+        "data/crawl"
+    ]
+    (root / "dvc.yaml").write_text(yaml.safe_dump(dvc, sort_keys=False))
     fs = s3fs.S3FileSystem(
         key=servers.S3_KEY, secret=servers.S3_SECRET, client_kwargs={"endpoint_url": s3.url}
     )
@@ -273,7 +327,6 @@ def _pipeline(
     build_sample(site)
     fs.put(str(site) + "/", f"{BUCKET}/{prefix}/sample", recursive=True)
     crawl_uri, lance_uri = f"{data_root}/crawl", f"{data_root}/lancedb"
-    local_crawl = tmp / "crawl-copy"  # curate reads the images from local shards (see above)
     metadata = tmp / "metadata.txt"
     metadata.write_text("\n".join(METADATA) + "\n")
     # crawl's default paths under CLIPMILL_DATA_ROOT: data/sample comes from the bucket through
@@ -287,9 +340,6 @@ def _pipeline(
     }
     curate = {
         "steps": ["basic", "exact_dedup", "perceptual_dedup", "balance"],
-        "paths.pool_uri": lance_uri,
-        "paths.crawl_dir": str(local_crawl),
-        "paths.out_dir": str(tmp / "curate"),
         "paths.clip_model": None,
         "paths.decontaminate_dir": None,
         "metadata.wordnet": None,
@@ -300,12 +350,12 @@ def _pipeline(
         "outputs.shard_size": 4,
         "outputs.report_examples": 0,
     }
-    shared = {"CLIPMILL_DATA_ROOT": data_root, "CLIPMILL_DATA_CACHE": str(tmp / "cache")}
+    # on the cluster the driver's cache is the folder the second node cannot see
+    cache = cluster.hidden if cluster is not None and cluster.hidden else tmp / "cache"
+    shared = {"CLIPMILL_DATA_ROOT": data_root, "CLIPMILL_DATA_CACHE": str(cache)}
     steps: list[list[Any]] = [["env", shared], ["stage", "crawl", crawl]]
     if cluster is not None:
         steps.append(["tasks", cluster.dashboard, str(tmp / "tasks-crawl.json")])
-    steps += [["copy", crawl_uri.removeprefix("s3://"), str(local_crawl)]]
-    steps += [["env", {"CLIPMILL_DATA_ROOT": None, "CLIPMILL_LANCEDB_URI": lance_uri}]]
     steps += [["stage", "curate", curate]]
     if cluster is not None:
         steps.append(["tasks", cluster.dashboard, str(tmp / "tasks-all.json")])
@@ -325,6 +375,7 @@ def _pipeline(
     print(f"{time.monotonic() - started:.0f} s")
     assert proc.returncode == 0, f"driver failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     out: dict[str, Any] = {"tmp": tmp, "crawl_uri": crawl_uri, "lance_uri": lance_uri, "fs": fs}
+    out["cache"], out["data_root"] = cache, data_root
     if cluster is not None:
         crawl_tasks = json.loads((tmp / "tasks-crawl.json").read_text())["tasks"]
         after = json.loads((tmp / "tasks-all.json").read_text())
@@ -421,10 +472,33 @@ def test_same_uids_and_decisions_as_one_node(
     assert decisions == _decisions(one_node, s3)
     import pyarrow.parquet as pq
 
-    two, one = (
-        pq.read_table(r["tmp"] / "curate/subset_uids.parquet") for r in (two_node, one_node)
-    )
-    assert two.column("uid").to_pylist() == one.column("uid").to_pylist()
+    fs = two_node["fs"]
+    subsets = []
+    for run in (two_node, one_node):  # curate's output, pushed to the bucket by the runner
+        with fs.open(run["data_root"].removeprefix("s3://") + "/curate/subset_uids.parquet") as fh:
+            subsets.append(pq.read_table(fh).column("uid").to_pylist())
+    assert subsets[0] == subsets[1] and subsets[0]
+
+
+def test_the_second_node_read_the_shards_from_the_bucket_into_its_own_cache(
+    two_node: dict[str, Any], cluster: RayCluster
+) -> None:
+    """The second node's view of the driver's cache folder is its own (empty) disk: its curate
+    tasks found no shard there and fetched what they read from the bucket
+    (tasks/io/nodefetch.py), nothing else; the driver's side holds every shard and its own
+    intermediate files (balancing's matches), which the tasks got through Ray's object store."""
+    if cluster.hidden is None:
+        pytest.skip("this machine allows no mount namespace: the nodes share the cache folder")
+    cache: Path = two_node["cache"]
+    driver = {p.relative_to(cache).as_posix() for p in cache.rglob("*") if p.is_file()}
+    view = node_view(cluster, 1, cache)
+    seen = {p.relative_to(view).as_posix() for p in view.rglob("*") if p.is_file()}
+    shards = {k for k in driver if k.startswith("crawl/shards/") and k.endswith(".tar")}
+    fetched = {k for k in seen if k.endswith(".tar")}
+    assert shards and any(k.startswith("curate/matches/") for k in driver), sorted(driver)
+    assert fetched and fetched <= shards, (sorted(seen), sorted(shards))
+    assert all(k.startswith("crawl/shards/") for k in seen), sorted(seen)
+    assert not any(k.startswith("sample/") for k in seen)
 
 
 INFRA = PROJECT_ROOT / "infra"

@@ -75,21 +75,28 @@ def _files(folder: Path, digest: str = "md5") -> dict[str, str]:
     }
 
 
-def _run(stage: str, project: Path, env: dict[str, str], timeout: int = 600) -> dict[str, Any]:
-    """`clipmill run STAGE` in the project; its metrics. One retry when a local Ray could not
-    boot within Ray's fixed 30 s (an overloaded shared CI machine), nothing else."""
-    for attempt in range(2):
+def _run(
+    stage: str,
+    project: Path,
+    env: dict[str, str],
+    timeout: int = 600,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`clipmill run STAGE [-s key=value ...]` in the project; its metrics. Up to two retries
+    when a local Ray could not boot within Ray's fixed 30 s (an overloaded shared CI machine)."""
+    sets = [a for k, v in (overrides or {}).items() for a in ("-s", f"{k}={json.dumps(v)}")]
+    for attempt in range(3):
         proc = subprocess.run(
-            [bin_path("clipmill"), "run", stage],
+            [bin_path("clipmill"), "run", stage, *sets],
             cwd=project,
             env=env,
             capture_output=True,
             text=True,
             timeout=timeout,
         )
-        if attempt or "Ray failed to start: The current node timed out" not in proc.stderr:
+        if attempt == 2 or "Ray failed to start: The current node timed out" not in proc.stderr:
             break
-        print(f"{stage}: Ray did not boot in time on a loaded machine; retrying once")
+        print(f"{stage}: Ray did not boot in time on a loaded machine; retrying")
     assert proc.returncode == 0, f"{stage} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     metrics: dict[str, Any] = json.loads((project / "metrics" / f"{stage}.json").read_text())
     return metrics

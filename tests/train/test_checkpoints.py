@@ -54,3 +54,33 @@ def test_corrupt_train_checkpoint_is_refused(tmp_path: Path) -> None:
         CheckpointError, match=r"checkpoint_00000004: file model.safetensors is corrupt"
     ):
         load_train_state(path, built.model, opt)
+
+
+def test_restore_skips_a_checkpoint_cut_short_and_takes_the_newest_whole_one(
+    tmp_path: Path,
+) -> None:
+    """A Ray Train worker killed while Ray copied checkpoint 6 into storage leaves its folder
+    with a manifest and a file cut short: the restart resumes from checkpoint 3 (exact too)
+    instead of failing on every restart."""
+    from tasks.train.params import TrainParams
+    from tasks.train.worker import Checkpointer
+
+    torch.manual_seed(0)
+    built = build_model("clipmill-tiny-vit")
+    opt = torch.optim.AdamW(built.model.parameters())
+    want = {k: v.clone() for k, v in built.model.state_dict().items()}
+    save_local_checkpoint(tmp_path, 3, built.model, opt, {"step": 3, "history": []}, keep=2)
+    with torch.no_grad():
+        for param in built.model.parameters():
+            param.add_(1.0)
+    newest = save_local_checkpoint(tmp_path, 6, built.model, opt, {"step": 6}, keep=2)
+    data = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(data[: len(data) // 2])  # the copy cut short
+
+    p = TrainParams(shards=str(tmp_path), run_root=str(tmp_path), registered_model_name="")
+    ckpt = Checkpointer(p, tmp_path, rank=0, world=1, local_mode=True)
+    fresh = build_model("clipmill-tiny-vit").model
+    state = ckpt.restore(fresh, torch.optim.AdamW(fresh.parameters()))
+    assert state["step"] == 3 and ckpt.last_path.endswith("checkpoint_00000003")
+    got = fresh.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)

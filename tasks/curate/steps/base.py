@@ -109,6 +109,8 @@ def embeddings(rows: pa.Table, column: str) -> tuple[np.ndarray, np.ndarray]:
     )
     mask = np.array([v is not None for v in values], dtype=bool)
     dim = next((len(v) for v in values if v is not None), 0)
+    if dim == 0:  # no row has one (or no rows: a streamed block nothing reached)
+        return np.zeros((0, 0), dtype=np.float32), mask
     mat = np.array([v for v in values if v is not None], dtype=np.float32).reshape(-1, dim)
     return mat, mask
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 
 from tasks.curate.params import BasicParams
@@ -15,25 +17,25 @@ def detect_language(text: str) -> str:
     return py3langid.classify(text)[0]
 
 
-def _size(rows: pa.Table, name: str, i: int) -> int | None:
+def _size(cols: dict[str, list[Any]], name: str, i: int) -> int | None:
     for col in (f"original_{name}", name):
-        if col in rows.column_names:
-            value = rows.column(col)[i].as_py()
+        if col in cols:
+            value = cols[col][i]
             if value is not None:
                 return int(value)
     return None
 
 
-def _reason(rows: pa.Table, i: int, text: str, p: BasicParams) -> str | None:
+def _reason(cols: dict[str, list[Any]], i: int, text: str, p: BasicParams) -> str | None:
     if p.languages:
-        lang = rows.column("language")[i].as_py() if "language" in rows.column_names else None
+        lang = cols["language"][i] if "language" in cols else None
         if (lang or detect_language(text)) not in p.languages:
             return "language"
     if len(text.split()) < p.min_words:
         return "too_few_words"
     if len(text) < p.min_chars:
         return "too_few_chars"
-    w, h = _size(rows, "width", i), _size(rows, "height", i)
+    w, h = _size(cols, "width", i), _size(cols, "height", i)
     if w is None or h is None or min(w, h) <= 0:
         return "image_size_unknown"
     if min(w, h) < p.min_side:
@@ -51,5 +53,8 @@ class Basic(Step[BasicParams]):
 
     def __call__(self, rows: pa.Table, ctx: StepContext) -> StepResult:
         texts = rows.column("text").to_pylist()
-        reasons = [_reason(rows, i, t or "", self.params) for i, t in enumerate(texts)]
+        wanted = ("language", "width", "height", "original_width", "original_height")
+        # columns as lists once: per-row scalar access costs ~10x (streamed blocks of 64k rows)
+        cols = {c: rows.column(c).to_pylist() for c in wanted if c in rows.column_names}
+        reasons = [_reason(cols, i, t or "", self.params) for i, t in enumerate(texts)]
         return StepResult.from_reasons(reasons)

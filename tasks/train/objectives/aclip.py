@@ -9,12 +9,16 @@ Per step and sample:
    the three views with its own transforms from the raw image; ours needs no change to the reader).
 2. Attention. An EMA copy of the WHOLE model (both towers and projections, momentum on a cosine
    schedule aclip.momentum_start -> aclip.momentum_end per step, `tasks.train.ema`) encodes the
-   zoom-out view unmasked; its CLS -> patch attention is averaged over heads and over ALL blocks.
+   zoom-out view unmasked (under inference_mode, in bf16 where the hardware has native bf16
+   matmuls: only the ranking of blocks is read; the forward stops once the last block's attention
+   row is recorded unless the BYOL term needs the embedding); its CLS -> patch attention is
+   averaged over heads and over ALL blocks.
 3. Masks. For each online view the map is cut to its box, resized to the patch grid, pooled to 2x2
    patch blocks, and the top `N - int(N * mask_ratio)` blocks are kept (`masking.select_patches`).
    The mask applies at any ratio > 0 (the release only masks with ratio > 0 and its default is 0,
    so by default it trains unmasked; our default ratio is 0.5).
-4. Loss: `0.5 * L(view1, text) + 0.5 * L(view2, text)` with the run's contrastive loss (CLIP or
+4. Loss: `0.5 * L(view1, text) + 0.5 * L(view2, text)`, the text tower run once per step (on the
+   batch's used columns, `tasks.clip.texttrim`) and shared by both views, with the run's loss (CLIP or
    SigLIP), plus the optional self-supervised terms (weights default 0):
    `aclip.simclr_weight * NT-Xent(z1, z2; tau = aclip.simclr_temperature)` over the two online
    views' normalised image embeddings of this worker's batch, and
@@ -32,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from tasks.clip.texttrim import encode_text
 from tasks.train.ema import EmaModel, momentum_at
 from tasks.train.loop import LOSSES, _loss_of
 from tasks.train.objectives.base import Batch, ObjectiveBase
@@ -60,6 +65,21 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     n = len(z1)
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(sim, target)
+
+
+def map_autocast(device: Any) -> Any:
+    """bf16 autocast for the EMA forward where bf16 matmuls are native (CUDA, or a CPU with
+    AVX512-BF16/AMX through oneDNN: ~1.8x faster than fp32 on this machine's EPYC); else none."""
+    from contextlib import nullcontext
+
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    native_cpu_bf16 = torch.backends.mkldnn.is_available() and bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+    if device.type == "cpu" and native_cpu_bf16:
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 class AClipObjective(ObjectiveBase):
@@ -94,7 +114,9 @@ class AClipObjective(ObjectiveBase):
         recorder = AttentionRecorder(visual, stop_at_last=not need_embedding)
         ema_embedding: Tensor | None = None
         try:
-            with torch.inference_mode():  # no autograd bookkeeping at all for the EMA forward
+            # no autograd bookkeeping at all, and bf16 where the hardware has it: only the map's
+            # ranking of blocks is read (the release runs this forward under its AMP as well)
+            with torch.inference_mode(), map_autocast(images.device):
                 ema_embedding = visual(images)
         except MapComplete:
             pass
@@ -118,7 +140,7 @@ class AClipObjective(ObjectiveBase):
             for _ in range(2)
         ]
         keeps, ema_embedding = self.masks(images, boxes)
-        text = model.encode_text(batch.texts, normalize=True)
+        text = encode_text(model, batch.texts, normalize=True)
         out: dict[str, Any] = {"text_features": text, "logit_scale": model.logit_scale.exp()}
         if getattr(model, "logit_bias", None) is not None:
             out["logit_bias"] = model.logit_bias

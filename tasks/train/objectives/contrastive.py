@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tasks.clip.texttrim import clip_forward
 from tasks.train.loop import LOSSES, _loss_of
 from tasks.train.objectives.base import Batch, ObjectiveBase
 from tasks.train.objectives.masking import PatchKeep, install_patch_keep
@@ -57,7 +58,7 @@ class ContrastiveObjective(ObjectiveBase):
 
     def loss(self, model: Any, batch: Batch, step: int) -> Tensor:
         ratio = self.flip.set_step(step)
-        loss = _loss_of(self.loss_fn, model(batch.images, batch.texts))
+        loss = _loss_of(self.loss_fn, clip_forward(model, batch.images, batch.texts))
         self._terms = {"patch_dropout": ratio} if self.flip.keeper is not None else {}
         return loss
 
@@ -70,11 +71,11 @@ class ContrastiveObjective(ObjectiveBase):
         self.flip.set_step(step)
         imgs, txts = batch.images.chunk(accum), batch.texts.chunk(accum)
         with torch.no_grad(), amp:
-            cached = [model(i, t) for i, t in zip(imgs, txts, strict=True)]
+            cached = [clip_forward(model, i, t) for i, t in zip(imgs, txts, strict=True)]
         loss = None
         for j, (i, t) in enumerate(zip(imgs, txts, strict=True)):
             with amp:
-                out = model(i, t)
+                out = clip_forward(model, i, t)
                 feats = {
                     k: torch.cat([out[k] if m == j else c[k] for m, c in enumerate(cached)])
                     for k in ("image_features", "text_features")

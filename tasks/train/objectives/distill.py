@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tasks.clip.texttrim import clip_forward, encode_text
 from tasks.train.distill import affinity_loss, mobileclip_loss
 from tasks.train.objectives.base import Batch, ObjectiveBase
 from tasks.train.params import TrainParams
@@ -102,13 +103,13 @@ class DistillObjective(ObjectiveBase):
         return img, txt
 
     def loss(self, model: Any, batch: Batch, step: int) -> Tensor:
-        out = model(batch.images, batch.texts)
+        out = clip_forward(model, batch.images, batch.texts)
         image = self._gather(out["image_features"])
         texts = [
             self._gather(
                 out["text_features"]
                 if f is None
-                else model.encode_text(batch.extras[f"texts:{c}"], normalize=True)
+                else encode_text(model, batch.extras[f"texts:{c}"], normalize=True)
             )
             for c, f in enumerate(self.types)
         ]

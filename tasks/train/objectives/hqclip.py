@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tasks.clip.texttrim import clip_forward, encode_text
 from tasks.train.data import Picked
 from tasks.train.hqclip import (
     build_vocab,
@@ -131,13 +132,13 @@ class HQClipObjective(ObjectiveBase):
     def loss(self, model: Any, batch: Batch, step: int) -> Tensor:
         import torch
 
-        out = model(batch.images, batch.texts)
+        out = clip_forward(model, batch.images, batch.texts)
         img, txt, scale = out["image_features"], out["text_features"], out["logit_scale"]
         img, txt = self._gather(img), self._gather(txt)
         has_neg = batch.extras["has_negative"]
         neg = txt[:0]
         if self.cfg.negative_weight > 0 and (self.world > 1 or bool(has_neg.any())):
-            neg = self._gather(model.encode_text(batch.extras["neg_texts"], normalize=True))
+            neg = self._gather(encode_text(model, batch.extras["neg_texts"], normalize=True))
             has_neg = self._gather(has_neg.to(torch.uint8), grad=False).bool()  # gloo: no bool
         con = hard_negative_clip_loss(img, txt, neg, has_neg, scale, self.cfg.negative_weight)
         self._terms = {"contrastive": float(con.detach())}

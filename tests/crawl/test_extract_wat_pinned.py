@@ -1,0 +1,205 @@
+"""The fast WAT extractor gives exactly what the pre-issue-17 one gave (tests/crawl/wat_reference.py).
+
+The fixture WAT holds the cases a fast path could get wrong: relative, protocol-relative and
+`<base>`-resolved links, fragments, empty queries and params, upper-case schemes, control
+characters, non-ASCII hosts, credentials, junk schemes, texts that repeat or are too short for
+a language, non-string alts, request / warcinfo records, bad JSON, and pages without images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tasks.crawl.archive import ExtractResult
+from tasks.crawl.extract_wat import extract_wat
+from tasks.crawl.htmlimg import absolute_url, image_url
+
+from .sitegen import build_sample
+from .wat_reference import absolute_url as reference_absolute_url
+from .wat_reference import reference_extract_wat
+
+PAGE = "http://h.test/dir/page.html"
+SRCS = [
+    "http://h.test/a.jpg",
+    "https://cdn.test/b.png?w=200&h=100",
+    "c.jpg",
+    "../up/d.jpg",
+    "/root/e.jpg",
+    "//proto.test/f.jpg",
+    "http://h.test/g.jpg#frag",
+    "http://h.test/h.jpg?",
+    "http://h.test/i.jpg;",
+    "http://h.test/j;p=1/k.jpg",
+    "HTTP://H.TEST/UPPER.JPG",
+    "  http://h.test/spaced.jpg  ",
+    "http://h.test/tab\tnew\nline.jpg",
+    "http://bücher.test/ü.jpg",
+    "http://h.test/caf%C3%A9.jpg",
+    "http://user:pw@h.test/cred.jpg",
+    "http://h.test:8080/port.jpg",
+    "http://[::1]/v6.jpg",
+    "http://[bad/v6.jpg",
+    "http:///nohost.jpg",
+    "http://h.test",
+    "http://h.test?q=1",
+    "https:relative.jpg",
+    "data:image/png;base64,AAAA",
+    "javascript:void(0)",
+    "mailto:x@h.test",
+    "#top",
+    "ftp://h.test/x.jpg",
+    "",
+    "http://h.test/dup.jpg",
+    "http://h.test/dup.jpg",
+]
+TEXTS: list[dict[str, Any]] = [
+    {"alt": "a red fox in the snow"},
+    {"alt": "ein roter Fuchs im Schnee", "title": "Fuchs"},
+    {"alt": "  many   spaces\n here  ", "title": "many spaces here"},
+    {"alt": "ab"},
+    {"alt": "", "title": "le renard roux dans la neige", "data-image-title": "renard"},
+    {"alt": 42, "title": "non-string alt"},
+    {},
+    {"alt": "a red fox in the snow"},
+    {"alt": "\u00a0non-breaking\u00a0spaces ", "title": " leading space"},
+    {"alt": "tab\tand\u2028line separator", "data-image-title": "Ünïcödé ☃ text"},
+]
+
+
+def _links(seed: int) -> list[Any]:
+    rng = random.Random(seed)
+    links: list[Any] = []
+    for i, src in enumerate(SRCS):
+        link: dict[str, Any] = {"path": "IMG@/src" if i % 5 else "IMG@/data-src", "url": src}
+        link.update(TEXTS[rng.randrange(len(TEXTS))])
+        links.append(link)
+        links.append({"path": "A@/href", "url": src, "text": "a link"})
+    links += ["not a dict", {"path": "IMG@/src"}, {"path": "IMG@/src", "url": None, "alt": "x"}]
+    return links
+
+
+def _doc(url: str, links: list[Any], base: str | None = None, kind: str = "response") -> bytes:
+    head = {"Base": base} if base is not None else {}
+    return json.dumps(
+        {
+            "Envelope": {
+                "WARC-Header-Metadata": {"WARC-Type": kind, "WARC-Target-URI": url},
+                "Payload-Metadata": {
+                    "HTTP-Response-Metadata": {"HTML-Metadata": {"Head": head, "Links": links}}
+                },
+            }
+        },
+        separators=(",", ":") if len(url) % 2 else (", ", ": "),
+    ).encode()
+
+
+def write_records(out: Path, payloads: list[tuple[str, bytes]], gzip: bool = True) -> None:
+    """A WAT-shaped WARC: one record per (WARC-Type, payload), the way write_wat makes them."""
+    from warcio.warcwriter import WARCWriter
+
+    with out.open("wb") as fh:
+        writer = WARCWriter(fh, gzip=gzip)
+        for i, (rec_type, payload) in enumerate(payloads):
+            rec = writer.create_warc_record(
+                f"http://h.test/meta{i}",
+                rec_type,
+                payload=io.BytesIO(payload),
+                warc_content_type="application/json",
+            )
+            writer.write_record(rec)
+
+
+def tricky_payloads() -> list[tuple[str, bytes]]:
+    return [
+        ("warcinfo", b"software: test\r\n"),
+        ("metadata", _doc(PAGE, _links(1))),
+        ("metadata", _doc(PAGE, _links(2), kind="request")),
+        ("metadata", _doc("https://s.test/p/q.html", _links(3))),  # http links from https
+        ("metadata", _doc("http://h.test/x/", _links(4), base="../base/")),
+        ("metadata", _doc("http://h.test/y", _links(5), base="http://cdn.test/s/")),
+        ("metadata", _doc("http://h.test/z", _links(6), base="javascript:junk")),
+        ("metadata", _doc("http://h.test/none", [{"path": "A@/href", "url": "x"}])),
+        ("metadata", b"{not json"),
+        ("metadata", b"[1, 2]"),
+        ("metadata", b'{"Envelope": null}'),
+        ("metadata", b'{"Envelope": {"WARC-Header-Metadata": {"WARC-Type": "response"}}}'),
+        ("resource", _doc("http://h.test/resource", _links(7))),
+        ("metadata", _doc("http://h.test/last", _links(8))),
+    ]
+
+
+def _rows(res: ExtractResult) -> list[tuple[str, tuple[str, ...], str, str, str]]:
+    return [(r.url, tuple(r.texts), r.page_url, r.language, r.source) for r in res.refs]
+
+
+def assert_same(res: ExtractResult, ref: ExtractResult) -> None:
+    assert _rows(res) == _rows(ref)
+    assert (res.records, res.pages, dict(res.errors)) == (ref.records, ref.pages, dict(ref.errors))
+
+
+@pytest.mark.parametrize("gzip", [True, False])
+def test_tricky_wat_gives_the_reference_refs(tmp_path: Path, gzip: bool) -> None:
+    path = tmp_path / ("t.wat.gz" if gzip else "t.wat")
+    write_records(path, tricky_payloads(), gzip=gzip)
+    res, ref = extract_wat(str(path)), reference_extract_wat(str(path))
+    assert len(ref.refs) > 100 and {r.language for r in ref.refs} >= {"", "en", "de", "fr"}
+    assert ref.errors["bad_json"] == 2 and ref.pages == 8
+    assert_same(res, ref)
+
+
+def test_sample_site_wat_gives_the_reference_refs(tmp_path: Path) -> None:
+    build_sample(tmp_path, n_gallery=6)
+    path = str(tmp_path / "archives/site.wat.gz")
+    res, ref = extract_wat(path), reference_extract_wat(path)
+    assert ref.refs
+    assert_same(res, ref)
+
+
+def test_cut_and_broken_files_fail_the_same_way(tmp_path: Path) -> None:
+    whole = tmp_path / "t.wat.gz"
+    write_records(whole, tricky_payloads())
+    data = whole.read_bytes()
+    for frac in [i / 20 for i in range(1, 20)]:
+        cut = tmp_path / f"cut{frac}.wat.gz"
+        cut.write_bytes(data[: int(len(data) * frac)])
+        res, ref = extract_wat(str(cut)), reference_extract_wat(str(cut))
+        assert _rows(res) == _rows(ref)
+        assert res.errors["truncated_record"] + res.errors["bad_gzip"] == 1, res.errors
+        assert res.pages == ref.pages and str(cut) in res.error_details[-1]
+    plain = tmp_path / "t.wat"
+    write_records(plain, tricky_payloads(), gzip=False)
+    raw = plain.read_bytes()
+    short = tmp_path / "short.wat"
+    short.write_bytes(raw[: len(raw) - 300])  # the last record lacks bytes its length declared
+    res, ref = extract_wat(str(short)), reference_extract_wat(str(short))
+    assert _rows(res) == _rows(ref) and res.errors["truncated_record"] == 1
+    junk = tmp_path / "junk.wat"
+    junk.write_bytes(b"this is not a warc file at all\n" * 10)
+    res = extract_wat(str(junk))
+    assert sum(res.errors.values()) == 1 and not res.refs and str(junk) in res.error_details[0]
+
+
+def test_image_url_fast_path_equals_urljoin() -> None:
+    """The string fast paths must give absolute_url's answer on every link and page URL."""
+    rng = random.Random(0)
+    pieces = ["../", "./", "http://", "https://", "HTTP://", "//", "h.test", "a", "b.jpg", "/", "?", "#", ";",
+              ":", "@", "[", "]", "..", ".", "%20", " ", "\t", "\n", "ü", "x=1", "&", "\\", "\x00"]  # fmt: skip
+
+    def fuzz(n: int) -> list[str]:
+        return ["".join(rng.choice(pieces) for _ in range(rng.randrange(1, 9))) for _ in range(n)]
+
+    bases = [PAGE, "https://s.test/p/", "http://h.test", "http://h.test?q=1", "http://h.test/a//b/c",
+             "http://h.test/a/./b/../c", "http://u@h.test:81/d/e?f", "HTTP://h.test/x/y", ""]  # fmt: skip
+    bases += ["http://h.test/" + b for b in fuzz(60)] + ["http://" + b for b in fuzz(30)] + fuzz(30)
+    refs = SRCS + fuzz(600) + ["http://" + r for r in fuzz(150)] + ["/" + r for r in fuzz(150)]
+    for base in bases:
+        for ref in refs:
+            want = reference_absolute_url(ref, base)
+            assert absolute_url(ref, base) == want, (ref, base)
+            assert image_url(ref, base) == want, (ref, base)
