@@ -125,6 +125,12 @@ def extract_to_parts(spec: ExtractSpec) -> dict[str, Any]:
 
     Runs as one Ray task per file. A WAT/WARC file is extracted whole by its extractor (one
     file's refs, bounded by the file); a URL list is read chunk by chunk."""
+    from tasks.io.nodefetch import ensure_local
+
+    # a local input under the bucket data root's cache: on another node of a cluster that folder
+    # is this node's own and empty until fetched (a no-op everywhere else)
+    if "://" not in spec.uri:
+        ensure_local(spec.uri)
     task = spec.task if spec.task >= 0 else spec.index
     writer = PartWriter(spec.work_dir, task, spec.partitions)
     out: dict[str, Any] = {"kind": spec.kind, "index": spec.index, "task": task, "uri": spec.uri}

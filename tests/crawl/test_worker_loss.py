@@ -99,6 +99,7 @@ def _kill_shard_worker(proc: subprocess.Popen, out: Path) -> int:
     pytest.fail(f"no shard worker to kill mid-shard (exit {proc.poll()}): {output}")
 
 
+@pytest.mark.slow  # the same kill runs by default in tests/faults/test_crawl_faults.py
 def test_worker_killed_mid_shard_is_rerun_and_nothing_is_duplicated(tmp_path, bad_server):
     name = "retried"
     proc = _cli(_params(tmp_path, bad_server.base, name, retries=3), tmp_path)
