@@ -483,9 +483,10 @@ def test_same_uids_and_decisions_as_one_node(
 def test_the_second_node_read_the_shards_from_the_bucket_into_its_own_cache(
     two_node: dict[str, Any], cluster: RayCluster
 ) -> None:
-    """The second node's view of the driver's cache folder is its own (empty) disk: its curate
-    tasks found no shard there and fetched what they read from the bucket
-    (tasks/io/nodefetch.py), nothing else; the driver's side holds every shard and its own
+    """The second node's view of the driver's cache folder is its own (empty) disk: its tasks
+    found nothing there and fetched what they read from the bucket (tasks/io/nodefetch.py) —
+    curate's tasks the crawl shards, the crawl's extraction tasks (one per input file) the
+    archives they extract — nothing else; the driver's side holds every shard and its own
     intermediate files (balancing's matches), which the tasks got through Ray's object store."""
     if cluster.hidden is None:
         pytest.skip("this machine allows no mount namespace: the nodes share the cache folder")
@@ -497,8 +498,9 @@ def test_the_second_node_read_the_shards_from_the_bucket_into_its_own_cache(
     fetched = {k for k in seen if k.endswith(".tar")}
     assert shards and any(k.startswith("curate/matches/") for k in driver), sorted(driver)
     assert fetched and fetched <= shards, (sorted(seen), sorted(shards))
-    assert all(k.startswith("crawl/shards/") for k in seen), sorted(seen)
-    assert not any(k.startswith("sample/") for k in seen)
+    inputs = ("crawl/shards/", "sample/archives/")
+    assert all(k.startswith(inputs) for k in seen), sorted(seen)
+    assert not any(k.startswith("sample/") and not k.startswith("sample/archives/") for k in seen)
 
 
 INFRA = PROJECT_ROOT / "infra"
