@@ -10,7 +10,12 @@ def list_tars(folder: Path) -> list[Path]:
     """The *.tar shards of the folder, sorted; a clear error naming the folder when there are none."""
     tars = sorted(folder.glob("*.tar")) if folder.is_dir() else []
     if not tars:
-        where = "does not exist" if not folder.exists() else "holds no *.tar shards"
+        where = (
+            "does not exist"
+            if not folder.exists()
+            else "holds no *.tar shards (a crawl written with output.output_format=files or "
+            "parquet: decontaminate reads webdataset only)"
+        )
         raise FileNotFoundError(
             f"decontaminate: shards folder {folder} {where} (run the crawl stage first)"
         )
