@@ -195,7 +195,7 @@ def result(ours: float, baseline: float, unit: str, target: float, **extra: Any)
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=192, help="images captioned by each side")
+    ap.add_argument("--rows", type=int, default=384, help="images captioned by each side")
     ap.add_argument("--model", default="random:clipmill-tiny-coca", help="CoCa reference")
     ap.add_argument("--tokens", type=int, default=20, help="tokens generated per caption")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "recaption.json"))
