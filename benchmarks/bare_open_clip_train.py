@@ -6,6 +6,11 @@ model's training (or eval) transform, AdamW with open_clip's no-decay groups, li
 cosine, gradient clipping, logit-scale clamp, and an open_clip-style checkpoint at the end.
 Nothing from clipmill is imported: the repo's model configs are handed to open_clip by path.
 Usage: python benchmarks/bare_open_clip_train.py --shards DIR --out FILE [--steps N] [--batch B]
+For the two-process hardware ceiling (benchmarks/train_overhead.py `two_processes_ceiling`):
+`--threads 1 --part 0/2 --ready-go` trains on every second shard with one torch thread, and waits
+after its set-up for a line on stdin so that two copies step at the same time; it prints the
+median step time (the first step, which fills the shuffle buffer, left out) and the CPU
+seconds of its loop.
 """
 
 from __future__ import annotations
@@ -31,6 +36,13 @@ def main() -> None:
     parser.add_argument("--shuffle", type=int, default=512, help="shuffle buffer (samples)")
     parser.add_argument("--augment", action="store_true", help="training transform")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0 = torch's default)"
+    )
+    parser.add_argument("--part", default="", help="I/N: train on shards[I::N] only")
+    parser.add_argument(
+        "--ready-go", action="store_true", help="print READY after set-up, wait for a stdin line"
+    )
     args = parser.parse_args()
 
     import open_clip
@@ -38,12 +50,17 @@ def main() -> None:
     import webdataset as wds
     from open_clip_train.scheduler import cosine_lr
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     open_clip.add_model_config(CONFIGS)
     torch.manual_seed(args.seed)
     model, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(args.model)
     preprocess = preprocess_train if args.augment else preprocess_val
     tokenizer = open_clip.get_tokenizer(args.model)
     shards = sorted(glob.glob(os.path.join(args.shards, "*.tar")))
+    if args.part:
+        index, count = (int(x) for x in args.part.split("/"))
+        shards = shards[index::count]
     data = (
         wds.WebDataset(shards, resampled=True, shardshuffle=False, seed=args.seed)
         .shuffle(args.shuffle)
@@ -71,8 +88,13 @@ def main() -> None:
     loss_fn = open_clip.ClipLoss()
     model.train()
     it = iter(data)
-    started = time.perf_counter()
+    if args.ready_go:
+        print("READY", flush=True)
+        input()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    step_times: list[float] = []
     for step in range(args.steps):
+        step_started = time.perf_counter()
         images, texts = next(it)
         scheduler(step)
         optimizer.zero_grad()
@@ -83,9 +105,10 @@ def main() -> None:
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)
+        step_times.append(time.perf_counter() - step_started)
         if step % 10 == 0 or step + 1 == args.steps:
             print(f"step {step} loss {loss.item():.4f}", flush=True)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     torch.save(
         {
             "epoch": 1,
@@ -95,6 +118,8 @@ def main() -> None:
         },
         args.out,
     )
+    steady = sorted(step_times[1:] or step_times)
+    print(f"median step {steady[len(steady) // 2]:.5f} s, loop cpu {cpu:.2f} s", flush=True)
     print(f"trained {args.steps} steps in {seconds:.1f} s", flush=True)
 
 

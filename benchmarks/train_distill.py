@@ -14,7 +14,8 @@ student, heavy extras off) in a project root holding the demo's data (data/curat
 data/decontaminate, data/sample, data/models/teacher, and data/reinforce for the offline side).
 `MEASURES` maps each key to its function, so benchmarks/train_methods.py can list them.
 Usage: .venv/bin/python benchmarks/train_distill.py --root /tmp/clone [--keys K ...]
-       [--steps 60] [--seeds 0 1 2] [--online "distill.w0=0.0 distill.w1=1.0"]
+       [--steps 60] [--seeds 0 1 2] [--online "distill.w0=0.0 distill.w1=1.0"] [--tag online]
+       [--reuse]  (--reuse + a --tag per lever: the student-alone runs are trained once)
 """
 
 from __future__ import annotations
@@ -95,6 +96,12 @@ def scoreboard_average(path: Path) -> float:
     return float(avg[0])
 
 
+def scoreboard_sets(path: Path) -> list[str]:
+    """The eval sets the scoreboard's average covers (every row but the average), for the unit."""
+    cols = json.loads(path.read_text())
+    return [d for d in cols["dataset"] if d != "average"]
+
+
 def distilled_vs_alone(args: argparse.Namespace) -> dict[str, Any]:
     common = [f"warmup_steps={max(1, args.steps // 10)}", f"checkpoint_every={args.steps}"]
     alone, distilled = [], []
@@ -102,13 +109,16 @@ def distilled_vs_alone(args: argparse.Namespace) -> dict[str, Any]:
         base = common + args.student.split()
         alone.append(train_and_eval(args.root, "alone", seed, args.steps, base, args.reuse))
         online = base + ["distill.mode=online", *args.online.split()]
-        distilled.append(train_and_eval(args.root, "online", seed, args.steps, online, args.reuse))
+        distilled.append(train_and_eval(args.root, args.tag, seed, args.steps, online, args.reuse))
     ours, base = statistics.mean(distilled), statistics.mean(alone)
+    sets = scoreboard_sets(args.root / f"data/evaluate/alone-s{args.seeds[0]}/scoreboard.json")
     return {
         "ours": ours,
         "baseline": base,
         "ratio": ours / base,
-        "unit": "evaluate suite average (mean of seeds)",
+        "unit": "evaluate suite average (unweighted mean over the test splits of "
+        + ", ".join(sets)
+        + "; mean of seeds)",
         "target": 1.5,
         "seeds": list(args.seeds),
         "steps": args.steps,
@@ -117,6 +127,7 @@ def distilled_vs_alone(args: argparse.Namespace) -> dict[str, Any]:
         "ours_stdev": statistics.pstdev(distilled),
         "baseline_stdev": statistics.pstdev(alone),
         "online": args.online,
+        "tag": args.tag,
         "student": args.student,
     }
 
@@ -246,6 +257,9 @@ def main() -> None:
     ap.add_argument("--online", default="distill.w0=0.0 distill.w1=1.0", help="distill overrides")
     ap.add_argument("--student", default="", help="train overrides of both sides (model, batch)")
     ap.add_argument("--reuse", action="store_true", help="reuse scoreboards already in --root")
+    ap.add_argument(
+        "--tag", default="online", help="run name of the distilled side (one per lever)"
+    )
     ap.add_argument("--speed-steps", type=int, default=12, help="steps per speed run")
     ap.add_argument("--rounds", type=int, default=2, help="alternating speed rounds")
     ap.add_argument("--speed-overrides", default="", help="train overrides of the speed runs")

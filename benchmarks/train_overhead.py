@@ -11,16 +11,34 @@ process start, imports, Ray (when the params use it), MLflow run, tags, per-step
 model folder, the loss plot and the model registration.
 Results: benchmarks/results/train.json
   bare_open_clip_whole  ours = whole `clipmill run train` seconds, baseline = whole bare script
-                        seconds, ratio = baseline / ours (higher is better; target >= 0.95)
+                        seconds, ratio = baseline / ours (higher is better; target >= 0.95);
+                        extra `phases`: wall and CPU seconds of the command's phases from one more
+                        run through benchmarks/train_phases.py
   bare_open_clip_median_step  extra: the stage's median-step samples/s vs the bare script's
                         (steady state only; ratio = ours / baseline)
   two_workers           ours = samples/s (median step) with 2 Ray Train workers reading their own
                         shards (shard_split), 1 torch thread each; baseline = 1 worker, 1 thread;
                         ratio = ours / baseline (target >= 1.5); with the whole-command times and
                         the CPU seconds the command's processes used, and two explaining extras:
-                        1 worker with 2 threads, and 2 workers in the exact-equivalence mode
+                        1 worker with 2 threads, and 2 workers in the exact-equivalence mode;
+                        `allreduce_per_step`: ms per gradient all-reduce between two gloo ranks on
+                        the model's real gradient, the previous dense flat buffer vs
+                        tasks/train/loop.py's average_gradients (token table by touched rows)
+  two_processes_ceiling what the hardware gives two workers at best: ours = samples/s of two
+                        independent bare open_clip processes (no Ray, no communication), 1 torch
+                        thread each, each on every second shard at half the batch (the work one
+                        of two Ray Train workers does per step), started together; baseline = one
+                        such process on all shards at the whole batch; ratio = ours / baseline.
+                        Median step of each, the buffer-filling first step left out; extras:
+                        one process alone at half the batch, which splits the ratio into
+                        half_batch_factor x sharing_factor (x 2); with the
+                        CPU seconds per step of each loop, which rise when the two share the
+                        machine's cores (caches, memory bandwidth, SMT siblings under the
+                        hypervisor); `cpu_bound_ratio` = 2 x CPU per sample alone / CPU per
+                        sample together, the ratio with a whole core per process, which time
+                        slicing on a loaded machine does not inflate as it does the wall ratio
 Usage: .venv/bin/python benchmarks/train_overhead.py [--shards DIR] [--steps N] [--batch B]
-       [--only whole] [--before OTHER_CHECKOUT]  (before/after of a change, timed in the same rounds)
+       [--only whole|workers|ceiling] [--before OTHER_CHECKOUT]  (before/after of a change, timed in the same rounds)
 """
 
 from __future__ import annotations
@@ -43,6 +61,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BARE = ROOT / "benchmarks" / "bare_open_clip_train.py"
+PHASES = ROOT / "benchmarks" / "train_phases.py"
 ENV = {
     "HF_HUB_OFFLINE": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
@@ -159,10 +178,16 @@ class Bench:
         self.n = 0
 
     def ours(
-        self, steps: int | None = None, code_root: Path | None = None, **over: Any
+        self,
+        steps: int | None = None,
+        code_root: Path | None = None,
+        phases: bool = False,
+        **over: Any,
     ) -> tuple[float, float, dict[str, Any]]:
         """The whole `clipmill run train` command (the console script's entry: tasks.cli);
-        `code_root`: another checkout's code (a before/after comparison in the same rounds)."""
+        `code_root`: another checkout's code (a before/after comparison in the same rounds);
+        `phases`: the same command through benchmarks/train_phases.py, its phase times returned
+        in the metrics under `_phases`."""
         steps = steps or self.steps
         self.n += 1
         tag = f"r{self.n}"
@@ -177,12 +202,16 @@ class Bench:
             "output_dir": f"data/models/{tag}",
             **over,
         }
-        cmd = [sys.executable, "-m", "tasks.cli", "run", "train"]
+        entry = [str(PHASES)] if phases else ["-m", "tasks.cli"]
+        cmd = [sys.executable, *entry, "run", "train"]
         for k, v in sets.items():
             cmd += ["-s", f"{k}={v}"]
         env = {**self.env, "PYTHONPATH": str(code_root)} if code_root else self.env
-        wall, cpu, out = timed(cmd, env, self.root, self.work / f"ours-{tag}.log")
+        log = self.work / f"ours-{tag}.log"
+        wall, cpu, out = timed(cmd, env, self.root, log)
         metrics = json.loads(out[out.rfind("\n{\n") + 1 :])  # the metrics the CLI prints last
+        if phases:
+            metrics["_phases"] = json.loads(log.read_text().rsplit("PHASES ", 1)[1])
         return wall, cpu, metrics
 
     def bare(self, steps: int | None = None) -> tuple[float, float, float]:
@@ -252,9 +281,12 @@ def whole_command(b: Bench, rounds: int, before: Path | None = None) -> dict[str
             flush=True,
         )
     best_ours, best_bare = min(ours), min(bare)
-    extra: dict[str, Any] = {}
+    # where ours spends its time: one more run of the same command with phase marks (not timed
+    # for the ratio); CPU seconds are the robust part on a shared machine
+    phases = b.ours(phases=True)[2]["_phases"]
+    extra: dict[str, Any] = {"phases": phases}
     if prior:
-        extra = {
+        extra |= {
             "before_code": str(before),
             "rounds_before_s": [round(x, 1) for x in prior],
             "ratio_before": round(best_bare / min(prior), 3),
@@ -321,10 +353,215 @@ def two_workers(b: Bench, rounds: int, skip_equivalent: bool = False) -> dict[st
             "worker x 1 thread",
             1.5,
             one_worker_two_threads=round(best("one_2threads"), 2),
+            allreduce_per_step=allreduce_cost(b),
             two_workers_equivalence_mode=round(best("two_equivalent"), 2)
             if got.get("two_equivalent")
             else None,
             runs=detail,
+        )
+    }
+
+
+ALLREDUCE_SCRIPT = """
+import statistics, sys, time
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tasks.clip import build_model
+from tasks.train.loop import average_gradients
+
+OUT, MODEL, BATCH, REPS = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+
+def dense(model, world):  # the previous average_gradients: every gradient in one flat buffer
+    grads = [q.grad for q in model.parameters() if q.requires_grad and q.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def rank_main(rank):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{OUT}/store", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    built = build_model(MODEL)
+    model = built.model
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, tuple) else size
+    words = "cat dog red blue disc emoji icon tux paint clip art manual photo of a the".split()
+    g = torch.Generator().manual_seed(rank)
+    captions = [
+        " ".join(words[int(i)] for i in torch.randint(len(words), (8,), generator=g))
+        for _ in range(BATCH)
+    ]
+    out = model(torch.randn(BATCH, 3, size, size), built.tokenizer(captions))
+    (out[0] @ out[1].T).logsumexp(1).mean().backward()
+    times = {"dense": [], "touched_rows": [], "dense_cpu": [], "touched_rows_cpu": []}
+    for _ in range(REPS):
+        for name, fn in (("dense", dense), ("touched_rows", average_gradients)):
+            dist.barrier()
+            t, c = time.perf_counter(), time.process_time()
+            fn(model, 2)
+            times[name].append(time.perf_counter() - t)
+            times[name + "_cpu"].append(time.process_time() - c)
+    with open(f"{OUT}/allreduce{rank}.txt", "w") as fh:
+        for name, ts in times.items():
+            fh.write(f"{name} {statistics.median(ts)}\\n")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    mp.start_processes(rank_main, nprocs=2, start_method="fork")
+"""
+
+
+def allreduce_cost(b: Bench, reps: int = 15) -> dict[str, float]:
+    """Milliseconds per call (median) of the gradient all-reduce between two gloo ranks (1 thread
+    each) on the model's real gradient (a backward over half the batch each): the previous dense
+    flat-buffer version vs average_gradients (the token table by touched rows); wall on rank 0
+    and the CPU of both ranks' processes."""
+    folder = Path(tempfile.mkdtemp(prefix="allreduce_", dir=b.work))
+    script = folder / "ranks.py"
+    script.write_text(ALLREDUCE_SCRIPT)
+    env = {**os.environ, **ENV, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, str(script), str(folder), b.model, str(b.batch // 2), str(reps)]
+    subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, timeout=600)
+    out: dict[str, float] = {}
+    for rank in (0, 1):  # wall: rank 0's; CPU (every thread of the rank's process): both summed
+        for line in (folder / f"allreduce{rank}.txt").read_text().splitlines():
+            name, seconds = line.split()
+            if name.endswith("_cpu"):
+                out[f"{name}_ms_both_ranks"] = round(
+                    out.get(f"{name}_ms_both_ranks", 0.0) + float(seconds) * 1000, 2
+                )
+            elif rank == 0:
+                out[f"{name}_ms"] = round(float(seconds) * 1000, 2)
+    return out
+
+
+def ceiling_cmd(b: Bench, batch: int, part: str) -> list[str]:
+    """The bare script as one of the ceiling's processes: 1 thread, waits for "go" on stdin."""
+    b.n += 1
+    cmd = [
+        sys.executable,
+        str(BARE),
+        "--shards",
+        str(b.shards),
+        "--out",
+        str(b.work / f"ceiling-{b.n}.pt"),
+        "--model",
+        b.model,
+        "--steps",
+        str(b.steps),
+        "--batch",
+        str(batch),
+        "--lr",
+        str(b.params["lr"]),
+        "--warmup",
+        str(b.params["warmup_steps"]),
+        "--shuffle",
+        str(b.params["shuffle_buffer"]),
+        "--seed",
+        str(b.params["seed"]),
+        "--threads",
+        "1",
+        "--ready-go",
+    ]
+    if part:
+        cmd += ["--part", part]
+    if b.params["train_augment"]:
+        cmd.append("--augment")
+    return cmd
+
+
+def run_together(cmds: list[list[str]], work: Path) -> list[tuple[float, float]]:
+    """Start every command, wait until each has set up (READY), release them at once; per
+    process (median step seconds, CPU seconds per step of its loop, buffer fill included)."""
+    env = {**os.environ, **ENV}
+    procs = []
+    for i, cmd in enumerate(cmds):
+        with open(work / f"ceiling-{i}.log", "w") as err:
+            procs.append(
+                subprocess.Popen(
+                    cmd,
+                    env=env,
+                    cwd=work,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    text=True,
+                )
+            )
+    for proc in procs:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if line.strip() != "READY":
+            raise RuntimeError(f"ceiling process failed before its loop: {line!r}")
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    out = []
+    for proc in procs:
+        text, _ = proc.communicate()
+        if proc.returncode:
+            raise RuntimeError(f"ceiling process failed ({proc.returncode}): {text[-2000:]}")
+        median = float(text.rsplit("median step ", 1)[1].split()[0])
+        cpu = float(text.rsplit("loop cpu ", 1)[1].split()[0])
+        steps = int(text.rsplit("trained ", 1)[1].split()[0])
+        out.append((median, cpu / steps))
+    return out
+
+
+def two_processes_ceiling(b: Bench, rounds: int) -> dict[str, Any]:
+    """Two independent 1-thread processes vs one: the most a second worker can add here.
+
+    A third side, one process alone at half the batch, splits the ratio in two factors: the
+    smaller batch (each worker's step still pays a whole optimizer step and per-step costs) and
+    the sharing of the machine when two processes run at once."""
+    half = b.batch // 2
+    runs: dict[str, list[float]] = {k: [] for k in ("one", "one_half", "two", "one_cpu", "two_cpu")}
+    for r in range(rounds):
+        ((t1, c1),) = run_together([ceiling_cmd(b, b.batch, "")], b.work)
+        ((th, _),) = run_together([ceiling_cmd(b, half, "0/2")], b.work)
+        pair = run_together([ceiling_cmd(b, half, "0/2"), ceiling_cmd(b, half, "1/2")], b.work)
+        runs["one"].append(b.batch / t1)
+        runs["one_half"].append(half / th)
+        runs["two"].append(sum(half / t for t, _ in pair))
+        runs["one_cpu"].append(c1)
+        runs["two_cpu"].append(sum(c for _, c in pair))
+        print(
+            f"round {r}: one process {runs['one'][-1]:.1f}, one at half batch "
+            f"{runs['one_half'][-1]:.1f}, two processes {runs['two'][-1]:.1f} samples/s",
+            flush=True,
+        )
+    one, one_half, two = max(runs["one"]), max(runs["one_half"]), max(runs["two"])
+    # 2 x CPU per sample alone / CPU per sample together: the ratio if each process had a whole
+    # core; unlike the wall ratio it does not favour two processes on a loaded machine
+    cpu_bound = 2 * min(runs["one_cpu"]) / min(runs["two_cpu"])
+    return {
+        "two_processes_ceiling": entry(
+            two,
+            one,
+            two / one,
+            "samples/s (median step), best of rounds; 2 independent bare open_clip processes x 1 "
+            "thread, own shards, half batch each, started together vs 1 process x 1 thread, "
+            "whole batch",
+            1.5,
+            one_process_half_batch=round(one_half, 2),
+            half_batch_factor=round(one_half / one, 3),
+            sharing_factor=round(two / (2 * one_half), 3),
+            cpu_bound_ratio=round(cpu_bound, 3),
+            rounds_one=[round(x, 1) for x in runs["one"]],
+            rounds_one_half_batch=[round(x, 1) for x in runs["one_half"]],
+            rounds_two=[round(x, 1) for x in runs["two"]],
+            cpu_seconds_per_step_one=[round(x, 4) for x in runs["one_cpu"]],
+            cpu_seconds_per_step_two_summed=[round(x, 4) for x in runs["two_cpu"]],
         )
     }
 
@@ -342,7 +579,9 @@ def main() -> None:
     parser.add_argument(
         "--skip-equivalent", action="store_true", help="leave out 2 workers in equivalence mode"
     )
-    parser.add_argument("--only", choices=["whole", "workers"], default=None)
+    parser.add_argument(
+        "--only", choices=["whole", "workers", "ceiling", "allreduce"], default=None
+    )
     parser.add_argument(
         "--before",
         default="",
@@ -364,6 +603,13 @@ def main() -> None:
     if args.only in (None, "workers"):
         b.steps = args.worker_steps or args.steps
         results.update(two_workers(b, args.rounds, args.skip_equivalent))
+    if args.only == "allreduce":
+        print(json.dumps(allreduce_cost(b)))
+        shutil.rmtree(work, ignore_errors=True)
+        return
+    if args.only in (None, "workers", "ceiling"):
+        b.steps = args.worker_steps or args.steps
+        results.update(two_processes_ceiling(b, args.rounds))
     import torch
 
     out = {

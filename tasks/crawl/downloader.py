@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from tasks.crawl.errors import FAILURES, SUCCESS, CrawlError
-from tasks.crawl.http import HostRateLimit, fetch, make_session
+from tasks.crawl.http import HostRateLimit, RateLimit, fetch, make_session
 from tasks.crawl.params import CrawlParams
 from tasks.crawl.robots import RobotsCache, agent_token
 from tasks.crawl.security import guard_from, rules_of
@@ -54,17 +54,25 @@ class ShardDownloader:
 
     Reads the params' `http`, `policy`, `download` and `resize` sections as validated;
     `allow` is the run's address allow-list (policy's plus the stage's own local server).
+    `host_rate`: the run's HostSlots actor (tasks.crawl.hostrate), the per-host rate shared by
+    every shard task of the crawl; without it a rate set in the params holds per task only.
     """
 
     def __init__(
-        self, p: CrawlParams, allow: tuple[str, ...], stub_dns: StubDns | None = None
+        self,
+        p: CrawlParams,
+        allow: tuple[str, ...],
+        stub_dns: StubDns | None = None,
+        host_rate: Any = None,
     ) -> None:
         self.p = p
         self.guard = guard_from(allow, stub_dns, rules_of(p.policy))
         self.agent = agent_token(p.http.user_agent)
         self.pool = ThreadPoolExecutor(p.download.decode_threads, thread_name_prefix="decode")
+        self.host_rate = host_rate
         rate = p.http.max_requests_per_second_per_host
-        self.limit = HostRateLimit(rate) if rate > 0 else None  # image requests only
+        # image requests only; the cluster-wide client is made in run(), inside the event loop
+        self.limit: RateLimit | None = HostRateLimit(rate) if rate > 0 else None
 
     async def one(
         self, session: Any, robots: RobotsCache | None, row: dict[str, Any]
@@ -135,6 +143,10 @@ class ShardDownloader:
         connections = self.p.download.connections_per_shard
         limit = self.p.download.shard_timeout_s
         deadline = time.monotonic() + limit if limit else None
+        if self.host_rate is not None and self.limit is not None:
+            from tasks.crawl.hostrate import ClusterHostRate
+
+            self.limit = ClusterHostRate(self.host_rate)
         async with make_session(self.p.http, self.guard, connections) as session:
             robots = (
                 RobotsCache(session, self.guard, self.p.http)
@@ -171,7 +183,11 @@ def download_shard(
     allow: tuple[str, ...],
     progress: ProgressFn | None = None,
     stub_dns: StubDns | None = None,
+    host_rate: Any = None,
 ) -> list[dict[str, Any]]:
-    """Blocking entry point for a worker: results in the order of `rows`, one per row."""
-    results = asyncio.run(ShardDownloader(p, allow, stub_dns).run(rows, progress))
+    """Blocking entry point for a worker: results in the order of `rows`, one per row.
+
+    `host_rate`: the crawl's HostSlots actor handle (cluster-wide per-host rate), or None."""
+    downloader = ShardDownloader(p, allow, stub_dns, host_rate)
+    results = asyncio.run(downloader.run(rows, progress))
     return [{**row, **res} for row, res in zip(rows, results, strict=True)]

@@ -158,7 +158,12 @@ def extract_to_parts(spec: ExtractSpec) -> dict[str, Any]:
         from tasks.crawl.extract_warc import extract_warc
         from tasks.crawl.extract_wat import extract_wat
 
-        fn: Callable[[str], ExtractResult] = {"wat": extract_wat, "warc": extract_warc}[spec.kind]
+        # WAT refs leave their language to the plan's reduce: once per distinct text there
+        # (tasks.crawl.language.fill_languages), not once per distinct text of every file
+        fn: Callable[[str], ExtractResult] = {
+            "wat": lambda uri: extract_wat(uri, languages=False),
+            "warc": extract_warc,
+        }[spec.kind]
         res = fn(spec.uri)
         out.update(
             records=res.records,
@@ -170,7 +175,7 @@ def extract_to_parts(spec: ExtractSpec) -> dict[str, Any]:
         )
         write_refs(writer, spec.index, res.refs, spec.rules)
     writer.flush()
-    out.update(written=writer.written, refused=writer.refused_count)
+    out.update(written=writer.written, refused=writer.refused_count, part_files=writer.files)
     return out
 
 

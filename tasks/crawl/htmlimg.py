@@ -77,17 +77,23 @@ def absolute_url(ref: str, base: str) -> str | None:
     return url
 
 
-_NOT_VERBATIM = frozenset("#;[] :")  # characters after which urljoin may change a URL's text
+# Printable ASCII but space and `#;[]:`: the characters after which urljoin + urldefrag keep
+# a URL's text as it is (`.` and `/` included; where they may sit is checked separately).
+_PLAIN = re.compile(r'[!"$-9<-Z\\^-~]*', re.ASCII)
+_plain = _PLAIN.fullmatch
 
 
 def _verbatim(url: str) -> bool:
     """True when urljoin + urldefrag + urlsplit keep this absolute http(s) URL as it is and it
     has a host: lower-case scheme, printable ASCII without spaces, a fragment, `;` params,
     IPv6 brackets or a port colon, and no empty query."""
-    if not (url.startswith(("http://", "https://")) and url.isascii() and url.isprintable()):
+    if url.startswith("http://"):
+        start = 7
+    elif url.startswith("https://"):
+        start = 8
+    else:
         return False
-    start = url.index("//") + 2
-    if not _NOT_VERBATIM.isdisjoint(url[start:]):
+    if _plain(url, start) is None:
         return False
     end = len(url)
     for sep in "/?":
@@ -136,41 +142,60 @@ def image_url(ref: str, base: str) -> str | None:
     return resolve_image_url(ref, base, _base_prefixes(base) if base else ("", "", ""))
 
 
-# A plain path: printable ASCII without `#;[]:` or spaces, no empty segment (`//`) and no
-# segment starting with a dot after the first (no `/.`); group 1 is a leading run of `../`
-# and `./`, group 2 the rest, which may not start with `?`, `.` or `/`.
-_PLAIN_CHAR = r"[!\"$-\-0-9<-Z\\^-~]"
-_PLAIN_RELATIVE = re.compile(rf"((?:\.\.?/)*)(?![?./])((?:{_PLAIN_CHAR}|\.|/(?![/.]))*)", re.ASCII)
-_PLAIN_ROOTED = re.compile(rf"/(?![/.])(?:{_PLAIN_CHAR}|\.|/(?![/.]))*", re.ASCII)
+@lru_cache(maxsize=1 << 12)
+def _up_directory(directory: str, origin: str, lead: str) -> str | None:
+    """The directory a plain relative path's leading run `lead` of `../` and `./` leads to from
+    `directory` (`..` drops a directory, never the root); None when `lead` is not such a run.
+    Cached: a page's links share a few runs, and pages of a site share directories."""
+    at = ups = 0
+    while at < len(lead):
+        if lead.startswith("../", at):
+            at, ups = at + 3, ups + 1
+        elif lead.startswith("./", at):
+            at += 2
+        else:
+            return None
+    cut = len(directory) - 1  # the directory's closing slash
+    for _ in range(ups):
+        if cut <= len(origin):
+            break
+        cut = directory.rfind("/", 0, cut)
+    return directory[: cut + 1]
 
 
 def resolve_image_url(ref: str, base: str, prefixes: tuple[str, str, str] | None) -> str | None:
-    """image_url with the page's `_base_prefixes(base)` computed once by the caller (per page)."""
+    """image_url with the page's `_base_prefixes(base)` computed once by the caller (per page).
+
+    The links a page holds most (relative and root-relative paths) are checked first. A path
+    is plain when all its characters are `_PLAIN`, it has no empty segment (`//`), no segment
+    starting with a dot (`/.`) after its leading run of `../` and `./`, does not end with `?`
+    (an empty query, perhaps) and does not start with `?`, `.` or `/` after that run; such a
+    path is concatenated to the page's directory (root-relative ones to its origin)."""
     if prefixes is None:  # urljoin raises on this page URL: absolute_url says None
+        return absolute_url(ref, base)
+    scheme, origin, directory = prefixes
+    if scheme and ref and "//" not in ref:  # not absolute, not protocol-relative
+        if ref[-1] != "?" and _plain(ref) is not None:  # (a last `?` may be an empty query)
+            first = ref[0]
+            if first == "/":
+                if "/." not in ref:
+                    return origin + ref
+            elif first != ".":
+                if first != "?" and "/." not in ref:
+                    return directory + ref
+            else:
+                rest = ref.lstrip("./")  # after the leading run of `../` and `./`, if it is one
+                if (not rest or rest[0] != "?") and "/." not in rest:
+                    up = _up_directory(directory, origin, ref[: len(ref) - len(rest)])
+                    if up is not None:
+                        return up + rest
         return absolute_url(ref, base)
     if ref.startswith(("http://", "https://")):
         return ref if _verbatim(ref) else absolute_url(ref, base)
-    scheme, origin, directory = prefixes
-    if scheme and ref and ref.find("?") != len(ref) - 1:
-        if ref[0] == "/":
-            if ref.startswith("//"):
-                url = scheme + ":" + ref
-                if "/." not in ref and _verbatim(url):
-                    return url
-            elif _PLAIN_ROOTED.fullmatch(ref):
-                return origin + ref
-        else:
-            plain = _PLAIN_RELATIVE.fullmatch(ref)
-            if plain:
-                ups, rest = plain.groups()
-                if not ups:
-                    return directory + rest
-                cut = len(directory) - 1  # the directory's closing slash
-                for _ in range(ups.count("../")):  # `..` drops a directory, never the root
-                    if cut <= len(origin):
-                        break
-                    cut = directory.rfind("/", 0, cut)
-                return directory[: cut + 1] + rest
+    if scheme and ref.startswith("//"):
+        url = scheme + ":" + ref
+        if "/." not in ref and _verbatim(url):  # _verbatim checks ref's characters and query
+            return url
     return absolute_url(ref, base)
 
 

@@ -6,7 +6,7 @@ import asyncio
 import email.utils
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 from tasks.crawl.errors import CrawlError, http_error_class
@@ -36,14 +36,22 @@ class _Transient(CrawlError):
         self.retry_after = retry_after
 
 
+class RateLimit(Protocol):
+    """What fetch needs of a per-host rate: HostRateLimit (one task) or
+    tasks.crawl.hostrate.ClusterHostRate (the whole crawl)."""
+
+    async def wait(self, url: str) -> None: ...
+
+
 class HostRateLimit:
     """At most `rate` requests per second to each host (http.max_requests_per_second_per_host).
 
     A token bucket holding one token per host, refilled every 1/rate s: requests to one host
     start at least 1/rate s apart, whatever the connections; other hosts are not slowed. One
-    per shard task (one event loop, so no lock): N shards in flight reach a host at up to
-    N x rate. Every request takes a token: HTTP retries and redirect hops included, so a
-    retrying or redirecting host is not hit faster than the rate.
+    per shard task (one event loop, so no lock): used where no Ray actor holds the crawl's
+    slots (download_shard called alone); the stage shares one bucket per host across its
+    shard tasks (tasks/crawl/hostrate.py). Every request takes a token: HTTP retries and
+    redirect hops included, so a retrying or redirecting host is not hit faster than the rate.
     """
 
     def __init__(self, rate: float) -> None:
@@ -118,7 +126,7 @@ async def _read_limited(resp: Any, limit: int, url: str) -> bytes:
 
 
 async def _fetch_once(
-    session: Any, guard: UrlGuard, url: str, cfg: HttpParams, limit: HostRateLimit | None = None
+    session: Any, guard: UrlGuard, url: str, cfg: HttpParams, limit: RateLimit | None = None
 ) -> Response:
     current, seen = url, {url}
     for _hop in range(cfg.max_redirects + 1):
@@ -172,11 +180,11 @@ def _classify(exc: BaseException, url: str) -> CrawlError:
 
 
 async def fetch(
-    session: Any, guard: UrlGuard, url: str, cfg: HttpParams, limit: HostRateLimit | None = None
+    session: Any, guard: UrlGuard, url: str, cfg: HttpParams, limit: RateLimit | None = None
 ) -> Response:
     """GET with retries and exponential backoff for transient failures; CrawlError when it fails.
 
-    `limit`: the shard task's per-host request rate (image downloads), taken by every attempt.
+    `limit`: the per-host request rate (image downloads), taken by every attempt.
     """
     import aiohttp
 

@@ -145,6 +145,7 @@ def gather_to_parts(p: CrawlParams, ctx: CrawlContext, work_dir: str) -> Gathere
         total.errors.update(part.errors)
         total.details.extend(part.details)
         total.metrics["refused_site"] = writer.refused_count
+        total.metrics["plan_part_files"] = writer.files
     started = time.perf_counter()
     summaries = run_extract_tasks([s for kind, s in specs if kind != "site"])
     seconds = round(time.perf_counter() - started, 3)
@@ -182,4 +183,8 @@ def gather_to_parts(p: CrawlParams, ctx: CrawlContext, work_dir: str) -> Gathere
         s["refused"] for s in summaries
     )
     total.metrics["extract_tasks"] = len(summaries)
+    # part files the extraction wrote (byte-bounded buffers: tasks/crawl/planparts.py)
+    total.metrics["plan_part_files"] = total.metrics.get("plan_part_files", 0) + sum(
+        s["part_files"] for s in summaries
+    )
     return total

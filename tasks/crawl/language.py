@@ -18,6 +18,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 MODEL_ARRAYS = ("ptc", "pc", "classes", "nextmove", "nextmove_row", "out_feat")
+MIN_CHARS = 3  # texts shorter than this (stripped) get no language
 
 
 def _packed_model() -> Path:
@@ -98,7 +99,7 @@ def _identifier() -> Any:
 
 
 @lru_cache(maxsize=1 << 16)
-def detect_language(text: str, min_chars: int = 3) -> str:
+def detect_language(text: str, min_chars: int = MIN_CHARS) -> str:
     """ISO 639-1 code of `text`, "" when it is too short to say anything.
 
     Memoised: alt texts repeat (the sample site's 14k image URLs carry 8k distinct texts).
@@ -109,7 +110,7 @@ def detect_language(text: str, min_chars: int = 3) -> str:
     return str(lang)
 
 
-def detect_languages(texts: Sequence[str], min_chars: int = 3) -> list[str]:
+def detect_languages(texts: Sequence[str], min_chars: int = MIN_CHARS) -> list[str]:
     """detect_language of each text, for a batch (a WAT file's distinct first texts).
 
     The same answers as one py3langid call per text, at a fraction of the CPU: py3langid's
@@ -132,6 +133,55 @@ def detect_languages(texts: Sequence[str], min_chars: int = 3) -> list[str]:
             labels += [str(identifier.classify(text)[0]) for text in chunk]
     for i, label in zip(todo, labels, strict=True):
         out[i] = label
+    return out
+
+
+LANGUAGE_LATER = "?"  # a ref's language left to the plan's reduce (never a language code)
+
+
+def fill_languages(
+    urls: Sequence[str], texts: Sequence[Sequence[str] | None], languages: Sequence[str]
+) -> list[str]:
+    """The `languages` column of refs in sequence order with every LANGUAGE_LATER resolved.
+
+    Why here and not per file: extraction tasks (extract_wat with languages=False) leave the
+    language of their refs for later; the plan's partition reduce, after the cross-file merge by
+    URL, calls this once per partition, so py3langid runs once per distinct text of the
+    partition instead of once per distinct text of every file. The plan keeps a URL's first
+    non-empty language (records.merge_refs), so only the ref that decides it needs a language:
+    a pending ref before the URL's first known language whose first text is long enough to be
+    classified (py3langid names a language for every such text). That ref gets
+    detect_language(its first text), exactly what it would have got in its file; every other
+    pending ref gets "" (the merge never reads it). Known languages are kept as they are.
+    """
+    out = [("" if lang == LANGUAGE_LATER else lang) for lang in languages]
+    decided: set[str] = set()  # URLs whose language is already settled by an earlier ref
+    chosen: dict[int, str] = {}  # ref index -> its first text, to detect
+    for i, url in enumerate(urls):
+        if url in decided:
+            continue
+        lang = languages[i]
+        if lang == LANGUAGE_LATER:
+            first = texts[i]
+            text = first[0] if first else ""
+            if text and len(text.strip()) >= MIN_CHARS:
+                chosen[i] = text
+                decided.add(url)
+        elif lang:
+            decided.add(url)
+    if not chosen:
+        return out
+    distinct = list(dict.fromkeys(chosen.values()))
+    found = dict(zip(distinct, detect_languages(distinct), strict=True))
+    if not all(found.values()):  # not expected: then detect every pending ref's text
+        every = {
+            i: (texts[i] or ("",))[0] for i, lang in enumerate(languages) if lang == LANGUAGE_LATER
+        }
+        unique = list(dict.fromkeys(every.values()))
+        found = dict(zip(unique, detect_languages(unique), strict=True))
+        return [found[every[i]] if i in every else lang for i, lang in enumerate(languages)]
+    for i, text in chosen.items():
+        out[i] = found[text]
     return out
 
 

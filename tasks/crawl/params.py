@@ -81,7 +81,7 @@ class HttpParams(ParamsSection):
     max_retry_after_s: float = Field(default=30.0, ge=0.0, le=3600.0)  # longest Retry-After honoured, seconds
     max_redirects: int = Field(default=5, ge=0, le=50)  # redirect hops per URL
     max_body_bytes: int = Field(default=20_000_000, ge=1)  # bytes; bigger bodies are cut off while streaming
-    max_requests_per_second_per_host: float = Field(default=0.0, ge=0.0, le=100_000.0)  # image requests (retries and redirects included) per second to one host in one shard task (0 = unlimited)
+    max_requests_per_second_per_host: float = Field(default=0.0, ge=0.0, le=100_000.0)  # image requests (retries and redirects included) per second to one host, whole crawl (0 = unlimited)
     # fmt: on
 
 
@@ -103,7 +103,7 @@ class OutputParams(ParamsSection):
 
     # fmt: off
     output_dir: str = "data/crawl"  # img2dataset layout root (local path or fsspec URI)
-    output_format: Literal["webdataset", "files", "parquet"] = "webdataset"  # img2dataset's layouts: NNNNN.tar, NNNNN/<key>.<ext|txt|json> folders, or image bytes in NNNNN.parquet (curate reads webdataset only)
+    output_format: Literal["webdataset", "files", "parquet"] = "webdataset"  # img2dataset's layouts: NNNNN.tar, NNNNN/<key>.<ext|txt|json> folders, or image bytes in NNNNN.parquet (teacher, train, recaption read webdataset only)
     lancedb_uri: str = ""  # LanceDB holding the `pool` table ("" = settings' lancedb_uri)
     write_pool: bool = True  # upsert every input URL (with its status) into the pool table
     overwrite: bool = False  # delete an output made from other inputs (inputs, site, policy, resize, output_format differ) instead of refusing

@@ -3,7 +3,11 @@
 The crawl's plan is built without ever holding every ref in one process:
 1. each extraction task (one per input file) screens its refs and appends them, tagged with a
    sequence key (input index, ref number), to the partition of their uid under
-   `_plan/work/refs/pNNNN/` (small parquet part files, flushed every FLUSH_ROWS refs);
+   `_plan/work/refs/pNNNN/` (parquet part files: a partition's buffer is written when it
+   reaches PART_BYTES, or, when all buffers together reach BUFFER_BYTES, the largest buffers
+   are written until half of that is left: memory stays bounded by bytes, and a part file
+   holds about BUFFER_BYTES / partitions at least instead of a fixed count of refs spread over
+   every partition);
 2. one reduce task per partition reads its part files, orders them by the sequence key, merges
    the refs of each URL exactly as `records.merge_refs` does (texts first seen first, the first
    non-empty language and extra), sorts the merged refs by uid and writes `_plan/parts/pNNNN.parquet`.
@@ -18,10 +22,14 @@ import io
 from collections.abc import Iterable
 from typing import Any
 
+from tasks.crawl.language import fill_languages
 from tasks.crawl.records import ImageRef, make_uid
 from tasks.settings import join_uri
 
-FLUSH_ROWS = 100_000  # refs a writer buffers before writing its part files (bounds its memory)
+BUFFER_BYTES = 256 << 20  # estimated bytes of refs one writer buffers over all its partitions
+PART_BYTES = 16 << 20  # a partition's buffer is written as one part file once it holds this
+REF_OVERHEAD = 420  # bytes a buffered ref costs beyond its strings (Python objects, ~10%)
+REFUSED_ROWS = 100_000  # refused rows a writer buffers before writing them
 ROW_GROUP_ROWS = 4096  # rows per parquet row group of a partition: a shard reads only its groups
 PLAN_FIELDS = ("uid", "key", "url", "caption", "texts", "page_url", "language", "source", "extra")
 
@@ -69,55 +77,99 @@ def _write_table(uri: str, table: Any, row_group_size: int | None = None) -> Non
         fh.write(buf.getvalue())
 
 
+def ref_bytes(ref: ImageRef) -> int:
+    """Estimated memory of one buffered ref: its strings plus REF_OVERHEAD."""
+    strings = (ref.url, ref.page_url, ref.language, ref.source, ref.extra)
+    return REF_OVERHEAD + sum(map(len, strings)) + sum(len(t) + 8 for t in ref.texts)
+
+
 class PartWriter:
-    """Appends refs of one input (one task) to the partition files; refused rows to their own."""
+    """Appends refs of one input (one task) to the partition files; refused rows to their own.
+
+    Buffers are bounded by bytes, not by a count of refs: at 4096 partitions a flush of every
+    partition per 100k refs wrote ~24-ref files (1B refs -> 40M small files). Here a
+    partition's buffer is written when it reaches PART_BYTES, and when all buffers together
+    reach BUFFER_BYTES the largest are written until half of it is left, so a task's memory
+    stays under about BUFFER_BYTES and its files are as large as that allows. The reduce
+    orders refs by their sequence keys, so how refs are cut into files never changes the plan.
+    """
 
     def __init__(self, work_dir: str, task: int, partitions: int) -> None:
         self.work_dir, self.task, self.partitions = work_dir, task, partitions
         self.buffers: dict[int, list[tuple[int, int, ImageRef]]] = {}
+        self.sizes: dict[int, int] = {}  # estimated bytes per partition buffer
+        self.counts: dict[int, int] = {}  # part files written per partition (their names)
         self.refused: list[dict[str, Any]] = []
-        self.buffered = self.flushes = self.written = self.refused_count = 0
+        self.buffered = self.peak_buffered = self.files = 0
+        self.flushes = self.written = self.refused_count = 0
 
     def add(self, ref: ImageRef, seq_input: int, seq_ref: int) -> None:
         part = partition_of(make_uid(ref.url), self.partitions)
         self.buffers.setdefault(part, []).append((seq_input, seq_ref, ref))
-        self.buffered += 1
-        if self.buffered >= FLUSH_ROWS:
-            self.flush()
+        size = ref_bytes(ref)
+        self.sizes[part] = self.sizes.get(part, 0) + size
+        self.buffered += size
+        self.peak_buffered = max(self.peak_buffered, self.buffered)
+        if self.sizes[part] >= PART_BYTES:
+            self._write_part(part)
+        elif self.buffered >= BUFFER_BYTES:
+            for big in sorted(self.sizes, key=self.sizes.__getitem__, reverse=True):
+                if self.buffered <= BUFFER_BYTES // 2:
+                    break
+                self._write_part(big)
 
     def refuse(self, rows: Iterable[dict[str, Any]]) -> None:
         self.refused.extend(rows)
-        if len(self.refused) >= FLUSH_ROWS:
-            self.flush()
+        if len(self.refused) >= REFUSED_ROWS:
+            self._write_refused()
 
-    def flush(self) -> None:
+    def _write_part(self, part: int) -> None:
+        """One partition's buffer as one part file `tTTTTTTT-NNNNN.parquet`, then emptied."""
+        import pyarrow as pa
+
+        items = self.buffers.pop(part, [])
+        self.buffered -= self.sizes.pop(part, 0)
+        if not items:
+            return
+        table = pa.Table.from_pydict(
+            {
+                "seq_input": [i[0] for i in items],
+                "seq_ref": [i[1] for i in items],
+                "url": [i[2].url for i in items],
+                "texts": [list(i[2].texts) for i in items],
+                "page_url": [i[2].page_url for i in items],
+                "language": [i[2].language for i in items],
+                "source": [i[2].source for i in items],
+                "extra": [i[2].extra for i in items],
+            },
+            schema=_ref_schema(),
+        )
+        n = self.counts.get(part, 0)
+        self.counts[part] = n + 1
+        name = f"t{self.task:07d}-{n:05d}.parquet"
+        _write_table(join_uri(self.work_dir, "refs", f"p{part:04d}", name), table)
+        self.written += len(items)
+        self.files += 1
+
+    def _write_refused(self) -> None:
         import pyarrow as pa
 
         from tasks.crawl.plan import REFUSED_SCHEMA
 
+        if not self.refused:
+            return
         name = f"t{self.task:07d}-{self.flushes:05d}.parquet"
-        for part, items in self.buffers.items():
-            table = pa.Table.from_pydict(
-                {
-                    "seq_input": [i[0] for i in items],
-                    "seq_ref": [i[1] for i in items],
-                    "url": [i[2].url for i in items],
-                    "texts": [list(i[2].texts) for i in items],
-                    "page_url": [i[2].page_url for i in items],
-                    "language": [i[2].language for i in items],
-                    "source": [i[2].source for i in items],
-                    "extra": [i[2].extra for i in items],
-                },
-                schema=_ref_schema(),
-            )
-            _write_table(join_uri(self.work_dir, "refs", f"p{part:04d}", name), table)
-            self.written += len(items)
-        if self.refused:
-            table = pa.Table.from_pylist(self.refused, schema=REFUSED_SCHEMA())
-            _write_table(join_uri(self.work_dir, "refused", name), table)
-            self.refused_count += len(self.refused)
-        self.buffers, self.refused, self.buffered = {}, [], 0
+        table = pa.Table.from_pylist(self.refused, schema=REFUSED_SCHEMA())
+        _write_table(join_uri(self.work_dir, "refused", name), table)
+        self.refused_count += len(self.refused)
+        self.refused = []
         self.flushes += 1
+
+    def flush(self) -> None:
+        """Write every buffer (the task's end)."""
+        for part in sorted(self.buffers):
+            self._write_part(part)
+        self._write_refused()
 
 
 def _list_files(uri: str) -> list[str]:
@@ -156,6 +208,8 @@ def merge_partition(table: Any) -> tuple[list[dict[str, Any]], int]:
         c: table.column(c).to_pylist()
         for c in ("url", "texts", "page_url", "language", "source", "extra")
     }
+    # languages extraction left for later (extract_wat(languages=False)): once per distinct text
+    cols["language"] = fill_languages(cols["url"], cols["texts"], cols["language"])
     by_url: dict[str, dict[str, Any]] = {}
     pairs: dict[str, set[str]] = {}
     for i, url in enumerate(cols["url"]):

@@ -27,19 +27,22 @@ def download_and_write(
     output_dir: str,
     url_map: UrlMap,
     pool_uri: str = "",
+    host_rate: Any = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Download every row of shard `index`, write its samples/parquet/stats/done marker in
     output.output_format, then (with `pool_uri`, "" = no pool) upsert its rows into the pool.
 
-    `allow`, `output_dir` and `url_map` are the run's (tasks.crawl.context.CrawlContext). The
+    `allow`, `output_dir` and `url_map` are the run's (tasks.crawl.context.CrawlContext);
+    `host_rate` its HostSlots actor (tasks.crawl.hostrate; None = no rate or per task). The
     task may run again after its worker died (download.max_retries): the shard is rewritten
     whole and the upsert is by uid, so a rerun never duplicates a sample.
     """
     started = time.time()
     if isinstance(rows, ShardRef):  # the job carries a reference: read this shard's plan rows
         rows = rows.rows()
-    results = download_shard(_with_fetch_urls(rows, url_map), p, allow, progress)
+    fetch_rows = _with_fetch_urls(rows, url_map)
+    results = download_shard(fetch_rows, p, allow, progress, host_rate=host_rate)
     fmt = p.output.output_format
     stats = write_shard(output_dir, index, results, p.resize.encode_format, started, fmt)
     return {"index": index, **stats, "pool_rows": _sync(pool_uri, index, results, stats, fmt)}
@@ -63,6 +66,7 @@ def retry_and_merge(
     output_dir: str,
     url_map: UrlMap,
     pool_uri: str = "",
+    host_rate: Any = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
     """Re-download the rows of a written shard whose status is in output.retry_error_classes;
@@ -79,9 +83,8 @@ def retry_and_merge(
     todo = [r for r in rows if r["status"] in classes]
     if not todo:
         return {"index": index, "retried": 0, "recovered": 0}
-    fresh = {
-        r["uid"]: r for r in download_shard(_with_fetch_urls(todo, url_map), p, allow, progress)
-    }
+    got = download_shard(_with_fetch_urls(todo, url_map), p, allow, progress, host_rate=host_rate)
+    fresh = {r["uid"]: r for r in got}
     merged: list[dict[str, Any]] = []
     for row in rows:
         new = fresh.get(row["uid"])

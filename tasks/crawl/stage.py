@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from tasks.crawl.context import CrawlContext, build_context
@@ -185,6 +186,19 @@ def _refused_counts(output_dir: str) -> dict[str, int]:
     return {"refused": sum(counts.values()), **counts}
 
 
+@contextlib.contextmanager
+def _host_slots(p: CrawlParams, needed: bool) -> Iterator[Any]:
+    """The run's HostSlots actor while its shard tasks run (None without a rate or shards):
+    http.max_requests_per_second_per_host holds for the whole crawl (tasks/crawl/hostrate.py)."""
+    from tasks.crawl.hostrate import start_host_slots, stop_host_slots
+
+    handle = start_host_slots(p.http.max_requests_per_second_per_host) if needed else None
+    try:
+        yield handle
+    finally:
+        stop_host_slots(handle)
+
+
 def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
     from tasks.crawl.distributor import run_shard_jobs
     from tasks.crawl.plan import ShardRef
@@ -201,18 +215,19 @@ def _crawl(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
     def on_done(stats: dict[str, Any]) -> None:  # the driver only aggregates counts
         ran.append(stats)
 
-    args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map, pool_uri)
-    # a job carries a reference to its rows (plan folder + shard index), read by the task
-    jobs = [(i, download_and_write, (ShardRef(ctx.output_dir, i), *args)) for i in todo]
-    seconds = run_shard_jobs(
-        jobs,
-        p.download.shards_in_flight,
-        p.download.cpus_per_shard,
-        sum(plan.shard_count(i) for i in todo),
-        on_done,
-        p.output.progress,
-        max_retries=p.download.max_retries,
-    )
+    with _host_slots(p, bool(todo)) as slots:
+        args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map, pool_uri, slots)
+        # a job carries a reference to its rows (plan folder + shard index), read by the task
+        jobs = [(i, download_and_write, (ShardRef(ctx.output_dir, i), *args)) for i in todo]
+        seconds = run_shard_jobs(
+            jobs,
+            p.download.shards_in_flight,
+            p.download.cpus_per_shard,
+            sum(plan.shard_count(i) for i in todo),
+            on_done,
+            p.output.progress,
+            max_retries=p.download.max_retries,
+        )
     # Shards a killed run finished before their upsert, and every shard when the pool is new
     # (a fresh clone, another CLIPMILL_LANCEDB_URI): the pool's own record says which (the
     # done markers name each shard's content; the rows of recorded shards are not read).
@@ -257,8 +272,7 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
             f"output.retry_failed=true but {ctx.output_dir} holds no crawl (no _plan/plan.json)"
         )
     sink, pool_uri = _open_pool(p)  # made before the tasks, which upsert their shards
-    args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map, pool_uri)
-    jobs, total = [], 0
+    todo, total = [], 0
     for marker in _existing_shards(ctx.output_dir):
         index = int(marker.rsplit("/", 1)[-1].split(".")[0])
         with fsspec.open(f"{shard_uri(ctx.output_dir, index)}.parquet", "rb") as fh:
@@ -266,22 +280,25 @@ def _retry(p: CrawlParams, ctx: CrawlContext) -> dict[str, Any]:
         n = sum(s in classes for s in status)
         if n:
             total += n
-            jobs.append((index, retry_and_merge, args))
+            todo.append(index)
     ran: list[dict[str, Any]] = []
 
     def on_done(stats: dict[str, Any]) -> None:  # each task upserts its rewritten shard itself
         ran.append(stats)
 
-    seconds = run_shard_jobs(
-        jobs,
-        p.download.shards_in_flight,
-        p.download.cpus_per_shard,
-        total,
-        on_done,
-        p.output.progress,
-        "crawl: retrying",
-        max_retries=p.download.max_retries,
-    )
+    with _host_slots(p, bool(todo)) as slots:
+        args = (p, ctx.allow_addresses, ctx.output_dir, ctx.url_map, pool_uri, slots)
+        jobs = [(index, retry_and_merge, args) for index in todo]
+        seconds = run_shard_jobs(
+            jobs,
+            p.download.shards_in_flight,
+            p.download.cpus_per_shard,
+            total,
+            on_done,
+            p.output.progress,
+            "crawl: retrying",
+            max_retries=p.download.max_retries,
+        )
     if sink is not None:  # a shard a killed retry rewrote before its upsert
         indices = [
             int(m.rsplit("/", 1)[-1].split(".")[0]) for m in _existing_shards(ctx.output_dir)

@@ -179,16 +179,10 @@ def fix_vectors(table: pa.Table) -> pa.Table:
 
 
 def existing_shard(crawl_dir: Path, shard: str | None) -> Path | None:
-    """The crawl tar holding a row's image, or None when the pool names none or it is gone."""
+    """The crawl shard holding a row's image (a tar, a files/ folder or an image parquet: the
+    crawl's output.output_format, read by tasks/io/crawlshards.py), or None when the pool names
+    none or it is gone."""
     if not shard:
         return None
-    if not shard.endswith(".tar"):  # crawl's files / parquet layouts (output.output_format)
-        from tasks.base import StageError
-
-        raise StageError(
-            f"curate reads crawl shards in webdataset format only, but the pool names {shard} "
-            "(written with crawl output.output_format=files or parquet): crawl again with "
-            "output.output_format=webdataset"
-        )
     path = Path(shard) if Path(shard).is_absolute() else crawl_dir / shard
     return path if path.exists() else None

@@ -7,9 +7,9 @@ lookup table. The text checks always run: they are the implicit first step.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -84,7 +84,13 @@ def _metadata(p: CurateParams, out_dir: Path, metrics: dict[str, Any]) -> tuple[
     return str(meta_path), meta.digest(), len(meta)
 
 
-def _eval_features(ctx: StepContext, rows: pa.Table) -> None:
+class RowBlocks(Protocol):
+    """The pool's rows one block at a time (the streamed path, tasks/curate/streamprep.py)."""
+
+    def blocks(self) -> Iterator[pa.Table]: ...
+
+
+def _eval_features(ctx: StepContext, rows: pa.Table | RowBlocks) -> None:
     """The eval images in the pool's form (evalsets.EvalView): hashes of every view, and image
     embeddings of the whole views the decontaminate step compares.
 
@@ -113,7 +119,7 @@ def _eval_features(ctx: StepContext, rows: pa.Table) -> None:
         wanted = (
             None
             if p.decontaminate.embed_threshold is not None
-            else matched_eval_ids(rows, hashes, match)
+            else _matched_ids(rows, hashes, match)
         )
         hashes = _with_embeddings(hashes, p, eval_dir, shards, view, wanted)
     ctx.eval_features = hashes
@@ -150,6 +156,16 @@ def _eval_hashes(
         what="eval images",
     )
     return with_eval_ids(feats).select(EVAL_COLUMNS)
+
+
+def _matched_ids(rows: pa.Table | RowBlocks, ev: pa.Table, match: HashMatchParams) -> set[str]:
+    """matched_eval_ids of a table, or the union over the blocks of the streamed path."""
+    if isinstance(rows, pa.Table):
+        return matched_eval_ids(rows, ev, match)
+    out: set[str] = set()
+    for block in rows.blocks():
+        out |= matched_eval_ids(block, ev, match)
+    return out
 
 
 def matched_eval_ids(rows: pa.Table, ev: pa.Table, match: HashMatchParams) -> set[str]:
@@ -244,7 +260,7 @@ def _target_embeddings(ctx: StepContext, rows: pa.Table) -> None:
     ctx.target_embeddings = np.asarray(embeddings(feats, "image_emb")[0])
 
 
-SIDE_INPUTS: dict[Input, Callable[[StepContext, pa.Table], None]] = {
+SIDE_INPUTS: dict[Input, Callable[[StepContext, Any], None]] = {
     "eval_features": _eval_features,
     "target_embeddings": _target_embeddings,
 }

@@ -164,6 +164,7 @@ class SemanticDedupParams(StepSection):
     clusters: int = Field(default=16, ge=1)  # k-means clusters (capped at rows / 4)
     ann_min_rows: int = Field(default=100_000, ge=1)  # clusters at least this big use the LanceDB ANN index (never faster than exact up to 40k rows, benchmarks/curate.py; it saves the exact path's ~2 GB block from here)
     ann_k: int = Field(default=16, ge=2)  # neighbours per query on the ANN path
+    stream_fit_rows: int = Field(default=500_000, ge=1)  # rows; the streamed path fits k-means on a seeded sample of about this many embeddings (every one below it: the in-memory fit)
     # fmt: on
 
 
@@ -221,6 +222,18 @@ class ComputeParams(ParamsSection):
     # fmt: on
 
 
+class ExecutionParams(ParamsSection):
+    """Where the decisions are taken: every row in the driver (memory) or in blocks of pool rows
+    on Ray with only small arrays in the driver (stream, tasks/curate/stream.py). Both write the
+    same ledger columns, uid lists and shards; stream refuses, naming them, the steps and params
+    it cannot stream yet (tasks/curate/streamsteps.py)."""
+
+    # fmt: off
+    mode: Literal["memory", "stream", "auto"] = "auto"  # memory | stream | auto: stream when the pool holds >= stream_min_rows rows
+    stream_min_rows: int = Field(default=1_000_000, ge=1)  # rows; auto streams from here (the in-memory path holds every row, ~2 KB each with embeddings, ~2 GB per million)
+    # fmt: on
+
+
 class OutputsParams(ParamsSection):
     """What the stage writes besides the subset list."""
 
@@ -262,6 +275,7 @@ class CurateParams(StageParams):
     planted_qa: PlantedQAParams = PlantedQAParams()  # report on the planted copies, after decontaminate
     holdout: HoldoutParams = HoldoutParams()  # held-out pairs, after every step; never in the training shards
     compute: ComputeParams = ComputeParams()  # Ray actors, batch sizes, CPUs
+    execution: ExecutionParams = ExecutionParams()  # in memory or streamed in blocks over the pool
     outputs: OutputsParams = OutputsParams()  # shards and report
     # fmt: on
 

@@ -1,5 +1,6 @@
 """The curate stage: pool -> prepared inputs (Ray) -> ordered steps -> held-out part -> subset,
-shards (training and held-out), report.
+shards (training and held-out), report. In memory here; in blocks over the pool with
+`execution.mode: stream` (or auto on a big pool): tasks/curate/streamrun.py.
 
 What is prepared is the union of the inputs the run's steps declare (tasks/curate/inputs.py);
 steps and report steps come from lookup tables (tasks/curate/steps/registry.py): nothing here
@@ -181,7 +182,7 @@ def _grids(
 ) -> dict[str, list[tuple[bytes, str]]]:
     from tasks.curate.features import existing_shard
     from tasks.curate.report import example_groups
-    from tasks.io.wds import read_images
+    from tasks.io.crawlshards import read_images  # any crawl layout
 
     if p.outputs.report_examples == 0:
         return {}
@@ -204,7 +205,7 @@ def _synthetic_grid(
     """Rows kept by their synthetic caption, captioned "old -> new" (report grid)."""
     from tasks.curate.features import existing_shard
     from tasks.curate.poolio import read_columns
-    from tasks.io.wds import read_images
+    from tasks.io.crawlshards import read_images  # any crawl layout
 
     choice = outcome.artifacts.get("clip_score", {}).get("caption_choice")
     if choice is None or not choice.synthetic_uids or p.outputs.report_examples == 0:
@@ -262,6 +263,7 @@ def run(params: CurateParams) -> dict[str, Any]:
     from tasks.curate.poolio import open_pool_table
     from tasks.curate.report import write_report
     from tasks.curate.steps.registry import build_reports, build_steps, needed_inputs
+    from tasks.curate.streamrun import run_stream, use_stream
     from tasks.io.atomic import sweep_temp
 
     out_dir = resolve_path(params.paths.out_dir)
@@ -269,6 +271,8 @@ def run(params: CurateParams) -> dict[str, Any]:
     sweep_temp(out_dir, ("*.tmp", ".*.tmp_*", ".bucket-*"))  # what a killed run left half-written
     pool = open_pool_table(params.paths.pool_uri)
     steps, reports = build_steps(params), build_reports(params)
+    if use_stream(params, pool):  # the pool in blocks, small arrays in the driver
+        return run_stream(params, pool, out_dir, steps, reports)
     rows, ctx, metrics = prepare(pool, params, out_dir, needed_inputs([*steps, *reports]))
     outcome, held = _decide(pool, rows, steps, ctx)
     train = outcome.keep & ~held  # the training set: kept by every step and not held out

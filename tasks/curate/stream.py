@@ -261,6 +261,7 @@ class StreamOutcome:
     artifacts: dict[str, dict[str, Any]] = field(default_factory=dict)
     curated_size: int = 0
     holdout_size: int = 0
+    source: PoolBlocks | None = None  # the pinned pool the decisions read (block order)
 
 
 def _blocks(
@@ -406,4 +407,6 @@ def _finish(
             ledger.remote(src.uri, str(scratch / "state"), src.block_rows),
         ]
     )
-    return StreamOutcome(funnel, metrics, artifacts, curated_size=kept, holdout_size=held)
+    return StreamOutcome(
+        funnel, metrics, artifacts, curated_size=kept, holdout_size=held, source=src
+    )

@@ -3,15 +3,23 @@ one block of pool rows, and what small array its global decision reduces to on t
 
 A step here is an adapter around the step class the in-memory path runs (tasks/curate/steps),
 so both paths share the decision code:
-- per-row steps (basic, text_based, uid_subset) decide each row from the row alone: the step
-  object itself runs on every block, with nothing to reduce;
+- per-row steps (basic, text_based, uid_subset, decontaminate: each row against the small eval
+  feature table in the context) decide each row from the row alone: the step object itself
+  runs on every block, with nothing to reduce;
 - exact_dedup reduces by hash partition: blocks write (sha256, uid, block, row) into partition
   files, one Ray task per partition picks the winner (the smallest uid, as the in-memory step
   visits rows in uid order) and writes the losers; the driver sees only file paths;
 - clip_score with `fraction` reduces to the float32 CLIP score of every downloaded, embedded
   pool row (its scores are float32 cosines, so float32 loses nothing), the driver takes
   DataComp's rank in place;
+- perceptual_dedup reduces by pHash band partition (d + 1 bands: pigeonhole), pairs listed
+  per partition, the uid-order greedy in one Ray task over the pairs' rows only
+  (tasks/curate/streamphash.py);
 - balance reduces to MetaCLIP's int64 count per entry (summed on the driver) and back.
+- semantic_dedup: k-means fitted in a Ray task on a seeded sample, clusters partitioned to
+  files, one Ray task per cluster (tasks/curate/streamsemdedup.py);
+Not streamed (a NotImplementedError names them): image_based,
+clip_score.caption other than raw, balance.target_size, perceptual_dedup.max_distance >= 64.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -29,49 +37,9 @@ import pyarrow.parquet as pq
 from tasks.curate import balancing as bal
 from tasks.curate.steps.base import Step, StepContext, StepResult
 from tasks.curate.steps.clip_score import ClipScore, downloaded_pool_scores
-
-
-class Streamed:
-    """One step as the streamed path runs it: `collect` per block (map), `reduce` on the driver,
-    `decide` per block. `whole_pool`: `collect` reads every pool row, not only the rows reaching
-    the step, so it runs in the first pass. `finish` turns the per-block metric parts into the
-    step's metrics (the ones the in-memory step reports)."""
-
-    global_decision: bool = False
-    whole_pool: ClassVar[bool] = False
-    artifact: Any = None  # what the report shows (balance: EntryCounts), set by finish
-
-    def __init__(self, step: Step[Any]) -> None:
-        self.step = step
-        self.name = step.name
-
-    def collect(self, rows: pa.Table, block: int, scratch: Path, ctx: StepContext) -> Any:
-        """Map (a Ray task): what this block adds to the global decision (a small array, or
-        files written under scratch)."""
-        return None
-
-    def plan(self, total_rows: int) -> None:
-        """Driver, before the first pass: size what depends on the pool's rows."""
-
-    def absorb(self, part: Any, total_rows: int) -> None:
-        """Driver: fold one block's collected part in (as it arrives: parts are never kept)."""
-
-    def reduce(self, scratch: Path, ctx: StepContext) -> None:
-        """Driver: the global decision from what was absorbed; afterwards `decide` may run."""
-
-    def decide(
-        self, rows: pa.Table, block: int, scratch: Path, ctx: StepContext
-    ) -> tuple[StepResult, Any]:
-        """The step's decision on the block's rows reaching it, and a metric part."""
-        result = self.step(rows, ctx)
-        return result, result.metrics
-
-    def fold(self, part: Any) -> None:
-        """Driver: fold one block's metric part in."""
-
-    def finish(self) -> dict[str, Any]:
-        """The step's metrics from the folded metric parts."""
-        return {}
+from tasks.curate.streambase import Streamed
+from tasks.curate.streamphash import PerceptualDedupStreamed
+from tasks.curate.streamsemdedup import SemanticDedupStreamed
 
 
 class PerRow(Streamed):
@@ -345,7 +313,10 @@ STREAMED: dict[str, type[Streamed]] = {
     "basic": PerRow,
     "text_based": PerRow,
     "uid_subset": PerRow,
+    "decontaminate": PerRow,
     "exact_dedup": ExactDedupStreamed,
+    "perceptual_dedup": PerceptualDedupStreamed,
+    "semantic_dedup": SemanticDedupStreamed,
     "clip_score": ClipScoreStreamed,
     "balance": BalanceStreamed,
 }

@@ -20,7 +20,7 @@ def read_shard(item: dict[str, Any]) -> list[dict[str, Any]]:
     """uid, image bytes and text of the listed keys of one shard (`item`: shard, uids, texts,
     prefix); a key with no image in the shard comes back with empty bytes (hash_batch then says
     `image_missing`), so no listed row is lost."""
-    from tasks.io.wds import read_images
+    from tasks.io.crawlshards import read_images  # a tar, or a crawl shard in any layout
 
     texts = dict(zip(item["uids"], item["texts"], strict=True))
     prefix = item.get("prefix", "")

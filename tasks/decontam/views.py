@@ -181,9 +181,11 @@ def flagged_distances(
     by_shard: dict[str, set[str]] = {}
     for _, uid, shard, _ in flagged:
         by_shard.setdefault(str(shard), set()).add(uid)
+    from tasks.io.crawlshards import read_images as read_crawl_images  # any crawl layout
+
     pool_imgs: dict[str, bytes] = {}
     for shard, wanted in by_shard.items():
-        pool_imgs.update({u: data for u, data, _ in read_images(shard, wanted)})
+        pool_imgs.update({u: data for u, data, _ in read_crawl_images(shard, wanted)})
     eval_imgs = read_eval_images(eval_dir, {ref for *_, ref in flagged})
     dist = pixel_distances(
         [(pool_imgs.get(u), eval_imgs.get(ref)) for _, u, _, ref in flagged], view

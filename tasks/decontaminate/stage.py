@@ -117,11 +117,11 @@ def copy_views(hashed: pa.Table, same_as: dict[str, str], order: list[str]) -> p
 def crawl_features(p: DecontaminateParams) -> pa.Table:
     """uid, url, shard and hashes of every sample with an image in the checked shards."""
     from tasks.decontam.reading import hash_items
-    from tasks.decontaminate.reading import list_tars, read_crawl_shard, shard_items
+    from tasks.decontaminate.reading import list_shards, read_crawl_shard, shard_items
     from tasks.io.paths import resolve_path
 
-    tars = list_tars(resolve_path(p.paths.shards))
-    items = shard_items(tars, p.compute.rows_per_block)
+    shards = list_shards(resolve_path(p.paths.shards))  # any crawl layout
+    items = shard_items(shards, p.compute.rows_per_block)
     rows = hash_items(items, read_crawl_shard, label="decontaminate: hashing crawl images")
     if rows.num_rows == 0:
         raise ValueError(f"decontaminate: the shards under {p.paths.shards} hold no image samples")

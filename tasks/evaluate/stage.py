@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -80,29 +83,48 @@ def evaluate_model(
     )
 
     loaded = emb.loaded
+    seconds: dict[str, float] = {}
     everything = [b for s in [*sets.values(), *(train_sets or {}).values()] for b in s.images]
-    emb.images(everything)  # one pass: batches fill across sets, repeats are encoded once
+    with _timed(seconds, "embed"):
+        emb.images(everything)  # one pass: batches fill across sets, repeats are encoded once
+    probes: dict[str, Any] = {}
+    if params.probe.enabled:  # every set's fits pooled in one batch of worker jobs
+        with _timed(seconds, "probe"):
+            probes = suite.probe_results(emb, sets, params, train_sets)
     metrics: dict[str, Any] = {}
     rows: list[Row] = []
     for name, s in sets.items():
         img = emb.images(s.images)
-        if s.task == CLASSIFICATION:
-            m = suite.zeroshot_task(emb, s, img, params, out)
-        else:
-            m = suite.retrieval_task(emb, s, img, params, out)
+        with _timed(seconds, s.task):
+            if s.task == CLASSIFICATION:
+                m = suite.zeroshot_task(emb, s, img, params, out)
+            else:
+                m = suite.retrieval_task(emb, s, img, params, out)
         metric = main_metric(s.task, name, params.main_metrics)
         rows.append(make_row(loaded.name, s, s.task, metric, main_value(m, metric)))
         m = {
             k: v for k, v in m.items() if v == v
         }  # NaN (acc5 below 5 classes) stays in the JSON only
-        m.update(_extras(emb, s, img, params, out, m, (train_sets or {}).get(name)))
+        m.update(_extras(emb, s, img, params, out, m, probes.get(name), seconds))
         if PROBE_METRIC in m:  # shown with its chance and baseline, outside the average
             rows.append(make_row(loaded.name, s, PROBE_TASK, PROBE_METRIC, m[PROBE_METRIC], False))
         metrics[name] = m
     stats = emb.stats.as_metrics()
     metrics["images_per_s"] = stats["images_per_s"]
     metrics["embedding"] = stats
+    metrics["task_seconds"] = seconds
     return metrics, rows
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], key: str) -> Iterator[None]:
+    """Adds the wall seconds of the block to `seconds[key]`: the stage's metrics say where its
+    time went (`task_seconds` per model), so the next cut is measured, not guessed."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
 
 
 def _extras(
@@ -112,23 +134,28 @@ def _extras(
     params: EvaluateParams,
     out: Path,
     base: dict[str, float],
-    train: EvalSet | None = None,
+    probed: Any = None,
+    seconds: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """Probe (on `train`, the set's train split, when read already), PerceptionCLIP and
-    robustness, for the classification sets their params name."""
+    """Probe (its record, from `probed`, the set's `ProbeResult` when computed already),
+    PerceptionCLIP and robustness, for the classification sets their params name."""
     from tasks.evaluate import perception, robustness, suite
 
+    seconds = {} if seconds is None else seconds
     extra: dict[str, Any] = {}
     if s.task != CLASSIFICATION:
         return extra
     if params.probe.enabled and s.name in params.probe.datasets:
-        extra.update(suite.probe_task(emb, s, img, params, out, train))
+        with _timed(seconds, "probe"):
+            extra.update(suite.probe_task(emb, s, img, params, out, result=probed))
     if params.perception.enabled and s.name in params.perception.datasets:
-        extra["perception"] = perception.evaluate(
-            emb.text_encoder(), s, img, params.perception, base["acc1"]
-        )
+        with _timed(seconds, "perception"):
+            extra["perception"] = perception.evaluate(
+                emb.text_encoder(), s, img, params.perception, base["acc1"]
+            )
     if params.robustness.enabled and s.name in params.robustness.datasets:
-        extra["robustness"] = robustness.evaluate(emb, s, params.robustness)
+        with _timed(seconds, "robustness"):
+            extra["robustness"] = robustness.evaluate(emb, s, params.robustness)
     return extra
 
 

@@ -77,6 +77,49 @@ def retrieval_task(
     return metrics
 
 
+def _probe_train(s: EvalSet, params: EvaluateParams, train: EvalSet | None) -> EvalSet | None:
+    """The set's train split the probe fits on (`train` when the caller read it), else None."""
+    from tasks.evaluate.datasets import has_split
+
+    p = params.probe
+    if train is None and (
+        p.train_split != s.split
+        and has_split(s.name, params.eval_root, params.public_root, p.train_split)
+    ):
+        train = load_set(s.name, params.eval_root, params.public_root, p.train_split)
+    return train
+
+
+def probe_results(
+    emb: Embedder,
+    sets: dict[str, EvalSet],
+    params: EvaluateParams,
+    train_sets: dict[str, EvalSet] | None = None,
+) -> dict[str, Any]:
+    """Every probed set's `ProbeResult`, their fits pooled in one batch of worker jobs
+    (linear_probe.probe_all: the numbers `probe_task` alone would give, less idle CPU); the
+    probed sets are the classification sets named in `probe.datasets`."""
+    from tasks.evaluate.linear_probe import ProbeJob, probe_all
+
+    p = params.probe
+    names = [n for n, s in sets.items() if s.task == CLASSIFICATION and n in p.datasets]
+    jobs = []
+    for name in names:
+        s = sets[name]
+        train = _probe_train(s, params, (train_sets or {}).get(name))
+        jobs.append(
+            ProbeJob(
+                emb.images(s.images).numpy(),
+                np.asarray(s.labels),
+                len(s.classnames),
+                None if train is None else emb.images(train.images).numpy(),
+                None if train is None else np.asarray(train.labels),
+            )
+        )
+    done = probe_all(jobs, p.c_grid, p.folds, p.val_proportion, p.max_iter, p.seed, p.n_jobs)
+    return dict(zip(names, done, strict=True))
+
+
 def probe_task(
     emb: Embedder,
     s: EvalSet,
@@ -84,50 +127,18 @@ def probe_task(
     params: EvaluateParams,
     out: Path,
     train: EvalSet | None = None,
+    result: Any = None,
 ) -> dict[str, Any]:
     """Probe on the set's train split when it has one (test only scored), else k-fold over test;
-    `train` is that split when the caller read it already.
+    `train` is that split when the caller read it already; `result` the set's `ProbeResult`
+    when `probe_results` computed it already (then only the record is written).
 
     The record (CLIP_benchmark's JSON) says which scheme ran (`split_scheme`), how many images
     trained and were scored, the validation accuracy per C, and for k-fold every fold's numbers.
     """
-    from tasks.evaluate.datasets import has_split
-    from tasks.evaluate.linear_probe import kfold_probe, probe
-
     loaded = emb.loaded
-    p = params.probe
-    test_x, test_y = img.numpy(), np.asarray(s.labels)
-    if train is None and (
-        p.train_split != s.split
-        and has_split(s.name, params.eval_root, params.public_root, p.train_split)
-    ):
-        train = load_set(s.name, params.eval_root, params.public_root, p.train_split)
-    if train is not None:
-        train_x = emb.images(train.images).numpy()
-        result = probe(
-            train_x,
-            np.asarray(train.labels),
-            test_x,
-            test_y,
-            len(s.classnames),
-            p.c_grid,
-            p.val_proportion,
-            p.max_iter,
-            p.seed,
-            p.n_jobs,
-        )
-    else:
-        result = kfold_probe(
-            test_x,
-            test_y,
-            len(s.classnames),
-            p.c_grid,
-            p.folds,
-            p.val_proportion,
-            p.max_iter,
-            p.seed,
-            p.n_jobs,
-        )
+    if result is None:
+        result = _probe_one(emb, s, img, params, _probe_train(s, params, train))
     rec = results.record(
         s.name, loaded.arch, loaded.ref, "linear_probe", result.metrics, params.language
     )
@@ -140,6 +151,40 @@ def probe_task(
     )
     results.write_record(out, loaded.name, rec)
     return {**result.metrics, "lp_split_scheme": result.split_scheme}
+
+
+def _probe_one(
+    emb: Embedder, s: EvalSet, img: Any, params: EvaluateParams, train: EvalSet | None
+) -> Any:
+    """One set's `ProbeResult`: the train-split scheme when `train` is given, else k-fold."""
+    from tasks.evaluate.linear_probe import kfold_probe, probe
+
+    p = params.probe
+    test_x, test_y = img.numpy(), np.asarray(s.labels)
+    if train is not None:
+        return probe(
+            emb.images(train.images).numpy(),
+            np.asarray(train.labels),
+            test_x,
+            test_y,
+            len(s.classnames),
+            p.c_grid,
+            p.val_proportion,
+            p.max_iter,
+            p.seed,
+            p.n_jobs,
+        )
+    return kfold_probe(
+        test_x,
+        test_y,
+        len(s.classnames),
+        p.c_grid,
+        p.folds,
+        p.val_proportion,
+        p.max_iter,
+        p.seed,
+        p.n_jobs,
+    )
 
 
 def _write(

@@ -1,5 +1,6 @@
 """The shared I/O layer every stage uses: atomic writes and completion markers (`atomic`),
-webdataset shards (`wds`), CLIP_benchmark eval sets (`clipbench`), params paths (`paths`), and
+webdataset shards (`wds`), crawl shards in any of the crawl's layouts (`crawlshards`),
+CLIP_benchmark eval sets (`clipbench`), params paths (`paths`), and
 the runner's mapping of `data/` to a bucket (`dataroot`: CLIPMILL_DATA_ROOT=s3://...).
 
 Library code: imports no stage package. The atomic helpers are re-exported here, so

@@ -59,3 +59,65 @@ def ensure_local(path: str | Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
+
+
+def bucket_uri(path: str | Path) -> str | None:
+    """The bucket data root URI of a path under the data root's cache folder; None outside a
+    bucket data root or for a path elsewhere (nothing to map)."""
+    settings = get_settings()
+    if not settings.remote_data or settings.data_root is None:
+        return None
+    try:
+        rel = Path(path).absolute().relative_to(settings.local_data.absolute())
+    except ValueError:
+        return None
+    return join_uri(settings.data_root, rel.as_posix())
+
+
+def this_node() -> str | None:
+    """The Ray node id of this process (a driver after `ray.init`, a task, an actor, a Ray
+    Train worker); None where Ray is not running here."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    return str(ray.get_runtime_context().get_node_id())
+
+
+def publish(path: str | Path, driver_node: str | None) -> bool:
+    """Upload a file or folder this process wrote under the cache folder to the bucket when it
+    runs on another Ray node than the stage's driver (`driver_node`, from `this_node()` on the
+    driver): the driver's runner pushes only its own cache folder, so an output written on
+    another node's disk would otherwise never reach the driver or the bucket. The driver then
+    reads it with `ensure_local`. A folder replaces the bucket's copy whole (no stale files
+    left beside it). Returns whether it uploaded: nothing happens on the driver's node, with
+    `driver_node=None` (no cluster), outside a bucket data root or outside the cache folder."""
+    if driver_node is None or this_node() in (None, driver_node):
+        return False
+    uri = bucket_uri(path)
+    if uri is None:
+        return False
+    import fsspec
+
+    local = Path(path)
+    fs, remote = fsspec.core.url_to_fs(uri)
+    if local.is_dir():
+        if fs.exists(remote):
+            fs.rm(remote, recursive=True)
+        fs.put(str(local).rstrip("/") + "/", remote.rstrip("/"), recursive=True)
+    else:
+        fs.put_file(str(local), remote)  # one PUT: an object store writes it whole or not at all
+    return True
+
+
+def refresh(path: str | Path) -> None:
+    """Replace a local file or folder under the cache folder with the bucket's copy (what
+    `publish` uploaded from another node); nothing outside a bucket data root."""
+    if bucket_uri(path) is None:
+        return
+    local = Path(path)
+    if local.is_dir():
+        shutil.rmtree(local)
+    else:
+        local.unlink(missing_ok=True)
+    ensure_local(local)

@@ -72,7 +72,13 @@ def read_block_images(block: dict[str, Any], crawl_dir: Path) -> dict[str, bytes
 class RecaptionActor:
     """One per actor: the chain and teacher load in __init__; `__call__` takes a batch of blocks."""
 
-    def __init__(self, params: RecaptionParams, parts_dir: str, crawl_dir: str) -> None:
+    def __init__(
+        self,
+        params: RecaptionParams,
+        parts_dir: str,
+        crawl_dir: str,
+        driver_node: str | None = None,
+    ) -> None:
         import math
 
         import torch
@@ -86,6 +92,7 @@ class RecaptionActor:
         self.p = params
         self.parts_dir = Path(parts_dir)
         self.crawl_dir = Path(crawl_dir)
+        self.driver_node = driver_node  # parts written on another node go up to the bucket
         self.chain = [build_captioner(name, params) for name in params.backends]
         self.teacher = load_teacher(teacher_ref(params)) if params.paths.teacher else None
         self.init_cpu = time.process_time() - cpu_start  # reported with this actor's first block
@@ -119,6 +126,13 @@ class RecaptionActor:
         atomic_write_bytes(path, _parquet_bytes(table))
         errors = int(table["error"].is_valid().to_numpy(zero_copy_only=False).sum())
         mark_done(str(path), {"rows": table.num_rows, "errors": errors})
+        # on another Ray node than the driver (no shared disk): part and marker to the bucket
+        # data root, where the driver reads them (tasks/io/nodefetch.py)
+        from tasks.io.atomic import done_marker
+        from tasks.io.nodefetch import publish
+
+        if publish(path, self.driver_node):
+            publish(done_marker(str(path)), self.driver_node)
         return table.num_rows, errors, False
 
     def annotate_block(self, block: dict[str, Any]) -> pa.Table:

@@ -38,6 +38,7 @@ def _run_pool(
     """The blocks through the actor pool; one result row per block (rows, errors, seconds)."""
     import ray
 
+    from tasks.io.nodefetch import this_node
     from tasks.recaption.actor import RecaptionActor
 
     c = p.compute
@@ -48,6 +49,7 @@ def _run_pool(
             "params": p,
             "parts_dir": str(parts_dir),
             "crawl_dir": str(resolve_path(p.paths.crawl_dir)),
+            "driver_node": this_node(),
         },
         batch_size=1,  # one block per call: its part and marker are written before the next
         compute=ray.data.ActorPoolStrategy(min_size=c.min_actors, max_size=c.max_actors),
@@ -70,9 +72,16 @@ def read_parts(blocks: list[dict[str, Any]], parts_dir: Path) -> pa.Table:
     """Every block's part, in block (= uid) order."""
     import pyarrow.parquet as pq
 
+    from tasks.io.atomic import done_marker
+    from tasks.io.nodefetch import ensure_local
     from tasks.recaption.blocks import PART_SCHEMA, part_path
 
-    tables = [pq.read_table(part_path(parts_dir, b["name"])) for b in blocks]
+    tables = []
+    for b in blocks:
+        path = part_path(parts_dir, b["name"])
+        ensure_local(path)  # written by an actor on another node: from the bucket data root
+        ensure_local(done_marker(str(path)))
+        tables.append(pq.read_table(path))
     return pa.concat_tables(tables).cast(PART_SCHEMA) if tables else PART_SCHEMA.empty_table()
 
 

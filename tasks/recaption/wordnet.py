@@ -63,6 +63,9 @@ def load_nouns(path: str) -> Nouns:
     """Every noun synset of the metadata file (cached per process: actors read it once)."""
     import pyarrow.parquet as pq
 
+    from tasks.io.nodefetch import ensure_local
+
+    ensure_local(path)  # a Ray node without the driver's data cache: from the bucket data root
     if not Path(path).is_file():
         raise WordNetError(f"paths.wordnet: {path} not found (run the sample stage first)")
     table = pq.read_table(

@@ -88,9 +88,14 @@ def launch(p: TrainParams, config: dict[str, Any], run_dir: Path) -> None:
         use_gpu=p.use_gpu,
         resources_per_worker=None if p.num_workers == 0 else {"CPU": p.cpus_per_worker},
     )
+    # On a bucket data root the run's checkpoints live in the bucket (`<data root>/train_runs`):
+    # Ray Train refuses a local storage path that other nodes cannot see, and a worker on any
+    # node must find them to resume.
+    storage_path, storage_fs = _run_storage(run_dir.parent)
     run_config = RunConfig(
         name=run_dir.name,
-        storage_path=str(run_dir.parent),
+        storage_path=storage_path,
+        storage_filesystem=storage_fs,
         failure_config=FailureConfig(max_failures=p.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=p.keep_checkpoints),
     )
@@ -105,6 +110,22 @@ def launch(p: TrainParams, config: dict[str, Any], run_dir: Path) -> None:
         trainer.fit()
     except Exception as exc:
         raise TrainError(f"training {run_dir.name} failed on a Ray Train worker: {exc}") from exc
+
+
+def _run_storage(local: Path) -> tuple[str, Any]:
+    """Ray Train's storage for the runs folder: the bucket (through the same fsspec filesystem
+    the data root layer uses, handed to Ray as a pyarrow filesystem) when the folder lies in the
+    bucket data root's cache folder; the local folder otherwise (no filesystem: Ray's own)."""
+    from tasks.io.nodefetch import bucket_uri
+
+    uri = bucket_uri(local)
+    if uri is None:
+        return str(local), None
+    import fsspec
+    import pyarrow.fs
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
 def _mlflow_context() -> tuple[str | None, str | None]:
@@ -141,6 +162,7 @@ def _run(
 
     from tasks.clip.featurestore import default_store_root
     from tasks.io.atomic import sweep_temp
+    from tasks.io.nodefetch import ensure_local, refresh, this_node
     from tasks.io.paths import resolve_path
 
     shards, n_samples = preflight(params)
@@ -163,10 +185,16 @@ def _run(
         "tracking_uri": tracking_uri,
         "run_id": run_id,
         "feature_store": str(default_store_root()),  # resolved here: every worker uses this one
+        # rank 0 on another node than this driver uploads the model folder and summary to a
+        # bucket data root (tasks/io/nodefetch.py: publish), as no disk is shared
+        "driver_node": this_node() if params.num_workers else None,
     }
     started = time.perf_counter()
     launch(params, config, run_dir)
     seconds = time.perf_counter() - started
+    if not (run_dir / "summary.json").exists():  # rank 0 ran on another node: its upload
+        ensure_local(run_dir / "summary.json")
+        refresh(out_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     return finish(params, summary, shards, n_samples, out_dir, seconds, prefetch)
 

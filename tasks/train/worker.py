@@ -140,6 +140,17 @@ def _weights_file(value: str) -> str:
     return str(path)
 
 
+def _fetch_inputs(p: TrainParams) -> None:
+    """The shards folder and the exclusion list, fetched from the bucket data root where this
+    node lacks them (tasks/io/nodefetch.py; nothing happens for a local data root or a glob)."""
+    from tasks.io.nodefetch import ensure_local
+    from tasks.io.paths import is_uri, resolve_path
+
+    for spec in (p.shards, p.exclude_uids):
+        if spec and not is_uri(spec) and not any(c in spec for c in "*?["):
+            ensure_local(resolve_path(spec))
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Entry point of TorchTrainer on every worker, and called directly in local mode."""
     import torch
@@ -233,6 +244,7 @@ def train_worker(config: dict[str, Any]) -> None:
         cache_summary = total_counts(towers, world)
         if rank == 0:
             print(f"[train] feature cache: {cache_summary}", flush=True)
+    _fetch_inputs(p)  # a node without the driver's data cache: from the bucket data root
     shards, exclude = list_shards(p.shards), load_excluded(p.exclude_uids)
     common: dict[str, Any] = dict(
         batch_size=p.batch_size,
@@ -343,3 +355,8 @@ def train_worker(config: dict[str, Any]) -> None:
         from tasks.io.atomic import atomic_write_text
 
         atomic_write_text(run_dir / "summary.json", json.dumps(summary))
+        # on another node than the driver (no shared disk): both go up to the bucket data root
+        from tasks.io.nodefetch import publish
+
+        publish(Path(config["output_dir"]), config.get("driver_node"))
+        publish(run_dir / "summary.json", config.get("driver_node"))

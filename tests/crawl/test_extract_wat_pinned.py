@@ -203,3 +203,103 @@ def test_image_url_fast_path_equals_urljoin() -> None:
             want = reference_absolute_url(ref, base)
             assert absolute_url(ref, base) == want, (ref, base)
             assert image_url(ref, base) == want, (ref, base)
+
+
+# --- what the speed work added (issue 17): languages left to the plan, the inflater, gc -------
+
+
+def test_languages_false_leaves_each_text_ref_pending(tmp_path: Path) -> None:
+    """extract_wat(languages=False), what the crawl's extraction tasks run: the same refs, with
+    LANGUAGE_LATER where a text awaits the plan's language and "" where there is no text."""
+    from tasks.crawl.language import LANGUAGE_LATER
+
+    path = tmp_path / "t.wat.gz"
+    write_records(path, tricky_payloads())
+    eager, later = extract_wat(str(path)), extract_wat(str(path), languages=False)
+    assert [r[:3] for r in _rows(later)] == [r[:3] for r in _rows(eager)]
+    assert [r.language for r in later.refs] == [
+        LANGUAGE_LATER if r.texts else "" for r in later.refs
+    ]
+    assert (later.records, later.pages, later.errors) == (eager.records, eager.pages, eager.errors)
+
+
+def test_zlib_and_zlib_ng_and_any_piece_size_read_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inflater (zlib-ng when installed, zlib otherwise) and the size of the pieces it is fed
+    change no ref, count or error, on whole and on cut files."""
+    import zlib
+
+    import tasks.crawl.extract_wat as extraction
+
+    whole = tmp_path / "t.wat.gz"
+    write_records(whole, tricky_payloads())
+    data = whole.read_bytes()
+    paths = [whole]
+    for frac in (0.13, 0.5, 0.77):
+        cut = tmp_path / f"cut{frac}.wat.gz"
+        cut.write_bytes(data[: int(len(data) * frac)])
+        paths.append(cut)
+    want = {p: reference_extract_wat(str(p)) for p in paths}
+    # counts as before the pieces (zlib fed a whole read chunk); on a cut file they are ours,
+    # not warcio's (the test above compares those by kind)
+    monkeypatch.setattr(extraction, "_inflate_module", zlib)
+    monkeypatch.setattr(extraction, "INFLATE_PIECE", extraction.CHUNK)
+    counts = {}
+    for p in paths:
+        old = extract_wat(str(p))
+        counts[p] = (old.records, old.pages, dict(old.errors))
+    assert counts[whole] == (want[whole].records, want[whole].pages, dict(want[whole].errors))
+    modules = [zlib]
+    try:
+        from zlib_ng import zlib_ng
+
+        modules.append(zlib_ng)
+    except ImportError:  # pragma: no cover - requirements/extra.txt installs it
+        pass
+    assert extraction._inflate_module in modules
+    for module in modules:
+        monkeypatch.setattr(extraction, "_inflate_module", module)
+        for piece in (7, 1000, 1 << 20):  # 7 bytes: every gzip header is cut
+            monkeypatch.setattr(extraction, "INFLATE_PIECE", piece)
+            for p in paths:
+                res = extract_wat(str(p))
+                assert _rows(res) == _rows(want[p]), (module.__name__, piece, p.name)
+                assert (res.records, res.pages, dict(res.errors)) == counts[p]
+
+
+def test_the_garbage_collector_is_restored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """extract_wat pauses the cyclic collector while it reads and restores its state, also
+    when reading fails."""
+    import gc
+
+    import tasks.crawl.extract_wat as extraction
+
+    path = tmp_path / "t.wat.gz"
+    write_records(path, tricky_payloads())
+    assert gc.isenabled()
+    seen: list[bool] = []
+    real = extraction._parse
+
+    def spy(raw: bytes, header: bytes, result: ExtractResult) -> Any:
+        seen.append(gc.isenabled())
+        return real(raw, header, result)
+
+    monkeypatch.setattr(extraction, "_parse", spy)
+    extract_wat(str(path))
+    assert seen and not any(seen) and gc.isenabled()
+
+    def boom(raw: bytes, header: bytes, result: ExtractResult) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extraction, "_parse", boom)
+    with pytest.raises(KeyboardInterrupt):
+        extract_wat(str(path))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        monkeypatch.setattr(extraction, "_parse", real)
+        extract_wat(str(path))
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+    finally:
+        gc.enable()

@@ -88,7 +88,7 @@ def _random_refs(n: int, seed: int) -> list[ImageRef]:
 
 
 def test_partition_merge_equals_merge_refs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(planparts, "FLUSH_ROWS", 97)  # several part files per partition
+    monkeypatch.setattr(planparts, "BUFFER_BYTES", 97 * 220)  # several part files per partition
     refs = _random_refs(3000, seed=3)
     work = str(tmp_path / "work")
     for task, lo in enumerate(range(0, len(refs), 1000)):  # three inputs, as three tasks

@@ -3,6 +3,7 @@ the resume fingerprint covers."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -169,16 +170,63 @@ def test_resize_and_output_format_change_the_fingerprint():
     assert Counter(fingerprint(p.plan_inputs()) for p in same) == Counter({base: 3})
 
 
-def test_curate_refuses_a_crawl_in_another_layout_naming_the_param(tmp_path):
-    from pathlib import Path
+def _layout_rows(n: int) -> list[dict]:
+    """A shard's rows as a crawl leaves them (every field of a success set), every 4th failed."""
+    rows = []
+    for i in range(n):
+        ok = i % 4 != 3
+        uid = f"{i:032x}"
+        rows.append(
+            {
+                "uid": uid,
+                "key": uid,
+                "url": f"http://img.test/{i}.jpg",
+                "caption": f"picture {i}",
+                "texts": [f"picture {i}"],
+                "page_url": "http://img.test/p.html",
+                "language": "en",
+                "source": "urls",
+                "status": "success" if ok else "http_404",
+                "error_message": "" if ok else "HTTP 404",
+                "image": bytes([i]) * 64 if ok else None,
+                "sha256": "ab" * 32 if ok else "",
+                "width": 8 if ok else None,
+                "height": 8 if ok else None,
+                "original_width": 8 if ok else None,
+                "original_height": 8 if ok else None,
+                "bytes": 64 if ok else None,
+                "extra": json.dumps({"license": "cc-by"}) if i == 0 else "",
+            }
+        )
+    return rows
 
-    from tasks.base import StageError
-    from tasks.crawl.writer import shard_path
+
+def test_curate_materialises_the_same_shards_from_every_crawl_layout(tmp_path):
+    """Curate reads the crawl's shards through tasks/io/crawlshards.py: the pool's `shard`
+    column may name a tar, a files/ folder or an image parquet; the training shards written
+    from each are the same samples."""
+    from tasks.crawl.writer import FORMATS, shard_path, write_shard
     from tasks.curate.features import existing_shard
+    from tasks.curate.materialise import materialise
+    from tasks.io.wds import iter_samples
 
-    (tmp_path / "shards").mkdir()
-    (tmp_path / "shards/00000.tar").write_bytes(b"")
-    assert existing_shard(tmp_path, shard_path(0)) == tmp_path / "shards/00000.tar"
-    for fmt in ("files", "parquet"):
-        with pytest.raises(StageError, match=r"output\.output_format=webdataset"):
-            existing_shard(Path(tmp_path), shard_path(0, fmt))
+    rows = _layout_rows(10)
+    fields = {r["uid"]: {"text": r["caption"], "texts": r["texts"]} for r in rows if r["image"]}
+    written = {}
+    for fmt in FORMATS:
+        crawl = tmp_path / fmt / "crawl"
+        write_shard(str(crawl), 0, rows, "jpg", 0.0, fmt)
+        shard = existing_shard(crawl, shard_path(0, fmt))
+        assert shard is not None and shard.exists()
+        out = materialise(fields, dict.fromkeys(fields, shard), tmp_path / fmt / "out", 4, 0)
+        written[fmt] = [
+            (key, parts["jpg"], parts["txt"], json.loads(parts["json"]))
+            for tar in out
+            for key, parts in iter_samples(tar)
+        ]
+    assert len(written["webdataset"]) == len(fields) == 8
+    assert written["files"] == written["webdataset"]
+    assert written["parquet"] == written["webdataset"]
+    # the extra input column of one row: in its .json only (a null elsewhere is no key)
+    assert [w[3].get("license") for w in written["parquet"]].count("cc-by") == 1
+    assert all("license" in w[3] or w[0] != f"{0:032x}" for w in written["parquet"])

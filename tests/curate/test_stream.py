@@ -111,7 +111,8 @@ def _compare(hp, rows, ctx, p, work) -> None:
 @pytest.mark.parametrize(
     ("name", "section", "names"),
     [
-        ("semantic_dedup", {}, "semantic_dedup"),
+        ("image_based", {"target_dir": "x"}, "image_based"),
+        ("perceptual_dedup", {"max_distance": 64}, "perceptual_dedup.max_distance"),
         ("clip_score", {"caption": "both"}, "clip_score.caption"),
         ("balance", {"target_size": 10}, "balance.target_size"),
     ],
@@ -122,3 +123,108 @@ def test_what_is_not_streamed_is_a_clear_error(name, section, names):
 
     with pytest.raises(NotImplementedError, match=names):
         streamed(build_step(name, CurateParams(**{name: section})))
+
+
+def _hash_rows(n_groups: int = 40, seed: int = 1):
+    """uid, phash, dhash rows: groups of near-copies (a few flipped bits), chains where A~B,
+    B~C but not A~C (the greedy's order matters), copies close in pHash only, missing hashes."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    rows = []
+
+    def flip(v: int, bits: int) -> int:
+        for b in rng.choice(64, size=bits, replace=False):
+            v ^= 1 << int(b)
+        return v
+
+    for _ in range(n_groups):
+        ph, dh = (int(x) for x in rng.integers(0, 2**63, size=2))
+        chain_p, chain_d = ph, dh
+        for _ in range(int(rng.integers(1, 5))):
+            chain_p, chain_d = flip(chain_p, 3), flip(chain_d, 3)  # a chain: 3 bits per link
+            rows.append((f"u{rng.integers(1e9):09d}", chain_p, chain_d))
+        rows.append((f"u{rng.integers(1e9):09d}", flip(ph, 2), flip(dh, 20)))  # pHash only
+    rows.append(("u_nohash", None, 5))
+    uid, ph, dh = zip(*rows, strict=True)
+    return pa.table(
+        {
+            "uid": list(uid),
+            "phash": [None if v is None else f"{v:016x}" for v in ph],
+            "dhash": [f"{v:016x}" for v in dh],
+        }
+    )
+
+
+def test_streamed_perceptual_dedup_equals_the_greedy(tmp_path, ray_session):
+    """Band partitions + the greedy over pairs give the in-memory step's decisions, refs and
+    distances, blocks of 17 rows in a shuffled pool order."""
+    from tasks.curate.steps.base import StepContext
+    from tasks.curate.steps.dedup import perceptual_dedup
+    from tasks.curate.steps.registry import build_step
+    from tasks.curate.streamsteps import streamed
+
+    rows = _hash_rows()
+    rows = rows.take(np.random.default_rng(0).permutation(rows.num_rows))
+    p = CurateParams(perceptual_dedup={"max_distance": 4})
+    adapter = streamed(build_step("perceptual_dedup", p))
+    ctx = StepContext(params=p, out_dir=tmp_path)
+    adapter.plan(rows.num_rows)
+    blocks = [rows.slice(i, 17) for i in range(0, rows.num_rows, 17)]
+    for b, block in enumerate(blocks):
+        adapter.collect(block, b, tmp_path, ctx)
+    adapter.reduce(tmp_path, ctx)
+    want = perceptual_dedup(rows, 4)
+    got = [adapter.decide(block, b, tmp_path, ctx)[0] for b, block in enumerate(blocks)]
+    assert [r for g in got for r in g.reason] == want.reason
+    assert [r for g in got for r in (g.ref or [])] == want.ref
+    score = np.concatenate([g.score for g in got])
+    assert np.array_equal(score, want.score, equal_nan=True)
+    assert sum(r == "duplicate_phash" for r in want.reason) > 10  # chains and groups dropped
+
+
+def test_streamed_semdedup_fits_on_a_sample(hand_pool, tmp_path, ray_session):
+    """Above `stream_fit_rows` the k-means fit sees a seeded sample only: it still decides
+    every row that has an embedding (a code path test: which rows are duplicates may differ)."""
+    from tasks.curate.inputs import prepare
+    from tasks.curate.poolio import open_pool_table
+    from tasks.curate.steps.registry import build_steps, needed_inputs
+    from tasks.curate.stream import stream_decide
+
+    out = tmp_path / "out"
+    out.mkdir()
+    p = _params(hand_pool, out, steps=["semantic_dedup"], semantic_dedup={"stream_fit_rows": 20})
+    pool = open_pool_table(hand_pool.lance_uri)
+    _, ctx, _ = prepare(pool, p, out, needed_inputs(build_steps(p)))
+    steps = build_steps(p)
+    got = stream_decide(pool, hand_pool.lance_uri, steps, ctx, tmp_path / "scratch")
+    ledger = _ledger(open_pool_table(hand_pool.lance_uri))
+    decided = [r for r in ledger.values() if r["curate_semantic_dedup_keep"] is not None]
+    assert len(decided) == got.funnel[0]["left"] > 20
+    assert any(r["curate_semantic_dedup_score"] is not None for r in decided)
+
+
+def test_semdedup_does_not_depend_on_the_pools_row_order(tmp_path):
+    """LanceDB's merges reorder the pool's rows between runs: SemDeDup fits in uid order, so a
+    permuted pool gets the same decisions, refs and scores row for row (what lets the streamed
+    path, which reads another physical order, equal the in-memory one)."""
+    import pyarrow as pa
+
+    from tasks.curate.params import SemanticDedupParams
+    from tasks.curate.steps.semdedup import semantic_dedup
+
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((60, 16)).astype(np.float32)
+    x = np.concatenate([base, base[:30] + 0.01 * rng.standard_normal((30, 16)).astype(np.float32)])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    uids = [f"u{i:03d}" for i in rng.permutation(len(x))]
+    rows = pa.table({"uid": uids, "image_emb": pa.array(list(x), pa.list_(pa.float32(), 16))})
+    p = SemanticDedupParams(eps=0.01, clusters=8)
+    want = semantic_dedup(rows, p, 0, tmp_path)
+    perm = rng.permutation(len(x))
+    got = semantic_dedup(rows.take(pa.array(perm)), p, 0, tmp_path)
+    back = np.argsort(perm)
+    assert [got.reason[i] for i in back] == want.reason
+    assert [got.ref[i] for i in back] == want.ref
+    assert np.allclose(got.score[back], want.score, equal_nan=True, atol=1e-6)
+    assert sum(r == "semantic_duplicate" for r in want.reason) >= 20

@@ -156,3 +156,32 @@ def test_worker_processes_give_the_serial_results():
     linear_probe.release_workers()
     alive = {p.pid for p in psutil.Process().children(recursive=True) if p.is_running()}
     assert not (workers & alive), "loky workers outlived release_workers()"
+
+
+def test_pooled_probes_give_the_per_set_numbers():
+    """probe_all (what the evaluate stage runs: every set's fits in one batch of worker jobs)
+    gives, number for number, what probe / kfold_probe give set by set, in the jobs' order;
+    the sets differ (classes, sizes, scheme) so a result handed to the wrong set shows."""
+    from tasks.evaluate import linear_probe
+    from tasks.evaluate.linear_probe import ProbeJob, kfold_probe, probe_all
+
+    grid = [0.01, 1.0, 100.0]
+    x, y = _blobs([14, 9, 7], 3, 0.8, seed=6)
+    tx, ty = _blobs([6, 5, 4], 3, 0.8, seed=6, draw=1)
+    kx, ky = _blobs([10, 8, 9, 7], 4, 0.9, seed=8)
+    k2x, k2y = _blobs([9, 9], 2, 1.2, seed=9)
+    alone = [
+        kfold_probe(kx, ky, 4, grid, folds=4, seed=3),
+        probe(x, y, tx, ty, 3, grid, seed=3),
+        kfold_probe(k2x, k2y, 2, grid, folds=3, seed=3),
+    ]
+    jobs = [ProbeJob(kx, ky, 4), ProbeJob(tx, ty, 3, x, y), ProbeJob(k2x, k2y, 2)]
+    for n_jobs in (1, 2):
+        pooled = probe_all(jobs[:2], grid, folds=4, seed=3, n_jobs=n_jobs)
+        pooled += probe_all(jobs[2:], grid, folds=3, seed=3, n_jobs=n_jobs)
+        for a, b in zip(alone, pooled, strict=True):
+            np.testing.assert_equal(vars(b), vars(a))  # exact; NaN (acc5) equals NaN
+    assert alone[0].metrics != alone[2].metrics
+    linear_probe.release_workers()
+    with pytest.raises(ValueError, match="single class"):
+        probe_all([ProbeJob(tx, ty, 3, x, np.zeros(len(y), dtype=int))], grid)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
 
+from tasks.evaluate.datasets import CLASSIFICATION, RETRIEVAL
 from tasks.evaluate.params import EmbedParams, EvaluateParams
 
 from .sets import make_retrieval
@@ -121,6 +123,12 @@ def test_stage_through_runner(tmp_path, tiny_model, eval_root, mlflow_store, ray
     assert "tiny.retrieval.image_retrieval_recall_at_1" in run.data.metrics
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert "scoreboard.json" in artifacts and "plots" in artifacts
+    # each figure is rendered once: the PNG written under out/plots/ is the logged artifact
+    name = "plots/tiny/colours_confusion.png"
+    logged = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id, "plots/tiny")}
+    assert name in logged
+    local = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=name)
+    assert Path(local).read_bytes() == (out / name).read_bytes()
 
 
 def test_ray_actor_pool_gives_the_same_embeddings(tiny_model, eval_root, ray_session, monkeypatch):
@@ -219,4 +227,5 @@ def test_figures_off_writes_no_png_and_the_same_scores(tmp_path, tiny_model, eva
     assert with_rec == without_rec
     for m in (with_m, without_m):
         m["tiny"].pop("embedding"), m["tiny"].pop("images_per_s")  # timings
+        assert set(m["tiny"].pop("task_seconds")) == {"embed", CLASSIFICATION, RETRIEVAL}
     np.testing.assert_equal(with_m, without_m)

@@ -1,7 +1,9 @@
 """A Ray node without the driver's data cache fetches what it reads from the bucket data root
 (tasks/io/nodefetch.py), through fsspec's in-memory filesystem here (the two-node cluster test,
 tests/operate/test_ray_cluster.py, runs it against the S3 server on a node with its own disk);
-and a file the driver writes for its tasks (curate's metadata) reaches them by value."""
+and a file the driver writes for its tasks (curate's metadata) reaches them by value. The other
+direction: what a task or Ray Train worker on another node than the driver writes under the
+cache folder goes up to the bucket (`publish`), where the driver gets it (`refresh`)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from tasks.io.nodefetch import ensure_local
+from tasks.io.nodefetch import bucket_uri, ensure_local, publish, refresh, this_node
 from tasks.io.wds import TarWriter, read_images
 from tasks.settings import get_settings
 
@@ -96,3 +98,46 @@ def test_the_matcher_builds_from_the_driver_bytes_without_the_file(tmp_path: Pat
     assert batch.matcher.match("a red fox logo") == on_driver == [0, 1, 2]
     with pytest.raises(FileNotFoundError):
         get_matcher(tmp_path / "other.parquet")  # without the bytes the path is needed
+
+
+def test_publish_from_another_node_replaces_the_bucket_folder_whole(
+    bucket: Path, ray_session: object
+) -> None:
+    """An output written on a node that is not the driver's goes up, stale objects removed,
+    and the driver's `refresh` replaces its own (older) copy with it."""
+    fs = fsspec.filesystem("memory")
+    folder = bucket / "models" / "teacher"
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(b"new weights")
+    assert publish(folder, driver_node="f" * 56)  # a node id that is not this process's node
+    remote = f"{ROOT}/models/teacher"
+    names = sorted(p.rsplit("/", 1)[1] for p in fs.find(remote))
+    assert names == ["model.safetensors"], names  # config.json and weights.bin were stale
+    assert fs.cat(f"{remote}/model.safetensors") == b"new weights"
+    # the driver's cache held the old folder: refresh brings the bucket's copy
+    (folder / "model.safetensors").unlink()
+    (folder / "weights.bin").write_bytes(b"old")
+    refresh(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["model.safetensors"]
+    assert (folder / "model.safetensors").read_bytes() == b"new weights"
+
+
+def test_publish_does_nothing_on_the_driver_node_or_outside_the_cache(
+    bucket: Path, tmp_path: Path, ray_session: object
+) -> None:
+    fs = fsspec.filesystem("memory")
+    path = bucket / "crawl" / "shards" / "00001.tar"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"tar")
+    here = this_node()
+    assert here is not None
+    assert not publish(path, driver_node=here)  # the driver's runner pushes its own outputs
+    assert not publish(path, driver_node=None)  # no cluster
+    assert not fs.exists(f"{ROOT}/crawl/shards/00001.tar")
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_bytes(b"x")
+    assert bucket_uri(outside) is None
+    assert not publish(outside, driver_node="f" * 56)
+    assert bucket_uri(path) == f"{ROOT}/crawl/shards/00001.tar"
+    assert publish(path, driver_node="f" * 56)
+    assert fs.cat(f"{ROOT}/crawl/shards/00001.tar") == b"tar"

@@ -1,4 +1,4 @@
-"""SemDeDup: spherical k-means on image embeddings, then inside each cluster drop a sample whose
+"""SemDeDup: spherical k-means on image embeddings (fitted in uid order), then inside each cluster drop a sample whose
 cosine to an earlier one exceeds 1 - eps. Members are ordered by similarity to the centroid,
 least similar first (the paper keeps the least prototypical member of a duplicate group).
 
@@ -129,7 +129,10 @@ def semantic_dedup(rows: pa.Table, p: SemanticDedupParams, seed: int, workdir: P
     if len(x) < 2:
         return StepResult.from_reasons(reasons, ref=refs, score=score)
     row_of = np.flatnonzero(mask)
-    centroids = spherical_kmeans(x, min(p.clusters, max(1, len(x) // 4)), seed)
+    # fitted in uid order: the pool's physical row order (which LanceDB's merges change) must not
+    # change the clusters, and the streamed path (tasks/curate/streamsemdedup.py) fits the same
+    by_uid = np.argsort(np.array([uids[r] for r in row_of]), kind="stable")
+    centroids = spherical_kmeans(x[by_uid], min(p.clusters, max(1, len(x) // 4)), seed)
     cluster = nearest(x, centroids)
     ann_used = 0
     for c in np.unique(cluster):
