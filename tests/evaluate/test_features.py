@@ -71,7 +71,7 @@ def _strip_times(m: Any) -> Any:
         return {
             k: _strip_times(v)
             for k, v in m.items()
-            if k not in ("images_per_s", "embedding", "stage_seconds")
+            if k not in ("images_per_s", "embedding", "stage_seconds", "task_seconds")
         }
     return m
 
