@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -66,9 +67,18 @@ def fresh_clone(where: Path | None) -> Path:
     return target
 
 
-def run_make(clone: Path, target: str, log: Path) -> float:
-    """`make <target>` in the clone, output teed to the console and a log; wall seconds."""
+def children_cpu() -> float:
+    """User + system CPU seconds of every child process this one has waited for (the whole
+    `make` tree once it ended): the unit that stays comparable on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_make(clone: Path, target: str, log: Path, cpu: dict[str, float] | None = None) -> float:
+    """`make <target>` in the clone, output teed to the console and a log; wall seconds (and
+    the CPU seconds of its process tree in `cpu[target]`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPMILL_", "VIRTUAL_ENV"))}
+    cpu_before = children_cpu()
     started = time.perf_counter()
     with log.open("w") as fh:
         proc = subprocess.Popen(
@@ -85,6 +95,8 @@ def run_make(clone: Path, target: str, log: Path) -> float:
             fh.write(line)
         code = proc.wait()
     seconds = time.perf_counter() - started
+    if cpu is not None:
+        cpu[target] = children_cpu() - cpu_before
     if code != 0:
         raise SystemExit(f"make {target} failed (exit {code}) after {seconds:.0f} s; log: {log}")
     return seconds
@@ -99,6 +111,42 @@ def stage_seconds(clone: Path) -> dict[str, float]:
         if not path.is_file():
             raise SystemExit(f"{path}: missing; stage {stage!r} did not run in the demo")
         out[stage] = float(json.loads(path.read_text())["stage_seconds"])
+    return out
+
+
+def stage_overheads(clone: Path, stages: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Where the time between stages went, per stage, from the clone's MLflow runs: `before`
+    = seconds from the previous run's end (the pipeline run's start for the first) to this
+    run's start (DVC's check of the stage, the process start, imports, Ray's boot, the run
+    opening), `in_run` = the run's seconds outside `run(params)` (Ray's stop, metrics), and
+    `after_last` on the last stage = its run's end to the pipeline run's end (DVC's hashing
+    and caching of its outputs)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{clone / 'mlflow.db'}?mode=ro", uri=True)
+    try:
+        runs = db.execute(
+            "SELECT name, start_time, end_time FROM runs WHERE end_time IS NOT NULL "
+            "ORDER BY start_time"
+        ).fetchall()
+    finally:
+        db.close()
+    pipeline = [r for r in runs if r[0] == "pipeline"]
+    if not pipeline:
+        return {}
+    _, p_start, p_end = pipeline[-1]
+    out: dict[str, dict[str, float]] = {}
+    previous_end = p_start
+    for name, start, end in runs:
+        if name not in stages or start < p_start or end > p_end:
+            continue
+        out[name] = {
+            "before": round((start - previous_end) / 1000, 2),
+            "in_run": round((end - start) / 1000 - stages[name], 2),
+        }
+        previous_end = end
+    if out:
+        out[list(out)[-1]]["after_last"] = round((p_end - previous_end) / 1000, 2)
     return out
 
 
@@ -144,7 +192,8 @@ def main() -> None:
             raise SystemExit(
                 f"{clone / leftover}: exists before the demo; the run would not be cold"
             )
-    demo_s = run_make(clone, "demo", logs / "demo.log")
+    cpu: dict[str, float] = {}
+    demo_s = run_make(clone, "demo", logs / "demo.log", cpu)
     stages = stage_seconds(clone)
     scores = model_scores(clone)
     teacher, student = pick(scores, "teacher"), pick(scores, "train")
@@ -157,6 +206,8 @@ def main() -> None:
             "setup_seconds": round(setup_s, 1),
             "stage_seconds": {k: round(v, 1) for k, v in stages.items()},
             "overhead_seconds": round(demo_s - sum(stages.values()), 1),
+            "overhead_by_stage": stage_overheads(clone, stages),
+            "demo_cpu_seconds": round(cpu["demo"], 1),
             "minutes_by_part": {
                 "core_chain_stages": round(sum(stages[s] for s in CORE) / 60, 2),
                 "recaption": round(sum(stages[s] for s in RECAPTION) / 60, 2),

@@ -21,6 +21,13 @@ Results: benchmarks/results/train.json
                         ratio = ours / baseline (target >= 1.5); with the whole-command times and
                         the CPU seconds the command's processes used, and two explaining extras:
                         1 worker with 2 threads, and 2 workers in the exact-equivalence mode;
+                        per side (its best round) each rank's step split (mean wall and CPU ms
+                        of data, forward_backward with the feature gather, allreduce with the
+                        loss, optimizer, on_step: the run summary's `step_phases`), the ms per
+                        step each rank waited (wall minus CPU) and the command's CPU seconds by
+                        process (driver, Ray Train workers, Ray's actors, raylet...);
+                        `cpu_bound_ratio`: one worker's CPU ms per step over the busier of the
+                        two workers' (what the ratio would be with no waiting);
                         `allreduce_per_step`: ms per gradient all-reduce between two gloo ranks on
                         the model's real gradient, the previous dense flat buffer vs
                         tasks/train/loop.py's average_gradients (token table by touched rows)
@@ -103,6 +110,7 @@ class CpuMeter:
 
         self.root = psutil.Process(pid)
         self.seen: dict[int, float] = {}
+        self.names: dict[int, str] = {}
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -119,6 +127,9 @@ class CpuMeter:
                 try:
                     t = proc.cpu_times()
                     self.seen[proc.pid] = t.user + t.system
+                    kind = process_kind(proc)  # each time: Ray renames its workers
+                    if kind != "other" or proc.pid not in self.names:
+                        self.names[proc.pid] = kind
                 except psutil.Error:
                     pass
             self.done.wait(0.2)
@@ -128,10 +139,43 @@ class CpuMeter:
         self.thread.join()
         return sum(self.seen.values())
 
+    def by_kind(self) -> dict[str, float]:
+        """CPU seconds summed by kind of process (driver, Ray Train worker, raylet, ...)."""
+        out: dict[str, float] = {}
+        for pid, cpu in self.seen.items():
+            kind = self.names.get(pid, "other")
+            out[kind] = round(out.get(kind, 0.0) + cpu, 2)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
-def timed(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[float, float, str]:
+
+def process_kind(proc: Any) -> str:
+    """A short name for a process of the command's tree: its Ray role or its program."""
+    try:
+        cmd = proc.cmdline()
+    except Exception:  # gone, or a zombie: its last name stands (CpuMeter)
+        return "other"
+    text = " ".join(cmd)
+    if text.startswith("ray::"):  # a Ray worker's title: ray::RayTrainWorker.train_fn, ray::IDLE
+        return text.split()[0].split(".")[0]
+    if "default_worker.py" in text:
+        return "ray_worker_starting"
+    if "tasks.cli" in text or "train_phases" in text:
+        return "driver"
+    for key in ("raylet", "gcs_server", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
+        if key in text:
+            return key
+    return Path(cmd[0]).name if cmd else "other"
+
+
+def timed(
+    cmd: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    log: Path,
+    kinds: dict[str, float] | None = None,
+) -> tuple[float, float, str]:
     """(wall seconds from start to exit, CPU seconds of the process tree, stdout); raises with
-    the log's tail when the command fails."""
+    the log's tail when the command fails. `kinds` gets the CPU seconds by kind of process."""
     with open(log, "w") as err:
         started = time.perf_counter()
         proc = subprocess.Popen(
@@ -141,6 +185,8 @@ def timed(cmd: list[str], env: dict[str, str], cwd: Path, log: Path) -> tuple[fl
         out, _ = proc.communicate()
         wall = time.perf_counter() - started
         cpu = meter.stop()
+        if kinds is not None:
+            kinds.update(meter.by_kind())
     if proc.returncode:
         raise RuntimeError(
             f"{' '.join(cmd[:6])}... failed ({proc.returncode}):\n{log.read_text()[-3000:]}"
@@ -208,8 +254,13 @@ class Bench:
             cmd += ["-s", f"{k}={v}"]
         env = {**self.env, "PYTHONPATH": str(code_root)} if code_root else self.env
         log = self.work / f"ours-{tag}.log"
-        wall, cpu, out = timed(cmd, env, self.root, log)
+        kinds: dict[str, float] = {}
+        wall, cpu, out = timed(cmd, env, self.root, log, kinds)
         metrics = json.loads(out[out.rfind("\n{\n") + 1 :])  # the metrics the CLI prints last
+        metrics["_cpu_by_kind"] = kinds
+        summaries = sorted((self.root / "data" / "train_runs" / tag).glob("*/summary.json"))
+        if summaries:  # the per-rank step split the worker wrote (tasks/train/loop.py StepClock)
+            metrics["_step_phases"] = json.loads(summaries[-1].read_text()).get("step_phases")
         if phases:
             metrics["_phases"] = json.loads(log.read_text().rsplit("PHASES ", 1)[1])
         return wall, cpu, metrics
@@ -325,10 +376,17 @@ def two_workers(b: Bench, rounds: int, skip_equivalent: bool = False) -> dict[st
     if skip_equivalent:
         del sides["two_equivalent"]
     got: dict[str, list[tuple[float, float, float]]] = {k: [] for k in sides}
+    inside: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}  # phases, CPU by process
     for r in range(rounds):
         for name, over in sides.items():
             wall, cpu, metrics = b.ours(**over)
             got[name].append((metrics["samples_per_s"], wall, cpu))
+            inside[name].append(
+                {
+                    "step_phases": metrics.get("_step_phases"),
+                    "cpu_seconds_by_process": metrics.get("_cpu_by_kind"),
+                }
+            )
         print(f"round {r}: " + "  ".join(f"{k} {v[-1][0]:.1f}" for k, v in got.items()), flush=True)
 
     def best(name: str) -> float:
@@ -341,9 +399,12 @@ def two_workers(b: Bench, rounds: int, skip_equivalent: bool = False) -> dict[st
             "whole_command_s": [round(w, 1) for _, w, _ in runs],
             "cpu_seconds": [round(c, 1) for _, _, c in runs],
             "cpu_utilisation_of_all_cores": [round(c / (w * cores), 2) for _, w, c in runs],
+            **step_split(inside[name][max(range(len(runs)), key=lambda i: runs[i][0])]),
         }
         for name, runs in got.items()
     }
+    one_cpu = detail["one"].get("cpu_ms_per_step_busiest_rank")
+    two_cpu = detail["two"].get("cpu_ms_per_step_busiest_rank")
     return {
         "two_workers": entry(
             best("two"),
@@ -353,6 +414,10 @@ def two_workers(b: Bench, rounds: int, skip_equivalent: bool = False) -> dict[st
             "worker x 1 thread",
             1.5,
             one_worker_two_threads=round(best("one_2threads"), 2),
+            # the ratio if every worker had its core to itself and never waited: the one
+            # worker's CPU per step over the busier of the two workers' (both steps hold the
+            # same global batch); the gap to the ratio is waiting (lockstep, Ray's processes)
+            cpu_bound_ratio=round(one_cpu / two_cpu, 3) if one_cpu and two_cpu else None,
             allreduce_per_step=allreduce_cost(b),
             two_workers_equivalence_mode=round(best("two_equivalent"), 2)
             if got.get("two_equivalent")
@@ -360,6 +425,24 @@ def two_workers(b: Bench, rounds: int, skip_equivalent: bool = False) -> dict[st
             runs=detail,
         )
     }
+
+
+def step_split(run: dict[str, Any]) -> dict[str, Any]:
+    """One run's inside view: per rank the mean wall and CPU ms of each step phase
+    (tasks/train/loop.py StepClock), the ms per step each rank waited (wall minus CPU, summed
+    over the phases: collectives, data, or a core taken by another process), the busiest rank's
+    CPU ms per step, and the command's CPU seconds by process (driver, Ray Train workers,
+    raylet, Ray's actors...)."""
+    phases = run.get("step_phases") or []
+    out: dict[str, Any] = {"cpu_seconds_by_process": run.get("cpu_seconds_by_process")}
+    if not phases:
+        return out
+    out["step_phases_by_rank"] = phases
+    out["wait_ms_per_step_by_rank"] = [
+        round(sum(ph["wall_ms"].values()) - sum(ph["cpu_ms"].values()), 1) for ph in phases
+    ]
+    out["cpu_ms_per_step_busiest_rank"] = round(max(sum(ph["cpu_ms"].values()) for ph in phases), 1)
+    return out
 
 
 ALLREDUCE_SCRIPT = """

@@ -5,21 +5,30 @@ Runs the same command as the console script (tasks.cli.main, then a fast exit), 
 and the train stage's functions wrapped from outside (no clipmill code changes) to note, at each
 boundary, the wall clock and the CPU seconds of the whole process (every thread: the export
 prefetch included). Prints one JSON line `PHASES {...}` on stderr, after the metrics on stdout.
-Phases: `startup` (interpreter + the CLI's imports), `runner_before_stage` (params, provenance
-tags, MLflow imported, store opened, run started), `preflight` (torch and open_clip imported by
-the model-name check, shards counted), `train` (model built, steps, checkpoint, model folder),
-`finish` (tags, loss plot, MLflow model logged and registered, of which `register_model` and
-`log_loss_plot` are listed apart), `runner_after_stage` (metrics file, artifact, run ended).
-The bare script's counterpart of `startup + preflight` is its imports; of `train`, its loop and
-checkpoint; it has nothing for the rest.
+Local mode through the runner trains in a child process (tasks/train/local.py), so the phases
+are the parent's, and its waits on the child:
+`startup` (interpreter + the CLI's imports), `child_start` (the training process forked or
+spawned, inside the runner), `runner_before_stage` (params, provenance tags, MLflow imported,
+store opened, run started: beside the child's imports), `wait_prepared` (the parent waiting for
+the child's imports and preflight: what MLflow's start-up did not hide), `train` (prepared to
+done: model built, steps relayed to MLflow, checkpoint, model folder), `finish` (tags, loss plot,
+MLflow model logged and registered, of which `register_model` and `log_loss_plot` are listed
+apart), `runner_after_stage` (metrics file, artifact, run ended, child joined). `whole_to_exit`
+adds `children_cpu_s`: the CPU seconds of the child processes (the training process, git), from
+getrusage once they were waited for. Without the child (Ray Train, or an older checkout) the
+in-process spans `preflight` and `launch` are reported instead.
+The bare script's counterpart of `startup + child_start + wait_prepared` is its imports; of
+`train`, its loop and checkpoint; it has nothing for the rest.
 Usage: python benchmarks/train_phases.py run train [-s key=value ...]
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -55,9 +64,12 @@ def phases() -> dict[str, dict[str, float]]:
     at = {label: (wall, cpu) for label, wall, cpu in MARKS}
     spans = {
         "startup": ("process:start", "cli:imported"),
+        "child_start": ("prestart:start", "prestart:end"),
         "runner_before_stage": ("run_stage:start", "stage:start"),
-        "preflight": ("preflight:start", "preflight:end"),
-        "train": ("launch:start", "launch:end"),
+        "wait_prepared": ("wait_prepared:start", "wait_prepared:end"),
+        "train": ("wait_done:start", "wait_done:end"),
+        "preflight": ("preflight:start", "preflight:end"),  # in-process only
+        "launch": ("launch:start", "launch:end"),  # in-process only
         "finish": ("finish:start", "finish:end"),
         "log_loss_plot": ("log_loss_plot:start", "log_loss_plot:end"),
         "register_model": ("register_model:start", "register_model:end"),
@@ -70,7 +82,12 @@ def phases() -> dict[str, dict[str, float]]:
                 "wall_s": round(at[b][0] - at[a][0], 2),
                 "cpu_s": round(at[b][1] - at[a][1], 2),
             }
-    out["whole_to_exit"] = {"wall_s": round(at["exit"][0], 2), "cpu_s": round(at["exit"][1], 2)}
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out["whole_to_exit"] = {
+        "wall_s": round(at["exit"][0], 2),
+        "cpu_s": round(at["exit"][1], 2),
+        "children_cpu_s": round(children.ru_utime + children.ru_stime, 2),
+    }
     return out
 
 
@@ -90,6 +107,12 @@ def main() -> None:
     wrap(tasks.train.stage, "finish", "finish")
     wrap(tasks.train.tracking, "register_model", "register_model")
     wrap(tasks.train.tracking, "log_loss_plot", "log_loss_plot")
+    with contextlib.suppress(ImportError):  # the training process of local mode
+        import tasks.train.local
+
+        wrap(tasks.train.local.LocalTraining, "__init__", "prestart")
+        wrap(tasks.train.local.LocalTraining, "wait_prepared", "wait_prepared")
+        wrap(tasks.train.local.LocalTraining, "wait_done", "wait_done")
     # the registry hands the runner `tasks.train.stage:run` by name: resolved after the wrap
     exit_follows_session()
     code = tasks.cli.main(sys.argv[1:])

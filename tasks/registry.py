@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ class StageSpec:
     # params keys (dotted) of outputs written through fsspec: with CLIPMILL_DATA_ROOT a bucket,
     # the runner points them at it (tasks/io/dataroot.py) instead of a local copy
     native_outs: tuple[str, ...] = field(default=())
+    # "module:function": params -> a context manager the runner enters before the MLflow run
+    # opens (after the data root's pull), for work that needs no engine: train in local mode
+    # starts its training process there (tasks/train/local.py); "" = none
+    prestart: str = ""
 
     @property
     def params_file(self) -> Path:
@@ -41,6 +46,9 @@ class StageSpec:
 
     def run_callable(self) -> Callable[[Any], dict[str, Any]]:
         return _import(self.run_function)
+
+    def prestarted(self, params: StageParams) -> AbstractContextManager[Any]:
+        return _import(self.prestart)(params) if self.prestart else nullcontext()
 
 
 def _import(path: str) -> Any:
@@ -101,6 +109,7 @@ STAGES: dict[str, StageSpec] = {
             name="teacher",
             params_model="tasks.train.params:TrainParams",
             run_function="tasks.train.stage:run",
+            prestart="tasks.train.local:prestart",
             code=("tasks/train", "tasks/clip", "tasks/progress.py", *_COMMON),
             upstream=("crawl", "decontaminate"),
         ),
@@ -132,6 +141,7 @@ STAGES: dict[str, StageSpec] = {
             name="coca",  # the recaption stage's `coca` backend model (params/coca.yaml)
             params_model="tasks.train.params:TrainParams",
             run_function="tasks.train.stage:run",
+            prestart="tasks.train.local:prestart",
             code=("tasks/train", "tasks/clip", "tasks/progress.py", *_COMMON),
             upstream=("curate", "decontaminate"),
             in_default_run=False,  # opt-in: not needed by the demo's default chain
@@ -149,6 +159,7 @@ STAGES: dict[str, StageSpec] = {
             name="train",
             params_model="tasks.train.params:TrainParams",
             run_function="tasks.train.stage:run",
+            prestart="tasks.train.local:prestart",
             code=("tasks/train", "tasks/clip", "tasks/progress.py", *_COMMON),
             upstream=("curate", "teacher", "decontaminate"),
         ),
@@ -166,6 +177,7 @@ STAGES: dict[str, StageSpec] = {
                 name=f"expert_{task}",
                 params_model="tasks.train.params:TrainParams",
                 run_function="tasks.train.stage:run",
+                prestart="tasks.train.local:prestart",
                 code=("tasks/train", "tasks/clip", "tasks/progress.py", *_COMMON),
                 upstream=("sample", "teacher"),
             )

@@ -77,7 +77,9 @@ def run_stage(
     use_ray = spec.uses_ray and params.needs_ray()
     # inputs from the bucket before the MLflow run or Ray start: a missing one fails cleanly
     pulled = shared.pull() if shared is not None else None
-    with engines(spec, name, dump, tags, use_ray=use_ray) as run:
+    # work that needs no engine starts first, overlapping the MLflow and Ray start-up below
+    # (train in local mode: its training process, tasks/train/local.py); stopped on the way out
+    with spec.prestarted(params), engines(spec, name, dump, tags, use_ray=use_ray) as run:
         started = time.perf_counter()
         metrics = dict(run_function(params))
         metrics["stage_seconds"] = round(time.perf_counter() - started, 3)

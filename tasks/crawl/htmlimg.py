@@ -80,7 +80,9 @@ def absolute_url(ref: str, base: str) -> str | None:
 # Printable ASCII but space and `#;[]:`: the characters after which urljoin + urldefrag keep
 # a URL's text as it is (`.` and `/` included; where they may sit is checked separately).
 _PLAIN = re.compile(r'[!"$-9<-Z\\^-~]*', re.ASCII)
-_plain = _PLAIN.fullmatch
+# A text is plain when this finds nothing in it: the same test as _PLAIN.fullmatch, without
+# the match object fullmatch makes for every plain link (search returns None for them).
+_not_plain = re.compile(r'[^!"$-9<-Z\\^-~]').search
 
 
 def _verbatim(url: str) -> bool:
@@ -93,7 +95,7 @@ def _verbatim(url: str) -> bool:
         start = 8
     else:
         return False
-    if _plain(url, start) is None:
+    if _not_plain(url, start) is not None:
         return False
     end = len(url)
     for sep in "/?":
@@ -175,7 +177,7 @@ def resolve_image_url(ref: str, base: str, prefixes: tuple[str, str, str] | None
         return absolute_url(ref, base)
     scheme, origin, directory = prefixes
     if scheme and ref and "//" not in ref:  # not absolute, not protocol-relative
-        if ref[-1] != "?" and _plain(ref) is not None:  # (a last `?` may be an empty query)
+        if ref[-1] != "?" and _not_plain(ref) is None:  # (a last `?` may be an empty query)
             first = ref[0]
             if first == "/":
                 if "/." not in ref:

@@ -12,7 +12,7 @@ def make_uid(url: str) -> str:
     return hashlib.sha224(url.encode("utf-8")).hexdigest()[:24]
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a third faster to make, smaller (WAT extraction makes millions)
 class ImageRef:
     """One image URL found somewhere, with every candidate text seen for it."""
 

@@ -148,6 +148,7 @@ class ImageBasedParams(StepSection):
     # fmt: off
     target_dir: str | None = None  # folder of target-task training images (files or .tar shards)
     kmeans_k: int = Field(default=64, ge=2)  # clusters of the pool's image embeddings
+    stream_fit_rows: int = Field(default=500_000, ge=1)  # rows; the streamed path fits k-means on a seeded sample of about this many embeddings (every one below it: the in-memory fit)
     # fmt: on
 
     def unusable(self) -> str | None:
@@ -225,12 +226,12 @@ class ComputeParams(ParamsSection):
 class ExecutionParams(ParamsSection):
     """Where the decisions are taken: every row in the driver (memory) or in blocks of pool rows
     on Ray with only small arrays in the driver (stream, tasks/curate/stream.py). Both write the
-    same ledger columns, uid lists and shards; stream refuses, naming them, the steps and params
-    it cannot stream yet (tasks/curate/streamsteps.py)."""
+    same ledger columns, uid lists and shards (tasks/curate/streamsteps.py)."""
 
     # fmt: off
     mode: Literal["memory", "stream", "auto"] = "auto"  # memory | stream | auto: stream when the pool holds >= stream_min_rows rows
     stream_min_rows: int = Field(default=1_000_000, ge=1)  # rows; auto streams from here (the in-memory path holds every row, ~2 KB each with embeddings, ~2 GB per million)
+    scratch_dir: str | None = None  # the streamed run's scratch (block ledgers, partitions), a folder every Ray node sees, e.g. a shared mount; null = <out_dir>/.stream (one machine)
     # fmt: on
 
 

@@ -155,7 +155,15 @@ def ensure_features(
             promote_options="permissive",
         )
         feats = fix_vectors(feats)
-    feats = feats.drop_columns([c for c in ("text",) if c in feats.column_names])
+    write_features(pool, feats, want)
+    return len(todo)
+
+
+def write_features(pool: Any, feats: pa.Table, want: str) -> None:
+    """Merge featurised rows (compute_features' columns) into the pool under the curate column
+    names, tagged with the model that made them; shared by the in-memory and streamed paths so
+    both write the same columns and values."""
+    feats = feats.drop_columns([c for c in ("text", "image") if c in feats.column_names])
     feats = feats.append_column("features_model", pa.array([want] * feats.num_rows, pa.string()))
     rename = {v: k for k, v in FEATURE_COLUMNS.items()}
     feats = feats.rename_columns([rename.get(c, c) for c in feats.column_names])
@@ -170,4 +178,3 @@ def ensure_features(
     if stale:  # another model with another width: old vectors cannot be mixed with new ones
         pool.drop_columns(stale)
     write_columns(pool, feats)
-    return len(todo)

@@ -5,6 +5,10 @@ Two hashes within d bits agree on at least one of d + 1 disjoint bit ranges (pig
 blocks write each hashed row under its d + 1 band values into hash partitions; a Ray task per
 partition lists the pairs within both thresholds among rows sharing a band value; one Ray task
 runs the greedy over the pairs only (a row in no pair is never dropped) and writes the losers.
+
+max_distance 64 (the most the params allow) puts every pair of 64-bit hashes within reach, so
+the greedy keeps the smallest uid among the hashed rows and drops every other as its duplicate
+(score: their pHash distance): the blocks reduce to that one (uid, pHash), no bands.
 """
 
 from __future__ import annotations
@@ -27,10 +31,7 @@ def _bands(d: int) -> list[tuple[int, int]]:
     """(shift, mask) of `d + 1` disjoint bit ranges of a 64-bit hash: two hashes within `d`
     bits agree on at least one range (pigeonhole), so equal band values find every pair."""
     if d >= 64:
-        raise NotImplementedError(
-            f"perceptual_dedup.max_distance={d} is not streamed (bands need d < 64); "
-            "run curate in memory"
-        )
+        raise ValueError(f"perceptual_dedup: {d + 1} disjoint bands of a 64-bit hash need d < 64")
     cuts = np.linspace(0, 64, d + 2).round().astype(int)
     return [(int(lo), (1 << int(hi - lo)) - 1) for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)]
 
@@ -45,12 +46,15 @@ class PerceptualDedupStreamed(Streamed):
 
     def __init__(self, step: Step[Any]) -> None:
         super().__init__(step)
-        self.bands = _bands(int(step.params.max_distance))
+        d = int(step.params.max_distance)
+        self.everything = d >= 64  # every pair within d: the smallest hashed uid wins all
+        self.bands = [] if self.everything else _bands(d)
         self.partitions = 16
+        self.first: tuple[str, int] | None = None  # everything: (smallest hashed uid, its pHash)
 
     def plan(self, total_rows: int) -> None:
         per = ROWS_PER_PARTITION
-        self.partitions = min(4096, max(16, -(-total_rows * len(self.bands) // per)))
+        self.partitions = min(4096, max(16, -(-total_rows * max(1, len(self.bands)) // per)))
 
     def collect(self, rows: pa.Table, block: int, scratch: Path, ctx: StepContext) -> Any:
         from tasks.decontam.hashing import hex_to_u64
@@ -58,6 +62,12 @@ class PerceptualDedupStreamed(Streamed):
         ph, dh = rows.column("phash"), rows.column("dhash")
         ok = np.asarray(pc.and_(ph.is_valid(), dh.is_valid()).to_numpy(zero_copy_only=False))
         idx = np.flatnonzero(ok)
+        if self.everything:  # the block's smallest hashed uid and its pHash
+            if idx.size == 0:
+                return None
+            uids = rows.column("uid").take(pa.array(idx)).to_pylist()
+            i = min(range(len(uids)), key=uids.__getitem__)
+            return uids[i], int(hex_to_u64([ph[int(idx[i])].as_py()])[0])
         if idx.size == 0:
             return 0
         take = pa.array(idx)
@@ -89,9 +99,15 @@ class PerceptualDedupStreamed(Streamed):
             pq.write_table(table.filter(pa.array(key == p)), folder / f"b{block:07d}.parquet")
         return int(idx.size)
 
+    def absorb(self, part: Any, total_rows: int) -> None:
+        if self.everything and part is not None and (self.first is None or part < self.first):
+            self.first = part
+
     def reduce(self, scratch: Path, ctx: StepContext) -> None:
         import ray
 
+        if self.everything:  # nothing to reduce beyond `first`
+            return
         d = int(self.step.params.max_distance)
         cpus = ctx.params.compute.cpus_per_worker
         base = scratch / "perceptual_dedup"
@@ -112,7 +128,9 @@ class PerceptualDedupStreamed(Streamed):
         refs: list[str | None] = [None] * rows.num_rows
         score = np.full(rows.num_rows, np.nan)
         path = scratch / "perceptual_dedup" / "all.losers"
-        if path.exists():
+        if self.everything:
+            self._decide_everything(rows, reasons, refs, score)
+        elif path.exists():
             losers = ds.dataset(str(path), format="parquet").to_table(
                 filter=ds.field("block") == block
             )
@@ -121,6 +139,22 @@ class PerceptualDedupStreamed(Streamed):
             ):
                 reasons[row], refs[row], score[row] = "duplicate_phash", ref, dist
         return StepResult.from_reasons(reasons, ref=refs, score=score), {}
+
+    def _decide_everything(
+        self, rows: pa.Table, reasons: list[str | None], refs: list[str | None], score: np.ndarray
+    ) -> None:
+        """max_distance 64: every hashed row but the smallest uid duplicates that one (the
+        in-memory greedy's first row removes all others; a lone hashed row stays)."""
+        from tasks.decontam.hashing import hex_to_u64
+
+        if self.first is None:
+            return
+        winner, code = self.first
+        ph, uids = rows.column("phash").to_pylist(), rows.column("uid").to_pylist()
+        for i, (reason, uid) in enumerate(zip(reasons, uids, strict=True)):
+            if reason is None and uid != winner:
+                dist = int(np.bitwise_count(hex_to_u64([ph[i]])[0] ^ np.uint64(code)))
+                reasons[i], refs[i], score[i] = "duplicate_phash", winner, dist
 
 
 PAIR_COLUMNS = ("a", "b", "dist", "b_block", "b_row")

@@ -3,11 +3,11 @@ embeddings stored in pool columns one block at a time, and the side inputs built
 parts, so the driver holds one block of rows at a time, never the pool.
 
 Matching is one Ray Data pipeline over every block (read tasks list the rows to match, the
-matcher actors build their automaton once); features go block by block through the in-memory
-path's own function (tasks/curate/prepare.py ensure_features: the feature actors reading the
-teacher's stored tower features; a new actor pool per block that has rows to featurise), so the
-columns written are the same; stored work is reused the same way (rows whose digest or model
-already fit are skipped).
+matcher actors build their automaton once); features too (tasks/curate/streamfeatures.py: read
+tasks list, read and hash each block's rows, one pool of embedding actors reading the teacher's
+stored tower features serves the whole run), writing the columns the in-memory path's
+ensure_features writes; stored work is reused the same way (rows whose digest or model already
+fit are skipped).
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ def stream_prepare(
     """As tasks/curate/inputs.py prepare, block by block: returns the context (never
     `pool_rows`: the streamed steps reduce over the pool themselves) and the metrics."""
     from tasks.curate.inputs import SIDE_INPUTS, _metadata
-    from tasks.curate.prepare import ensure_features
     from tasks.curate.stage import model_ref
+    from tasks.curate.streamfeatures import stream_features
 
-    if needed - {"matches", "hashes", "embeddings", "eval_features", "pool_rows"}:
+    streamable = {"matches", "hashes", "embeddings", "eval_features", "target_embeddings"}
+    if needed - streamable - {"pool_rows"}:
         raise NotImplementedError(
-            f"curate inputs {sorted(needed)} are not streamed (image_based.target_dir's target "
-            "embeddings); drop step 'image_based' or set execution.mode: memory"
+            f"curate inputs {sorted(needed - streamable)} are not streamed; "
+            "set execution.mode: memory"
         )
     metrics: dict[str, Any] = {}
     ctx = StepContext(params=p, out_dir=out_dir)
@@ -64,12 +65,13 @@ def stream_prepare(
     if needed & {"hashes", "embeddings"}:
         ref = model_ref(p) if "embeddings" in needed else None
         crawl = resolve_path(p.paths.crawl_dir)
-        metrics["rows_featurised"] = sum(
-            ensure_features(pool, rows, crawl, ref, p)
-            for rows in iter_blocks(pinned(pool, uri, block_rows))
+        metrics["rows_featurised"] = stream_features(
+            pool, pinned(pool, uri, block_rows), crawl, ref, p
         )
     if "eval_features" in needed:
         SIDE_INPUTS["eval_features"](ctx, _BlockRows(pinned(pool, uri, block_rows)))
+    if "target_embeddings" in needed:  # the target task's images only: no pool rows read
+        SIDE_INPUTS["target_embeddings"](ctx, None)
     return ctx, metrics
 
 

@@ -8,6 +8,8 @@ per-block Ray tasks that return only the few rows a report looks at.
 - grids: per block and group (kept, dropped_<step>) the `report_examples` uids with the lowest
   sha256("<seed>:<uid>"), reduced to the lowest over the pool. A seeded sample like the
   in-memory one (random.sample over the group), not the same images: documented choice.
+- kept_by_synthetic_caption (clip_score.caption other than raw): the in-memory grid's rows, the
+  `report_examples` smallest uids kept only by their synthetic caption, reduced over blocks.
 """
 
 from __future__ import annotations
@@ -143,3 +145,65 @@ def stream_grids(src: PoolBlocks, scratch: Path, p: Any) -> dict[str, list[tuple
         g: [(found[u], text) for _, u, _, text in items if u in found]
         for g, items in sorted(best.items())
     }
+
+
+def rescued_block(
+    block: int, src: PoolBlocks, scratch: Path, k: int, threshold: float
+) -> list[tuple[str, str | None, str]]:
+    """The block's `k` smallest uids kept by their synthetic caption (kept by clip_score with a
+    raw score below the threshold): (uid, shard, "old -> new" caption)."""
+    from tasks.curate.streamwrite import read_pool_block
+
+    path = _state_path(scratch, block)
+    if "curate_clip_score_keep" not in set(pq.read_schema(path).names):
+        return []
+    state = pq.read_table(
+        path, columns=["uid", "curate_clip_score_keep", "curate_clip_score_score"]
+    )
+    rescued = [
+        i
+        for i, (kept, raw) in enumerate(
+            zip(
+                state.column("curate_clip_score_keep").to_pylist(),
+                state.column("curate_clip_score_score").to_pylist(),
+                strict=True,
+            )
+        )
+        if kept and raw is not None and raw < threshold
+    ]
+    if not rescued:
+        return []
+    rows = read_pool_block(src, block, ["uid", "text", "shard", "recaption_long_positive"])
+    chosen = sorted(rescued, key=lambda i: state.column("uid")[i].as_py())[:k]
+    out = []
+    for row in rows.take(pa.array(chosen, pa.int64())).to_pylist():
+        synthetic = row.get("recaption_long_positive")
+        out.append((row["uid"], row["shard"], f"{row['text'] or ''} -> {synthetic or ''}"))
+    return out
+
+
+def stream_synthetic_grid(
+    src: PoolBlocks, scratch: Path, p: Any, threshold: float | None
+) -> dict[str, list[tuple[bytes, str]]]:
+    """As the in-memory `_synthetic_grid` (tasks/curate/stage.py): the smallest uids kept only
+    by their synthetic caption, captioned "old -> new"; {} when none or caption is raw."""
+    from tasks.curate.features import existing_shard
+    from tasks.io.crawlshards import read_images  # any crawl layout
+    from tasks.io.paths import resolve_path
+
+    k = p.outputs.report_examples
+    if threshold is None or k == 0 or p.clip_score.caption == "raw":
+        return {}
+    best: list[tuple[str, str | None, str]] = []
+    args = (src, scratch, k, threshold)
+    for part in _blocks(rescued_block, src.count, args, p.compute.cpus_per_worker):
+        best = sorted([*best, *part])[:k]
+    if not best:
+        return {}
+    wanted = {uid for uid, _, _ in best}
+    found: dict[str, bytes] = {}
+    for shard in {s for _, s, _ in best}:
+        path = existing_shard(resolve_path(p.paths.crawl_dir), shard)
+        if path is not None:
+            found.update({u: data for u, data, _ in read_images(path, wanted)})
+    return {"kept_by_synthetic_caption": [(found[u], c) for u, _, c in best if u in found]}

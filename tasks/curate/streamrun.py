@@ -3,8 +3,13 @@ outputs as the in-memory run of tasks/curate/stage.py (ledger columns, uid lists
 uid file, MetaCLIP's count table, shards, report), with the pool read in blocks by Ray tasks
 and only small arrays and counts in the driver (tasks/curate/stream.py).
 
-What is not streamed refuses before any work with a NotImplementedError naming the step or
-param (tasks/curate/streamsteps.py, tasks/curate/streamreport.py).
+Every step and param streams; a report step without a streamed form, or an fsspec URI as
+`execution.scratch_dir`, refuses before any work with a NotImplementedError naming it.
+
+The scratch folder (per-block ledgers, partitions, manifests) is written and read by Ray tasks
+on every node: `<out_dir>/.stream` on one machine, `execution.scratch_dir` (a shared mount such
+as NFS) on a cluster, where the run uses `<scratch_dir>/curate-<12 hex of sha256(out_dir)>`, so
+a rerun into the same output clears what a killed run left and two outputs never share one.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.curate.params import CurateParams
+from tasks.io.paths import is_uri, resolve_path
 
 SCRATCH = ".stream"  # under out_dir: per-block ledgers and partitions, removed at the end
 
@@ -24,6 +30,24 @@ def use_stream(params: CurateParams, pool: Any) -> bool:
     if mode == "auto":
         return int(pool.count_rows()) >= params.execution.stream_min_rows
     return mode == "stream"
+
+
+def scratch_folder(params: CurateParams, out_dir: Path) -> Path:
+    """The run's scratch folder: `<out_dir>/.stream`, or its own folder under
+    `execution.scratch_dir` (a path every Ray node sees; an fsspec URI is refused by name)."""
+    import hashlib
+
+    folder = params.execution.scratch_dir
+    if folder is None:
+        return out_dir / SCRATCH
+    if is_uri(folder):
+        raise NotImplementedError(
+            f"execution.scratch_dir={folder!r}: the streamed scratch is read and written with "
+            "local file APIs; give a folder every Ray node mounts (NFS, a shared disk), not an "
+            "fsspec URI"
+        )
+    tag = hashlib.sha256(str(out_dir.resolve()).encode()).hexdigest()[:12]
+    return resolve_path(folder) / f"curate-{tag}"
 
 
 def check_streamable(steps: list[Any], reports: list[Any]) -> None:
@@ -49,12 +73,12 @@ def run_stream(
     from tasks.curate.streamprep import stream_prepare
 
     check_streamable(steps, reports)
+    scratch = scratch_folder(params, out_dir)
     print(f"[curate] streamed: blocks of {params.compute.rows_per_block:,} rows", flush=True)
     uri = params.paths.pool_uri
     ctx, metrics = stream_prepare(pool, uri, params, out_dir, needed_inputs([*steps, *reports]))
     for step in steps:
         step.setup(ctx)
-    scratch = out_dir / SCRATCH
     try:
         outcome = stream_decide(pool, uri, steps, ctx, scratch)
         metrics.update(_outputs(params, outcome, out_dir, scratch))
@@ -90,11 +114,12 @@ def _outputs(params: CurateParams, outcome: Any, out_dir: Path, scratch: Path) -
         write_metaclip_counts(entries, counts.before, out_dir / "balance")
     if params.outputs.materialise:
         threshold = outcome.metrics.get("clip_score_threshold")
+        caption = None if threshold is None else (params.clip_score.caption, float(threshold))
         for dest, folder, names in (
             ("train", "shards", ("shards_written", "kept_without_image")),
             ("held", "holdout", ("holdout_shards_written", "holdout_without_image")),
         ):
-            got = stream_materialise(src, scratch, dest, out_dir / folder, params, threshold)
+            got = stream_materialise(src, scratch, dest, out_dir / folder, params, caption)
             metrics.update(zip(names, got, strict=True))
     return metrics
 
@@ -110,14 +135,18 @@ def _report(
     """Report steps, example grids and the report folder (funnel, entry counts, inputs)."""
     from tasks.curate.report import write_report
     from tasks.curate.stage import _recorded_inputs
-    from tasks.curate.streamreport import stream_grids, stream_reports
+    from tasks.curate.streamreport import stream_grids, stream_reports, stream_synthetic_grid
 
     metrics = stream_reports(outcome.source, reports, steps, ctx)
+    threshold = outcome.metrics.get("clip_score_threshold")
     write_report(
         ctx.out_dir / "report",
         outcome.funnel,
         outcome.artifacts,
-        stream_grids(outcome.source, scratch, params),
+        {
+            **stream_grids(outcome.source, scratch, params),
+            **stream_synthetic_grid(outcome.source, scratch, params, threshold),
+        },
         _recorded_inputs(ctx),
     )
     return metrics

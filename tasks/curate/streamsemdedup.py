@@ -55,24 +55,7 @@ class SemanticDedupStreamed(Streamed):
         self.total_rows = total_rows
 
     def collect(self, rows: pa.Table, block: int, scratch: Path, ctx: StepContext) -> Any:
-        x, mask = embeddings(rows, "image_emb")
-        idx = np.flatnonzero(mask)
-        folder = scratch / FOLDER / "rows"
-        folder.mkdir(parents=True, exist_ok=True)
-        dim = x.shape[1] if x.size else 0
-        table = pa.table(
-            {
-                "uid": rows.column("uid").take(pa.array(idx, pa.int64())),
-                "row": pa.array(idx.astype(np.int32)),
-                "emb": pa.FixedSizeListArray.from_arrays(
-                    pa.array(x.ravel(), pa.float32()), max(dim, 1)
-                )
-                if dim
-                else pa.array([], pa.list_(pa.float32(), 1)),
-            }
-        )
-        pq.write_table(table, folder / f"b{block:07d}.parquet")
-        return int(idx.size)
+        return write_embedding_rows(rows, block, scratch / FOLDER / "rows")
 
     def absorb(self, part: Any, total_rows: int) -> None:
         self.embedded += int(part)
@@ -87,7 +70,7 @@ class SemanticDedupStreamed(Streamed):
             return
         k = min(p.clusters, max(1, self.embedded // 4))
         share = min(1.0, p.stream_fit_rows / max(1, self.total_rows))
-        fit = ray.remote(_fit).options(num_cpus=cpus)
+        fit = ray.remote(fit_in_uid_order).options(num_cpus=cpus)
         centroids = ray.get(fit.remote(str(base / "rows"), k, seed, share))
         assign = ray.remote(_assign).options(num_cpus=cpus)
         files = sorted((base / "rows").glob("*.parquet"))
@@ -126,11 +109,31 @@ class SemanticDedupStreamed(Streamed):
         return {} if self.ann_clusters is None else {"semdedup_ann_clusters": self.ann_clusters}
 
 
+def write_embedding_rows(rows: pa.Table, block: int, folder: Path) -> int:
+    """Map: the block's rows that have an image embedding as (uid, row, emb) in
+    `folder/b<block>.parquet`, in pool order; returns how many (also image_based's map)."""
+    x, mask = embeddings(rows, "image_emb")
+    idx = np.flatnonzero(mask)
+    folder.mkdir(parents=True, exist_ok=True)
+    dim = x.shape[1] if x.size else 0
+    table = pa.table(
+        {
+            "uid": rows.column("uid").take(pa.array(idx, pa.int64())),
+            "row": pa.array(idx.astype(np.int32)),
+            "emb": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel(), pa.float32()), max(dim, 1))
+            if dim
+            else pa.array([], pa.list_(pa.float32(), 1)),
+        }
+    )
+    pq.write_table(table, folder / f"b{block:07d}.parquet")
+    return int(idx.size)
+
+
 def _block_of(path: Path) -> int:
     return int(path.stem.removeprefix("b"))
 
 
-def _fit(folder: str, k: int, seed: int, share: float) -> np.ndarray:
+def fit_in_uid_order(folder: str, k: int, seed: int, share: float) -> np.ndarray:
     """Spherical k-means (the in-memory step's) on the sampled rows, in pool order."""
     from tasks.curate.steps.image_based import spherical_kmeans
 
@@ -147,7 +150,9 @@ def _fit(folder: str, k: int, seed: int, share: float) -> np.ndarray:
             parts.append(_matrix(table))
             uids.append(table.column("uid").combine_chunks())
     if not parts:  # the sample missed every row (a tiny pool): fit on all of them
-        return _fit(folder, k, seed, 1.0) if share < 1.0 else np.zeros((k, 1), np.float32)
+        return (
+            fit_in_uid_order(folder, k, seed, 1.0) if share < 1.0 else np.zeros((k, 1), np.float32)
+        )
     order = np.asarray(pc.sort_indices(pa.concat_arrays(uids)))  # uid order, as in memory
     return spherical_kmeans(np.concatenate(parts)[order], k, seed)
 

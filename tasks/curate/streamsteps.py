@@ -15,11 +15,22 @@ so both paths share the decision code:
 - perceptual_dedup reduces by pHash band partition (d + 1 bands: pigeonhole), pairs listed
   per partition, the uid-order greedy in one Ray task over the pairs' rows only
   (tasks/curate/streamphash.py);
-- balance reduces to MetaCLIP's int64 count per entry (summed on the driver) and back.
+  with `caption` raw_else_synthetic or both the block decisions are the in-memory step's, and
+  the shard writer reads which rows their synthetic caption kept back from the block ledgers
+  (tasks/curate/streamwrite.py);
+- perceptual_dedup with max_distance 64 (every pair of hashed rows within it) reduces to the
+  smallest uid among the hashed rows reaching it and its pHash: every other hashed row is its
+  duplicate, as the in-memory greedy finds;
+- balance reduces to MetaCLIP's int64 count per entry (summed on the driver) and back; with
+  `target_size`, t is the in-memory `find_t` (floor of the target_size-th smallest finite
+  t_min, plus one) found exactly by two rounds of Ray tasks over per-block integer histograms
+  of floor(t_min) (65,536 buckets, then the one bucket holding it), never the rows' t_min;
 - semantic_dedup: k-means fitted in a Ray task on a seeded sample, clusters partitioned to
   files, one Ray task per cluster (tasks/curate/streamsemdedup.py);
-Not streamed (a NotImplementedError names them): image_based,
-clip_score.caption other than raw, balance.target_size, perceptual_dedup.max_distance >= 64.
+- image_based: k-means fitted in a Ray task in uid order, nearest centroid per block
+  (tasks/curate/streamimage.py).
+Every step and param streams; a report step without a streamed form raises
+NotImplementedError naming it (tasks/curate/streamreport.py).
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from tasks.curate import balancing as bal
 from tasks.curate.steps.base import Step, StepContext, StepResult
 from tasks.curate.steps.clip_score import ClipScore, downloaded_pool_scores
 from tasks.curate.streambase import Streamed
+from tasks.curate.streamimage import ImageBasedStreamed
 from tasks.curate.streamphash import PerceptualDedupStreamed
 from tasks.curate.streamsemdedup import SemanticDedupStreamed
 
@@ -183,12 +195,6 @@ class ClipScoreStreamed(Streamed):
 
     def __init__(self, step: Step[Any]) -> None:
         super().__init__(step)
-        if step.params.caption != "raw":
-            raise NotImplementedError(
-                f"clip_score.caption={step.params.caption!r} is not streamed (its caption "
-                "choice is a set of uids for the shard writer); use caption: raw or run curate "
-                "in memory"
-            )
         self.global_decision = step.params.fraction is not None
         self.threshold: float | None = step.params.threshold
         self.pool_n: int | None = None
@@ -222,9 +228,14 @@ class ClipScoreStreamed(Streamed):
     def decide(
         self, rows: pa.Table, block: int, scratch: Path, ctx: StepContext
     ) -> tuple[StepResult, Any]:
-        fixed = self.step.params.model_copy(update={"fraction": None, "threshold": self.threshold})
+        update: dict[str, Any] = {"fraction": None, "threshold": self.threshold}
+        if rows.num_rows == 0:  # a block nothing reached: nothing to rescue (the in-memory step
+            update["caption"] = "raw"  # is never called without rows, and needs some for it)
+        fixed = self.step.params.model_copy(update=update)
         result = ClipScore(fixed)(rows, ctx)
-        result.artifacts = {}  # caption choice and score arrays: per-row objects, not streamed
+        # caption choice and score arrays are per-row objects, not kept: the shard writer reads
+        # the caption choice back from the block's ledger (tasks/curate/streamwrite.py)
+        result.artifacts = {}
         return result, result.metrics
 
     def fold(self, part: Any) -> None:
@@ -251,19 +262,19 @@ class BalanceStreamed(Streamed):
 
     def __init__(self, step: Step[Any]) -> None:
         super().__init__(step)
-        if step.params.target_size:
-            raise NotImplementedError(
-                "balance.target_size is not streamed (its t is a quantile of t_min over every "
-                "row); set balance.t or run curate in memory"
-            )
         self.counts: np.ndarray | None = None
         self.after: np.ndarray | None = None
+        self.t = int(step.params.t)  # balance.t, or the t found for balance.target_size
 
     def collect(self, rows: pa.Table, block: int, scratch: Path, ctx: StepContext) -> Any:
         if ctx.n_entries <= 0:
             raise ValueError(
                 "balance: no metadata entries (set metadata.wordnet and/or metadata.extra)"
             )
+        if self.step.params.target_size:  # t_min needs the global counts: kept for reduce
+            folder = scratch / "balance"
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(rows.select(["uid", "entry_ids"]), folder / f"b{block:07d}.parquet")
         return bal.count_entries(rows.column("entry_ids"), ctx.n_entries)
 
     def absorb(self, part: Any, total_rows: int) -> None:
@@ -272,12 +283,16 @@ class BalanceStreamed(Streamed):
     def reduce(self, scratch: Path, ctx: StepContext) -> None:
         if self.counts is None:
             self.counts = np.zeros(ctx.n_entries, dtype=np.int64)
+        target = self.step.params.target_size
+        if target:
+            files = sorted(str(f) for f in (scratch / "balance").glob("b*.parquet"))
+            self.t = stream_find_t(files, self.counts, ctx.params.seed, int(target), ctx)
 
     def decide(
         self, rows: pa.Table, block: int, scratch: Path, ctx: StepContext
     ) -> tuple[StepResult, Any]:
         assert self.counts is not None
-        t = int(self.step.params.t)
+        t = self.t
         tmin = bal.pair_tmin(
             rows.column("uid"), rows.column("entry_ids"), self.counts, ctx.params.seed
         )
@@ -298,7 +313,7 @@ class BalanceStreamed(Streamed):
 
         counts = self.counts if self.counts is not None else np.zeros(0, np.int64)
         after = self.after if self.after is not None else np.zeros_like(counts)
-        t = int(self.step.params.t)
+        t = self.t
         self.artifact = EntryCounts(counts, after, t)
         return {
             "balance_t": t,
@@ -309,6 +324,62 @@ class BalanceStreamed(Streamed):
         }
 
 
+BUCKETS = 65_536  # histogram buckets of floor(t_min) per round of stream_find_t
+
+
+def _floor_tmin(path: str, counts: np.ndarray, seed: int, width: int) -> np.ndarray:
+    """Round 1 (a Ray task per block): floor(t_min) of the block's rows reaching balance, the
+    finite ones, saved beside its rows; returns their histogram in BUCKETS buckets of `width`."""
+    table = pq.read_table(path)
+    tmin = bal.pair_tmin(table.column("uid"), table.column("entry_ids"), counts, seed)
+    floors = np.floor(tmin[np.isfinite(tmin)]).astype(np.int64)
+    np.save(path + ".floor.npy", floors)
+    return np.bincount(floors // width, minlength=BUCKETS).astype(np.int64)
+
+
+def _bucket_floors(path: str, bucket: int, width: int) -> np.ndarray:
+    """Round 2 (a Ray task per block): the histogram of floor(t_min) inside one bucket."""
+    floors = np.load(path + ".floor.npy")
+    inside = floors[floors // width == bucket] - bucket * width
+    return np.bincount(inside, minlength=width).astype(np.int64)
+
+
+def stream_find_t(
+    files: list[str], counts: np.ndarray, seed: int, target_size: int, ctx: StepContext
+) -> int:
+    """tasks/curate/balancing.py find_t over per-block (uid, entry_ids) files, exactly: the
+    target_size-th smallest floor(t_min) (floor keeps the order, so it is the floor of the
+    target_size-th smallest t_min) from integer histograms: t_min < max count, so 65,536
+    buckets of width ceil(max count / 65,536), then the one bucket holding it, per integer.
+    The driver holds two int64 arrays of at most 65,536 (or bucket width) entries."""
+    import ray
+
+    cpus = ctx.params.compute.cpus_per_worker
+    width = max(1, -(-int(counts.max(initial=0)) // BUCKETS))
+    ref = ray.put(counts)
+    first = ray.remote(_floor_tmin).options(num_cpus=cpus)
+    hist = np.zeros(BUCKETS, dtype=np.int64)
+    for part in ray.get([first.remote(f, ref, seed, width) for f in files]):
+        hist += part
+    finite = int(hist.sum())
+    if target_size > finite:
+        raise ValueError(
+            f"target size {target_size} exceeds the {finite} pairs that match any entry"
+        )
+    below = np.cumsum(hist)
+    bucket = int(np.searchsorted(below, target_size, side="left"))
+    rank = target_size - (int(below[bucket - 1]) if bucket else 0)  # 1-based, in the bucket
+    if width == 1:
+        floor = bucket
+    else:
+        second = ray.remote(_bucket_floors).options(num_cpus=cpus)
+        inner = np.zeros(width, dtype=np.int64)
+        for part in ray.get([second.remote(f, bucket, width) for f in files]):
+            inner += part
+        floor = bucket * width + int(np.searchsorted(np.cumsum(inner), rank, side="left"))
+    return max(1, floor + 1)
+
+
 STREAMED: dict[str, type[Streamed]] = {
     "basic": PerRow,
     "text_based": PerRow,
@@ -317,6 +388,7 @@ STREAMED: dict[str, type[Streamed]] = {
     "exact_dedup": ExactDedupStreamed,
     "perceptual_dedup": PerceptualDedupStreamed,
     "semantic_dedup": SemanticDedupStreamed,
+    "image_based": ImageBasedStreamed,
     "clip_score": ClipScoreStreamed,
     "balance": BalanceStreamed,
 }

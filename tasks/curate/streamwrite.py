@@ -40,20 +40,33 @@ def read_pool_block(src: PoolBlocks, block: int, columns: list[str]) -> pa.Table
     )
 
 
-def _block_choice(rows: pa.Table, threshold: float | None) -> Any:
-    """clip_score's caption choice restricted to one block (caption raw: nothing rescued; a
-    synthetic caption passes at or above the threshold); None without the step, as in memory."""
+def _block_choice(rows: pa.Table, state: pa.Table, caption: tuple[str, float] | None) -> Any:
+    """clip_score's caption choice restricted to one block, as the in-memory step makes it
+    (tasks/curate/steps/clip_score.py); None without the step, as in memory. `caption`: (mode,
+    threshold). Rescued rows are read back from the block's ledger: kept by clip_score with a
+    raw score below the threshold (only a passing synthetic caption keeps such a row); a
+    synthetic caption passes at or above the threshold."""
     from tasks.curate.steps.clip_score import CaptionChoice
 
-    if threshold is None:
+    if caption is None:
         return None
+    mode, threshold = caption
     uids = rows.column("uid").to_pylist()
     col = "recaption_score_long_positive"
     scores = rows.column(col).to_pylist() if col in rows.column_names else [None] * len(uids)
     passing = frozenset(
         u for u, s in zip(uids, scores, strict=True) if s is not None and s >= threshold
     )
-    return CaptionChoice("raw", threshold, frozenset(), passing)
+    rescued: frozenset[str] = frozenset()
+    if mode != "raw" and "curate_clip_score_keep" in state.column_names:
+        kept = state.column("curate_clip_score_keep").to_pylist()
+        raw = state.column("curate_clip_score_score").to_pylist()
+        rescued = frozenset(
+            u
+            for u, k, r in zip(uids, kept, raw, strict=True)
+            if k and r is not None and r < threshold
+        )
+    return CaptionChoice(mode, threshold, rescued, passing)
 
 
 def manifest_block(
@@ -62,22 +75,26 @@ def manifest_block(
     scratch: Path,
     dest: str,
     crawl_dir: str,
-    threshold: float | None,
+    caption: tuple[str, float] | None,
 ) -> tuple[int, int]:
     """Block `block`'s rows of `dest` (train: kept and not held out; held: held out) whose crawl
     tar exists, as (uid, path, fields JSON) in scratch/mat/<dest>/parts. Returns (listed,
-    kept without image). `threshold`: clip_score's (None when the run has no clip_score)."""
+    kept without image). `caption`: clip_score's (caption mode, threshold), None when the run
+    has no clip_score."""
     from tasks.curate.features import existing_shard
     from tasks.curate.stage import RECAPTION_FIELDS, _recaption_row
 
-    state = pq.read_table(_state_path(scratch, block), columns=["uid", KEEP, HOLDOUT])
+    ledger = _state_path(scratch, block)
+    clip = ["curate_clip_score_keep", "curate_clip_score_score"]
+    have = set(pq.read_schema(ledger).names)
+    state = pq.read_table(ledger, columns=["uid", KEEP, HOLDOUT, *[c for c in clip if c in have]])
     keep = np.asarray(state.column(KEEP).to_numpy(zero_copy_only=False), dtype=bool)
     held = np.asarray(state.column(HOLDOUT).to_numpy(zero_copy_only=False), dtype=bool)
     mask = held if dest == "held" else keep & ~held
     rows = read_pool_block(src, block, ["uid", "text", "texts", "url", "shard", *RECAPTION_FIELDS])
     if rows.column("uid").to_pylist() != state.column("uid").to_pylist():
         raise RuntimeError(f"curate: pool block {block} changed under the streamed run")
-    choice = _block_choice(rows, threshold)
+    choice = _block_choice(rows, state, caption)
     uids, paths, fields = [], [], []
     for i in np.flatnonzero(mask).tolist():
         row = rows.slice(i, 1).to_pylist()[0]
@@ -151,9 +168,10 @@ def stream_materialise(
     dest: str,
     dest_dir: Path,
     p: Any,
-    threshold: float | None,
+    caption: tuple[str, float] | None,
 ) -> tuple[int, int]:
-    """The `dest` rows (train | held) as shuffled shards in `dest_dir`: (shards, no image)."""
+    """The `dest` rows (train | held) as shuffled shards in `dest_dir`: (shards, no image).
+    `caption`: clip_score's (caption mode, threshold), None without the step."""
     import ray
 
     from tasks.curate.materialise import clear_shards, write_buckets
@@ -162,7 +180,7 @@ def stream_materialise(
     cpus = p.compute.cpus_per_worker
     clear_shards(dest_dir)
     missing = 0
-    args = (src, scratch, dest, str(resolve_path(p.paths.crawl_dir)), threshold)
+    args = (src, scratch, dest, str(resolve_path(p.paths.crawl_dir)), caption)
     for _, lost in _blocks(manifest_block, src.count, args, cpus):
         missing += lost
     folder = str(scratch / "mat" / dest)

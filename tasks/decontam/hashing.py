@@ -74,8 +74,11 @@ def hash_batch(batch: pa.Table, known: dict[str, tuple[str, str]] | None = None)
             dh.append(None)
             reasons.append("image_undecodable")
             continue
-        ph.append(hash_hex(imagehash.phash(img)))
-        dh.append(hash_hex(imagehash.dhash(img)))
+        # both hashes start from the grey image: converted once here (each would convert the
+        # RGB image again; converting an "L" image is a plain copy), same hashes, bit for bit
+        grey = img.convert("L")
+        ph.append(hash_hex(imagehash.phash(grey)))
+        dh.append(hash_hex(imagehash.dhash(grey)))
         reasons.append(None)
     return (
         batch.append_column("image_sha256", pa.array(sha, pa.string()))

@@ -206,3 +206,18 @@ class EvaluateParams(StageParams):
     membership: MembershipParams = Field(
         default_factory=MembershipParams
     )  # membership-inference audit
+
+    def needs_ray(self) -> bool:
+        """Ray only where the embedder may use it (tasks/evaluate/features.py `use_ray`):
+        `embed.ray: always`, or `auto` joining a cluster (RAY_ADDRESS), whose actor pool can use
+        more CPUs than this machine. On one machine `auto` never embeds on Ray, so the runner
+        starts none: a local Ray booted for nothing took CPU from the first model's embedding
+        (its daemons start and poll on the same 2 cores) and time to start and stop around it.
+        Everything else in evaluate runs in process (the probe's fits on loky workers)."""
+        if self.embed.ray == "always":
+            return True
+        if self.embed.ray == "never":
+            return False
+        from tasks.settings import get_settings
+
+        return get_settings().ray_address is not None

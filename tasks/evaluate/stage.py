@@ -84,18 +84,19 @@ def evaluate_model(
 
     loaded = emb.loaded
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     everything = [b for s in [*sets.values(), *(train_sets or {}).values()] for b in s.images]
-    with _timed(seconds, "embed"):
+    with _timed(seconds, "embed", cpu):
         emb.images(everything)  # one pass: batches fill across sets, repeats are encoded once
     probes: dict[str, Any] = {}
     if params.probe.enabled:  # every set's fits pooled in one batch of worker jobs
-        with _timed(seconds, "probe"):
+        with _timed(seconds, "probe", cpu):
             probes = suite.probe_results(emb, sets, params, train_sets)
     metrics: dict[str, Any] = {}
     rows: list[Row] = []
     for name, s in sets.items():
         img = emb.images(s.images)
-        with _timed(seconds, s.task):
+        with _timed(seconds, s.task, cpu):
             if s.task == CLASSIFICATION:
                 m = suite.zeroshot_task(emb, s, img, params, out)
             else:
@@ -105,7 +106,7 @@ def evaluate_model(
         m = {
             k: v for k, v in m.items() if v == v
         }  # NaN (acc5 below 5 classes) stays in the JSON only
-        m.update(_extras(emb, s, img, params, out, m, probes.get(name), seconds))
+        m.update(_extras(emb, s, img, params, out, m, probes.get(name), seconds, cpu))
         if PROBE_METRIC in m:  # shown with its chance and baseline, outside the average
             rows.append(make_row(loaded.name, s, PROBE_TASK, PROBE_METRIC, m[PROBE_METRIC], False))
         metrics[name] = m
@@ -113,18 +114,46 @@ def evaluate_model(
     metrics["images_per_s"] = stats["images_per_s"]
     metrics["embedding"] = stats
     metrics["task_seconds"] = seconds
+    metrics["task_cpu_seconds"] = cpu
     return metrics, rows
 
 
 @contextmanager
-def _timed(seconds: dict[str, float], key: str) -> Iterator[None]:
-    """Adds the wall seconds of the block to `seconds[key]`: the stage's metrics say where its
-    time went (`task_seconds` per model), so the next cut is measured, not guessed."""
-    start = time.perf_counter()
+def _timed(
+    seconds: dict[str, float], key: str, cpu: dict[str, float] | None = None
+) -> Iterator[None]:
+    """Adds the wall seconds of the block to `seconds[key]` (and its CPU seconds, this process
+    and its worker processes, to `cpu[key]`): the stage's metrics say where its time went
+    (`task_seconds`, `task_cpu_seconds` per model), so the next cut is measured, not guessed.
+    CPU seconds are what to compare on a shared machine: wall time there depends on the load."""
+    start, cpu_start = time.perf_counter(), cpu_seconds() if cpu is not None else 0.0
     try:
         yield
     finally:
         seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - start
+        if cpu is not None:
+            # never negative: a worker ending unreaped inside the block drops out of both counts
+            cpu[key] = cpu.get(key, 0.0) + max(0.0, cpu_seconds() - cpu_start)
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process (every thread), of its live child processes
+    (the probe's loky workers live across fits) and of its children that ended."""
+    import resource
+
+    import psutil
+
+    total = time.process_time()
+    total += sum(
+        getattr(resource.getrusage(resource.RUSAGE_CHILDREN), f) for f in ("ru_utime", "ru_stime")
+    )
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+        except psutil.Error:  # ended meanwhile: counted in RUSAGE_CHILDREN once reaped
+            continue
+        total += t.user + t.system
+    return total
 
 
 def _extras(
@@ -136,25 +165,27 @@ def _extras(
     base: dict[str, float],
     probed: Any = None,
     seconds: dict[str, float] | None = None,
+    cpu: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Probe (its record, from `probed`, the set's `ProbeResult` when computed already),
     PerceptionCLIP and robustness, for the classification sets their params name."""
     from tasks.evaluate import perception, robustness, suite
 
     seconds = {} if seconds is None else seconds
+    cpu = {} if cpu is None else cpu
     extra: dict[str, Any] = {}
     if s.task != CLASSIFICATION:
         return extra
     if params.probe.enabled and s.name in params.probe.datasets:
-        with _timed(seconds, "probe"):
+        with _timed(seconds, "probe", cpu):
             extra.update(suite.probe_task(emb, s, img, params, out, result=probed))
     if params.perception.enabled and s.name in params.perception.datasets:
-        with _timed(seconds, "perception"):
+        with _timed(seconds, "perception", cpu):
             extra["perception"] = perception.evaluate(
                 emb.text_encoder(), s, img, params.perception, base["acc1"]
             )
     if params.robustness.enabled and s.name in params.robustness.datasets:
-        with _timed(seconds, "robustness"):
+        with _timed(seconds, "robustness", cpu):
             extra["robustness"] = robustness.evaluate(emb, s, params.robustness)
     return extra
 
@@ -222,7 +253,12 @@ def _run(params: EvaluateParams) -> dict[str, Any]:
     if params.membership.enabled:
         from tasks.evaluate import membership
 
-        audits = membership.run_audits(params.membership, embedders, out, params.embed, root)
+        timing: dict[str, float] = {}
+        cpu: dict[str, float] = {}
+        with _timed(timing, "membership", cpu):
+            audits = membership.run_audits(params.membership, embedders, out, params.embed, root)
+        metrics["membership_seconds"] = timing["membership"]  # the audit of every target
+        metrics["membership_cpu_seconds"] = cpu["membership"]
         for name, results in audits.items():  # membership, and membership_shift (labelled)
             metrics.setdefault(name, {}).update(results)
     atomic_write_json(out / "metrics.json", metrics)

@@ -201,8 +201,10 @@ def forward_backward(
 SPARSE_ROWS_MIN = 4096  # gradient matrices with this many rows (token tables) go by touched rows
 
 
-def average_gradients(model: Any, world: int) -> None:
-    """All-reduce (mean) every gradient, exactly, in two collectives.
+def average_gradients(model: Any, world: int, extra: Any = None) -> float | None:
+    """All-reduce (mean) every gradient, exactly, in two collectives; `extra` (the step's local
+    loss, a scalar tensor) rides in the first one and its mean across workers is returned (None
+    without it), so a step syncs its workers once less than with a separate loss all-reduce.
 
     The text tower's token table (49,408 rows: 6.3M of clipmill-tiny-vit's 7.2M parameters) is
     most of the gradient bytes, yet a step touches only the rows of the tokens its batch holds;
@@ -217,23 +219,36 @@ def average_gradients(model: Any, world: int) -> None:
     import torch.distributed as dist
 
     if world == 1:
-        return
+        return None if extra is None else float(extra)
     grads = [q.grad for q in model.parameters() if q.requires_grad and q.grad is not None]
     tables = [g for g in grads if g.dim() == 2 and g.shape[0] >= SPARSE_ROWS_MIN]
     table_ids = {id(g) for g in tables}
     small = [g for g in grads if id(g) not in table_ids]
-    touched = [g.ne(0).any(dim=1).to(g.dtype) for g in tables]
-    flat = torch.cat([g.reshape(-1) for g in small] + touched)
+    # any() on the float rows: 4.2 CPU-ms for the 49,408 x 128 table, against 7.2 for ne(0).any()
+    touched = [g.any(dim=1).to(g.dtype) for g in tables]
+    dtype = small[0].dtype if small else tables[0].dtype if tables else torch.float32
+    head = [] if extra is None else [extra.detach().reshape(1).to(dtype)]
+    flat = torch.cat(head + [g.reshape(-1) for g in small] + touched)
     dist.all_reduce(flat)
-    offset = 0
+    mean = None if extra is None else float(flat[0]) / world
+    offset = len(head)
     for g in small:
         g.copy_(flat[offset : offset + g.numel()].view_as(g)).div_(world)
         offset += g.numel()
-    if not tables:
-        return
-    rows = []
+    if tables:
+        _average_touched_rows(tables, flat[offset:], world)
+    return mean
+
+
+def _average_touched_rows(tables: list[Any], flags: Any, world: int) -> None:
+    """The second collective: the rows of each token table that some worker touched (`flags`,
+    the all-reduced per-row flags of every table in order), averaged in place."""
+    import torch
+    import torch.distributed as dist
+
+    rows, offset = [], 0
     for g in tables:
-        rows.append(torch.nonzero(flat[offset : offset + g.shape[0]] > 0).squeeze(1))
+        rows.append(torch.nonzero(flags[offset : offset + g.shape[0]] > 0).squeeze(1))
         offset += g.shape[0]
     picked = torch.cat(
         [g.index_select(0, r).reshape(-1) for g, r in zip(tables, rows, strict=True)]
@@ -249,14 +264,43 @@ def average_gradients(model: Any, world: int) -> None:
         offset += n
 
 
-def mean_across(value: Any, world: int) -> float:
-    import torch.distributed as dist
+STEP_PHASES = ("data", "forward_backward", "allreduce", "optimizer", "on_step")
 
-    if world > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= world
-    return float(value)
+
+class StepClock:
+    """Wall and CPU milliseconds of each phase of every step on this rank: the split that says
+    where a multi-worker step loses time (benchmarks/train_overhead.py `two_workers`). A phase
+    whose wall exceeds its CPU waited: for the other workers in a collective (the feature gather
+    inside forward_backward, the all-reduce), for data, or for a core. CPU is the process's
+    (`time.process_time`: gloo's and Ray's threads included). Two clock reads per phase."""
+
+    def __init__(self) -> None:
+        self.wall: dict[str, list[float]] = {k: [] for k in STEP_PHASES}
+        self.cpu: dict[str, list[float]] = {k: [] for k in STEP_PHASES}
+        self._t = self._c = 0.0
+
+    def start(self) -> None:
+        self._t, self._c = time.perf_counter(), time.process_time()
+
+    def mark(self, phase: str) -> None:
+        """Close `phase` (it ran since the last start or mark)."""
+        t, c = time.perf_counter(), time.process_time()
+        self.wall[phase].append((t - self._t) * 1000)
+        self.cpu[phase].append((c - self._c) * 1000)
+        self._t, self._c = t, c
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Mean wall and CPU ms per phase over the steps, the first (it fills the shuffle
+        buffer) left out; means, not medians, so the phases add up to the mean step."""
+
+        def mean(xs: list[float]) -> float:
+            xs = xs[1:] or xs
+            return round(sum(xs) / len(xs), 2) if xs else 0.0
+
+        return {
+            "wall_ms": {k: mean(v) for k, v in self.wall.items()},
+            "cpu_ms": {k: mean(v) for k, v in self.cpu.items()},
+        }
 
 
 @dataclass
@@ -282,40 +326,48 @@ def train_steps(
     device: Any,
     on_step: Callable[[StepResult], None],
     last_good: Callable[[], str],
+    clock: StepClock | None = None,
 ) -> None:
     """Run optimizer steps start_step..steps-1; `on_step` logs and checkpoints after each.
 
     `batches` yields `Batch`es (or plain (images, texts) pairs); the objective turns each into the
-    loss and, after the optimizer step, updates what it keeps (an EMA copy)."""
+    loss and, after the optimizer step, updates what it keeps (an EMA copy). `clock` gets each
+    step's phase times (a fresh one when None)."""
     import torch
 
     from tasks.train.data import sample_seed
 
     amp = autocast(p, device)
     trainable = [q for q in model.parameters() if q.requires_grad]
+    clock = clock or StepClock()
     for step in range(start_step, p.steps):
         t0 = time.perf_counter()
+        clock.start()
         torch.manual_seed(sample_seed(p.seed, 10**15 + step * 4096 + rank))
         lr = lr_at(step, p)
         for group in optimizer.param_groups:
             group["lr"] = lr
         batch = as_batch(next(batches)).to(device)
+        clock.mark("data")
         optimizer.zero_grad(set_to_none=True)
-        loss = mean_across(
-            forward_backward(model, objective, batch, step, p.accum_steps, amp), world
-        )
+        local = forward_backward(model, objective, batch, step, p.accum_steps, amp)
+        clock.mark("forward_backward")
+        # the loss's mean rides in the gradients' all-reduce: one sync of the workers less
+        loss = average_gradients(model, world, local)
+        assert loss is not None
+        clock.mark("allreduce")
         if not math.isfinite(loss):
             raise NonFiniteLossError(
                 f"step {step}: loss is {loss}; training stopped, no checkpoint written after the divergence; "
                 f"last good checkpoint: {last_good() or 'none yet'} (lower lr or raise warmup_steps)"
             )
-        average_gradients(model, world)
         if p.grad_clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(trainable, p.grad_clip_norm)
         optimizer.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
         objective.after_step(model, step)
+        clock.mark("optimizer")
         dt = time.perf_counter() - t0
         on_step(
             StepResult(
@@ -327,3 +379,4 @@ def train_steps(
                 objective.terms(),
             )
         )
+        clock.mark("on_step")

@@ -128,7 +128,7 @@ class TrainParams(StageParams):
     hqclip: HQClipParams = HQClipParams()  # HQ-CLIP hard negatives and tag loss
 
     # distribution and checkpoints
-    num_workers: int = Field(default=0, ge=0, le=1024)  # Ray Train workers; 0 = in-process local mode
+    num_workers: int = Field(default=0, ge=0, le=1024)  # Ray Train workers; 0 = local mode, no Ray
     shard_split: bool = False  # each worker reads only its own shards (shards[rank::num_workers], open_clip style) instead of all of them; faster, but not equal to one worker
     use_gpu: bool = False  # one GPU per worker (nccl) instead of CPU (gloo)
     cpus_per_worker: float = Field(default=1.0, gt=0)  # CPUs Ray reserves per worker
@@ -210,7 +210,8 @@ class TrainParams(StageParams):
             )
 
     def needs_ray(self) -> bool:
-        """Local mode (num_workers=0) trains in the runner's process: no Ray to start."""
+        """Local mode (num_workers=0) trains without Ray (in a child process of the runner's:
+        tasks/train/local.py): no Ray to start."""
         return self.num_workers > 0
 
     def fingerprint_fields(self) -> dict:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.train.params import TrainParams
 
 if TYPE_CHECKING:
+    from tasks.train.local import LocalTraining
     from tasks.train.tracking import ExportPrefetch
 
 
@@ -138,34 +140,70 @@ def _mlflow_context() -> tuple[str | None, str | None]:
 
 
 def run(params: TrainParams) -> dict[str, Any]:
-    """Train, export the model folder, log the loss curve, register the model; return metrics."""
+    """Train, export the model folder, log the loss curve, register the model; return metrics.
+
+    In local mode through the runner the training runs in the child process the runner started
+    before opening MLflow (tasks/train/local.py); otherwise here (local mode called directly) or
+    on Ray Train workers."""
+    from tasks.train.local import take
     from tasks.train.tracking import ExportPrefetch
 
     tracking_uri, run_id = _mlflow_context()
     # Started first: the export's weight-independent work (the shard hash, whose md5 releases the
     # GIL, and imports) runs beside preflight's imports and the training steps.
     prefetch = ExportPrefetch(params.shards) if run_id is not None else None
+    child = take(params)
     try:
+        if child is not None:
+            return _run_child(params, child, tracking_uri, run_id, prefetch)
         return _run(params, tracking_uri, run_id, prefetch)
     finally:
+        if child is not None:  # stopped now if it still runs: the MLflow run ends after it
+            child.close()
         if prefetch is not None:  # no thread outlives the stage, failed or not
             prefetch.join()
 
 
-def _run(
-    params: TrainParams,
-    tracking_uri: str | None,
-    run_id: str | None,
-    prefetch: ExportPrefetch | None,
-) -> dict[str, Any]:
-    import time
+@dataclass(frozen=True)
+class Prepared:
+    """A run whose inputs passed preflight, its run folder ready: what train_worker gets, and the
+    counts the metrics report."""
 
+    shards: list[str]
+    n_samples: int  # image samples trained on (excluded ones left out)
+    excluded_uids: int  # uids in exclude_uids
+    excluded_samples: int  # samples of the shards skipped as excluded
+    out_dir: Path
+    run_dir: Path
+    config: dict[str, Any]
+
+    def report(self) -> dict[str, Any]:
+        """The picklable part the training process sends its parent."""
+        return {
+            "shards": self.shards,
+            "n_samples": self.n_samples,
+            "excluded_uids": self.excluded_uids,
+            "excluded_samples": self.excluded_samples,
+            "out_dir": str(self.out_dir),
+            "run_dir": str(self.run_dir),
+        }
+
+
+def prepare(
+    params: TrainParams, tracking_uri: str | None = None, run_id: str | None = None
+) -> Prepared:
+    """Preflight, then the run folder (a fresh one unless resuming; what a killed run left
+    half-written swept) and train_worker's config. `tracking_uri`/`run_id`: where the worker logs
+    its steps itself (None: the training process sends them to its parent instead)."""
     from tasks.clip.featurestore import default_store_root
     from tasks.io.atomic import sweep_temp
-    from tasks.io.nodefetch import ensure_local, refresh, this_node
+    from tasks.io.nodefetch import this_node
     from tasks.io.paths import resolve_path
+    from tasks.train.data import load_excluded, sample_counts
 
     shards, n_samples = preflight(params)
+    excluded = load_excluded(params.exclude_uids)
+    _, skipped = sample_counts(shards, excluded)  # the tar indices preflight read are cached
     out_dir = resolve_path(params.output_dir)
     run_dir, fingerprint = run_directory(params, out_dir.name)
     if not params.resume and run_dir.exists():
@@ -189,14 +227,52 @@ def _run(
         # bucket data root (tasks/io/nodefetch.py: publish), as no disk is shared
         "driver_node": this_node() if params.num_workers else None,
     }
+    return Prepared(shards, n_samples, len(excluded), skipped, out_dir, run_dir, config)
+
+
+def _run(
+    params: TrainParams,
+    tracking_uri: str | None,
+    run_id: str | None,
+    prefetch: ExportPrefetch | None,
+) -> dict[str, Any]:
+    import time
+
+    from tasks.io.nodefetch import ensure_local, refresh
+
+    prep = prepare(params, tracking_uri, run_id)
+    run_dir, out_dir = prep.run_dir, prep.out_dir
     started = time.perf_counter()
-    launch(params, config, run_dir)
+    launch(params, prep.config, run_dir)
     seconds = time.perf_counter() - started
     if not (run_dir / "summary.json").exists():  # rank 0 ran on another node: its upload
         ensure_local(run_dir / "summary.json")
         refresh(out_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
-    return finish(params, summary, shards, n_samples, out_dir, seconds, prefetch)
+    counts = (prep.excluded_uids, prep.excluded_samples)
+    return finish(params, summary, prep.shards, prep.n_samples, out_dir, seconds, prefetch, counts)
+
+
+def _run_child(
+    params: TrainParams,
+    child: LocalTraining,
+    tracking_uri: str | None,
+    run_id: str | None,
+    prefetch: ExportPrefetch | None,
+) -> dict[str, Any]:
+    """Local mode in the runner's training process: this process relays its logged steps to the
+    MLflow run, then logs and registers what it wrote."""
+    from tasks.train.tracking import StepLogger
+
+    prep = child.wait_prepared()
+    logger = StepLogger(tracking_uri, run_id)
+    seconds = child.wait_done(logger.log, logger.flush)
+    run_dir, out_dir = Path(prep["run_dir"]), Path(prep["out_dir"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    counts = (int(prep["excluded_uids"]), int(prep["excluded_samples"]))
+    return finish(
+        params, summary, prep["shards"], prep["n_samples"], out_dir, seconds, prefetch, counts
+    )
 
 
 def feature_cache_metrics(cache: dict[str, Any]) -> dict[str, int]:
@@ -219,17 +295,23 @@ def finish(
     out_dir: Path,
     seconds: float,
     prefetch: ExportPrefetch | None = None,
+    counts: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     """Tag the data version, plot, log the model folder, register it; build the metrics dict.
-    `prefetch` holds the shard hash computed beside training (None: computed here)."""
+    `prefetch` holds the shard hash computed beside training (None: computed here); `counts`
+    (uids in exclude_uids, samples skipped as excluded) as preflight found them (None: counted
+    here; the training process's parent has them from its report and reads no shard)."""
     import mlflow
 
     from tasks.io.atomic import atomic_write_text
-    from tasks.train.data import load_excluded, sample_counts
     from tasks.train.tracking import data_lineage, data_version, log_loss_plot, register_model
 
-    excluded = load_excluded(p.exclude_uids)
-    _, skipped = sample_counts(shards, excluded)
+    if counts is None:
+        from tasks.train.data import load_excluded, sample_counts
+
+        excluded = load_excluded(p.exclude_uids)
+        counts = (len(excluded), sample_counts(shards, excluded)[1])
+    n_excluded, skipped = counts
     history = summary["history"]
     losses = [loss for _, loss in history]
     # The training curve as a file in the model folder, for `dvc plots show` (dvc.yaml `plots:`).
@@ -241,7 +323,7 @@ def finish(
         "resumed_from_step": summary["start_step"],
         "samples_seen": p.steps * p.batch_size,
         "train_samples": n,
-        "excluded_uids": len(excluded),  # uids in exclude_uids (decontaminate's flags)
+        "excluded_uids": n_excluded,  # uids in exclude_uids (decontaminate's flags)
         "excluded_samples": skipped,  # samples of the shards never trained on because listed
         "loss_first": sum(losses[:k]) / k,
         "loss_last": sum(losses[-k:]) / k,

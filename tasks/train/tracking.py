@@ -6,6 +6,7 @@ import functools
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,13 @@ class StepLogger:
 
             self.client = MlflowClient(tracking_uri)
 
-    def log(self, step: int, values: dict[str, float]) -> None:
+    def log(self, step: int, values: dict[str, float], timestamp_ms: int | None = None) -> None:
+        """`timestamp_ms`: when the step was logged where it ran (None: now)."""
         if self.client is None:
             return
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
         self.buffer.extend(Metric(f"train/{k}", float(v), now, step) for k, v in values.items())
         if len(self.buffer) >= self.flush_every * len(values):
             self.flush()
@@ -40,6 +42,30 @@ class StepLogger:
         if self.client is not None and self.run_id is not None and self.buffer:
             self.client.log_batch(self.run_id, metrics=self.buffer)
             self.buffer = []
+
+
+class SinkStepLogger:
+    """StepLogger's interface in local mode's training process (tasks/train/local.py): each
+    logged step goes to the parent (`sink`, the pipe's send) with its timestamp, and the parent
+    writes it to the run through a StepLogger. No MLflow here: the child never imports it."""
+
+    def __init__(self, sink: Callable[[tuple[Any, ...]], None]) -> None:
+        self.sink = sink
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        self.sink(("step", step, {k: float(v) for k, v in values.items()}, int(time.time() * 1000)))
+
+    def flush(self) -> None:
+        self.sink(("flush",))
+
+
+def step_logger(config: dict[str, Any]) -> StepLogger | SinkStepLogger:
+    """Rank 0's logger: to the parent when the training process has one (`step_sink` in the
+    worker config), else straight to the MLflow run named in the config (when there is one)."""
+    sink = config.get("step_sink")
+    if sink is not None:
+        return SinkStepLogger(sink)
+    return StepLogger(config.get("tracking_uri"), config.get("run_id"))
 
 
 def data_version(shards: list[str]) -> str:

@@ -151,6 +151,17 @@ def _fetch_inputs(p: TrainParams) -> None:
             ensure_local(resolve_path(spec))
 
 
+def _gather_phases(mine: dict[str, Any], world: int) -> list[dict[str, Any]]:
+    """Every rank's step-phase split (StepClock.summary), in rank order, on every rank."""
+    if world == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, mine)
+    return out
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """Entry point of TorchTrainer on every worker, and called directly in local mode."""
     import torch
@@ -168,6 +179,7 @@ def train_worker(config: dict[str, Any]) -> None:
         total_counts,
     )
     from tasks.train.loop import (
+        StepClock,
         StepResult,
         apply_locks,
         make_optimizer,
@@ -176,7 +188,7 @@ def train_worker(config: dict[str, Any]) -> None:
         train_steps,
     )
     from tasks.train.objectives.registry import build_objective
-    from tasks.train.tracking import StepLogger
+    from tasks.train.tracking import StepLogger, step_logger
 
     p = TrainParams.model_validate(config["params"])
     run_dir, local_mode = Path(config["run_dir"]), config["local_mode"]
@@ -276,11 +288,8 @@ def train_worker(config: dict[str, Any]) -> None:
             **common,
         )
     )
-    logger = (
-        StepLogger(config.get("tracking_uri"), config.get("run_id"))
-        if rank == 0
-        else StepLogger(None, None)
-    )
+    # rank 0 logs to the run, or to local mode's parent process (tasks/train/local.py)
+    logger = step_logger(config) if rank == 0 else StepLogger(None, None)
     speeds: list[float] = []
     # "teacher: training 120/300 (40%), 1.7 steps/s, ETA 2 min, loss ...", from rank 0 only
     progress = Progress(
@@ -324,6 +333,7 @@ def train_worker(config: dict[str, Any]) -> None:
             )
 
     set_train_mode(model, p)
+    clock = StepClock()  # each rank's per-phase step split, for the run summary
     train_steps(
         heads_model(model, towers) if towers is not None else model,
         optimizer,
@@ -336,7 +346,9 @@ def train_worker(config: dict[str, Any]) -> None:
         device=device,
         on_step=on_step,
         last_good=lambda: ckpt.last_path,
+        clock=clock,
     )
+    phases = _gather_phases(clock.summary(), world)
     progress.close()
     logger.flush()
     if rank == 0:
@@ -351,6 +363,7 @@ def train_worker(config: dict[str, Any]) -> None:
             "trainable_params": sum(q.numel() for q in model.parameters() if q.requires_grad),
             "total_params": sum(q.numel() for q in model.parameters()),
             "feature_cache": cache_summary,
+            "step_phases": phases,  # per rank: mean wall / CPU ms of each step phase
         }
         from tasks.io.atomic import atomic_write_text
 

@@ -8,8 +8,10 @@ a language, non-string alts, request / warcinfo records, bad JSON, and pages wit
 
 from __future__ import annotations
 
+import glob
 import io
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -303,3 +305,129 @@ def test_the_garbage_collector_is_restored(tmp_path: Path, monkeypatch: pytest.M
         assert not gc.isenabled()  # a caller that had it off keeps it off
     finally:
         gc.enable()
+
+
+# --- the second speed round (issue 17, margin): header fast path, links resolved in the loop --
+
+
+def _line_by_line_header_fields(header: bytes) -> tuple[bytes, int | None]:
+    """The WARC header parse as it was before its fast path: every line, the last one wins."""
+    rec_type, length = b"", None
+    for line in header.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"warc-type":
+            rec_type = value.strip()
+        elif name == b"content-length":
+            try:
+                length = int(value.strip())
+            except ValueError:
+                length = None
+            if length is not None and length < 0:
+                length = None
+    return rec_type, length
+
+
+def test_header_fast_path_equals_the_line_by_line_parse() -> None:
+    """_header_fields' fast path (each name once, at a line start) must give what the
+    line-by-line parse gives on any header: repeated, padded, upper-case or embedded names,
+    lone CR / LF, signs, underscores and junk in the length."""
+    from tasks.crawl.extract_wat import _header_fields
+
+    rng = random.Random(1)
+    pieces = [b"WARC/1.0", b"\r\n", b"WARC-Type", b"warc-type", b" WARC-TYPE ", b"Content-Length",
+              b"content-length", b"CONTENT-LENGTH ", b"WARC-Content-Length", b"X-WARC-Type", b":",
+              b": ", b"metadata", b"response", b"12", b" 7 ", b"-3", b"+4", b"1_0", b"x", b"\n",
+              b"\r", b"\t", b"\xc3\xa9", b"0"]  # fmt: skip
+    typical = b"WARC/1.0\r\nWARC-Type: metadata\r\nWARC-Target-URI: http://h.test/\r\n"
+    headers = [typical + b"Content-Length: 1281", typical.upper() + b"CONTENT-LENGTH:7"]
+    for _ in range(20000):
+        junk = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 14)))
+        if rng.random() < 0.5:
+            junk = typical + junk + b"\r\nContent-Length: " + rng.choice([b"5", b" 9", b"x", b"-1"])
+        headers.append(junk)
+    fast_taken = 0
+    for header in headers:
+        want = _line_by_line_header_fields(header)
+        assert _header_fields(header) == want, header
+        fast_taken += header.lower().count(b"content-length") == 1
+    assert _header_fields(headers[0]) == (b"metadata", 1281) and fast_taken > 1000
+
+
+def test_links_resolved_in_the_loop_equal_the_reference() -> None:
+    """_image_refs resolves the common relative links itself (resolve_image_url's branch,
+    written out) and caches the page's `../` runs: on fuzzed links, page URLs and <base>s it
+    must give the reference's refs (urljoin, clean_text, languages) link for link."""
+    from tasks.crawl.extract_wat import refs_from_wat_json
+
+    from .wat_reference import reference_refs
+
+    rng = random.Random(2)
+    pieces = ["../", "./", "../../", "/", "a", "b.jpg", "?", "#", ";", ":", "..", ".", "//", "%20",
+              " ", "\t", "ü", "x=1", "&", "@", "[", "\\", "http://", "https://", "h.test"]  # fmt: skip
+    words = ["fox", "a", " ", "  ", "\n", "\u00a0", "\u2028", "Ü", "", 42, None, "red fox"]
+
+    def fuzz() -> str:
+        return "".join(rng.choice(pieces) for _ in range(rng.randrange(1, 7)))
+
+    def text() -> Any:
+        return " ".join(str(rng.choice(words)) for _ in range(rng.randrange(0, 4)))
+
+    pages = [PAGE, "https://s.test/p/", "http://h.test", "http://h.test/a//b/c", "http://h.test/a/./b",
+             "http://h.test/x/y/z/w.html", "http://h.test/d?q=1", "HTTP://h.test/x/y", ""]  # fmt: skip
+    pages += ["http://h.test/" + fuzz() for _ in range(20)]
+    compared = 0
+    for page in pages:
+        for base in (None, "../b/", "http://cdn.test/s/", fuzz()):
+            links: list[Any] = []
+            for _ in range(40):
+                link: dict[str, Any] = {
+                    "path": rng.choice(["IMG@/src", "IMG@/data-src", "A@/href"])
+                }
+                link["url"] = fuzz()
+                for key in ("alt", "title", "data-image-title"):
+                    if rng.random() < 0.4:
+                        link[key] = text() if rng.random() < 0.9 else rng.choice([7, None, ""])
+                links.append(link)
+            doc = json.loads(_doc(page, links, base=base))
+            got, want = refs_from_wat_json(doc), reference_refs(doc)
+            assert got is not None and want is not None
+            rows = [(r.url, r.texts, r.page_url, r.language, r.source) for r in got[1]]
+            assert rows == [(r.url, r.texts, r.page_url, r.language, r.source) for r in want[1]]
+            compared += len(rows)
+    assert compared > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("WAT_TEST_FILES"), reason="WAT_TEST_FILES (a glob of WAT files) unset"
+)
+def test_real_wat_files_give_the_reference_refs() -> None:
+    """On real WAT files (WAT_TEST_FILES, a glob: e.g. the demo's data/sample/archives/*.wat.gz,
+    which the benchmark reads; not CLIPMILL_*, which tests/conftest.py drops) the fast extractor
+    gives the reference's refs and counts, with languages detected per file and left to the
+    plan alike."""
+    from tasks.crawl.language import LANGUAGE_LATER
+
+    paths = sorted(glob.glob(os.environ["WAT_TEST_FILES"]))
+    assert paths, f"WAT_TEST_FILES={os.environ['WAT_TEST_FILES']!r} matches no file"
+    for path in paths:
+        ref = reference_extract_wat(path)
+        assert_same(extract_wat(path), ref)
+        later = extract_wat(path, languages=False)
+        assert [(u, t, p, LANGUAGE_LATER if t else "", s) for u, t, p, _, s in _rows(ref)] == (
+            _rows(later)
+        )
+
+
+def test_local_paths_and_fsspec_urls_read_the_same(tmp_path: Path) -> None:
+    """A plain local path is opened with `open`, a URL through fsspec: the same refs, counts
+    and errors, also for a missing file and a folder."""
+    path = tmp_path / "t.wat.gz"
+    write_records(path, tricky_payloads())
+    plain, url = extract_wat(str(path)), extract_wat(path.as_uri())
+    assert plain.refs and _rows(plain) == _rows(url)
+    assert (plain.records, plain.pages, plain.errors) == (url.records, url.pages, url.errors)
+    for missing in (tmp_path / "missing.wat.gz", tmp_path):
+        a, b = extract_wat(str(missing)), extract_wat(missing.as_uri())
+        assert dict(a.errors) == dict(b.errors) == {"unreadable_file": 1}, (a.errors, b.errors)

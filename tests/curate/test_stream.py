@@ -108,21 +108,92 @@ def _compare(hp, rows, ctx, p, work) -> None:
     assert np.array_equal(mine.before, theirs.before) and np.array_equal(mine.after, theirs.after)
 
 
-@pytest.mark.parametrize(
-    ("name", "section", "names"),
-    [
-        ("image_based", {"target_dir": "x"}, "image_based"),
-        ("perceptual_dedup", {"max_distance": 64}, "perceptual_dedup.max_distance"),
-        ("clip_score", {"caption": "both"}, "clip_score.caption"),
-        ("balance", {"target_size": 10}, "balance.target_size"),
-    ],
-)
-def test_what_is_not_streamed_is_a_clear_error(name, section, names):
+def test_every_step_and_param_has_a_streamed_form():
+    """No step or option refuses any more: each one builds its streamed adapter."""
+    from tasks.curate.params import STEP_NAMES
     from tasks.curate.steps.registry import build_step
     from tasks.curate.streamsteps import streamed
 
-    with pytest.raises(NotImplementedError, match=names):
-        streamed(build_step(name, CurateParams(**{name: section})))
+    sections = {
+        "image_based": {"target_dir": "x"},
+        "uid_subset": {"path": "x.npy"},
+        "perceptual_dedup": {"max_distance": 64},
+        "clip_score": {"caption": "both"},
+        "balance": {"target_size": 10},
+    }
+    for name in STEP_NAMES:
+        p = CurateParams(**({name: sections[name]} if name in sections else {}))
+        assert streamed(build_step(name, p)).name == name
+
+
+def test_stream_find_t_equals_find_t(tmp_path, ray_session):
+    """balance.target_size's t from two rounds of per-block histograms equals the in-memory
+    find_t on the same t_min, with counts wide enough (max 300,000) that the bucket width is
+    more than 1 (the second round runs) and with one (the first round answers alone)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.curate import balancing as bal
+    from tasks.curate.steps.base import StepContext
+    from tasks.curate.streamsteps import BUCKETS, stream_find_t
+
+    rng = np.random.default_rng(0)
+    n_entries, n = 50, 3000
+    entry_ids = [
+        rng.choice(n_entries, size=int(rng.integers(0, 4)), replace=False).tolist()
+        for _ in range(n)
+    ]
+    table = pa.table(
+        {
+            "uid": [f"u{i:05d}" for i in range(n)],
+            "entry_ids": pa.array(entry_ids, pa.list_(pa.int32())),
+        }
+    )
+    ctx = StepContext(params=CurateParams(), out_dir=tmp_path)
+    files = []
+    for b, start in enumerate(range(0, n, 700)):
+        files.append(str(tmp_path / f"b{b:07d}.parquet"))
+        pq.write_table(table.slice(start, 700), files[-1])
+    wide = rng.integers(1, 300_000, size=n_entries).astype(np.int64)
+    narrow = rng.integers(1, 900, size=n_entries).astype(np.int64)
+    assert wide.max() > BUCKETS > narrow.max()
+    for counts in (wide, narrow):
+        tmin = bal.pair_tmin(table.column("uid"), table.column("entry_ids"), counts, 7)
+        finite = int(np.isfinite(tmin).sum())
+        for target in (1, 17, finite // 2, finite):
+            want = bal.find_t(tmin, target)
+            assert stream_find_t(files, counts, 7, target, ctx) == want, (target, want)
+        with pytest.raises(ValueError, match="exceeds"):
+            stream_find_t(files, counts, 7, finite + 1, ctx)
+
+
+def test_streamed_perceptual_dedup_at_64_bits_equals_the_greedy(tmp_path):
+    """max_distance 64: the blocks reduce to the smallest hashed uid; the decisions, refs and
+    pHash distances equal the in-memory greedy's (which pairs every hashed row)."""
+    from tasks.curate.steps.base import StepContext
+    from tasks.curate.steps.dedup import perceptual_dedup
+    from tasks.curate.steps.registry import build_step
+    from tasks.curate.streamsteps import streamed
+
+    rows = _hash_rows(n_groups=8)
+    rows = rows.take(np.random.default_rng(0).permutation(rows.num_rows))
+    p = CurateParams(perceptual_dedup={"max_distance": 64})
+    adapter = streamed(build_step("perceptual_dedup", p))
+    ctx = StepContext(params=p, out_dir=tmp_path)
+    adapter.plan(rows.num_rows)
+    blocks = [rows.slice(i, 7) for i in range(0, rows.num_rows, 7)]
+    for b, block in enumerate(blocks):
+        adapter.absorb(adapter.collect(block, b, tmp_path, ctx), rows.num_rows)
+    adapter.reduce(tmp_path, ctx)
+    want = perceptual_dedup(rows, 64)
+    got = [adapter.decide(block, b, tmp_path, ctx)[0] for b, block in enumerate(blocks)]
+    assert [r for g in got for r in g.reason] == want.reason
+    assert [r for g in got for r in (g.ref or [])] == want.ref
+    score = np.concatenate([g.score for g in got])
+    assert np.array_equal(score, want.score, equal_nan=True)
+    assert (
+        sum(r == "duplicate_phash" for r in want.reason) == rows.num_rows - 2
+    )  # 1 kept, 1 unhashed
 
 
 def _hash_rows(n_groups: int = 40, seed: int = 1):

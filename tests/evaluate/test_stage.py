@@ -228,4 +228,7 @@ def test_figures_off_writes_no_png_and_the_same_scores(tmp_path, tiny_model, eva
     for m in (with_m, without_m):
         m["tiny"].pop("embedding"), m["tiny"].pop("images_per_s")  # timings
         assert set(m["tiny"].pop("task_seconds")) == {"embed", CLASSIFICATION, RETRIEVAL}
+        cpu = m["tiny"].pop("task_cpu_seconds")  # CPU seconds of the same parts
+        assert set(cpu) == {"embed", CLASSIFICATION, RETRIEVAL}
+        assert all(v >= 0 for v in cpu.values()) and cpu["embed"] > 0
     np.testing.assert_equal(with_m, without_m)

@@ -114,7 +114,9 @@ def test_recorder_stopping_at_the_last_block_gives_the_same_map() -> None:
     last_mlp.remove()
     assert not ran  # the last block's MLP never ran
     assert len(early.rows) == 2
-    assert torch.equal(early.map((8, 8)), full.map((8, 8)))
+    assert torch.equal(early.rows[0], full.rows[0])  # same first block, same numbers
+    # the last row comes from the CLS query and keys projected alone: equal up to float rounding
+    assert torch.allclose(early.map((8, 8)), full.map((8, 8)), rtol=1e-5, atol=1e-9)
 
 
 def test_ema_schedule_and_update_by_hand() -> None:

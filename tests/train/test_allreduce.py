@@ -1,5 +1,6 @@
 """average_gradients: two real gloo ranks (loopback, a file store) get exactly the mean gradient,
-though the token table goes by the rows some rank touched (tasks/train/loop.py)."""
+though the token table goes by the rows some rank touched, and the mean of the step's loss that
+rides in the same collective (tasks/train/loop.py)."""
 
 from __future__ import annotations
 
@@ -40,9 +41,12 @@ RANK_SCRIPT = textwrap.dedent(
         loss = ((model(ids) - target) ** 2).sum()
         loss.backward()
         before = [q.grad.clone() for q in model.parameters()]
-        average_gradients(model, 2)
+        mean_loss = average_gradients(model, 2, loss.detach())
         after = [q.grad.clone() for q in model.parameters()]
-        torch.save({"before": before, "after": after}, f"{OUT}/rank{rank}.pt")
+        torch.save(
+            {"before": before, "after": after, "loss": float(loss), "mean_loss": mean_loss},
+            f"{OUT}/rank{rank}.pt",
+        )
         dist.destroy_process_group()
 
 
@@ -73,3 +77,19 @@ def test_two_ranks_get_the_exact_mean_gradient(tmp_path: Path) -> None:
         expected = (ranks[0]["before"][i] + ranks[1]["before"][i]) / 2
         for r in ranks:
             assert torch.equal(r["after"][i], expected), f"parameter {i}"
+    # the losses differ per rank; each rank gets their mean back from the same all-reduce
+    losses = [r["loss"] for r in ranks]
+    assert losses[0] != losses[1]
+    for r in ranks:
+        assert abs(r["mean_loss"] - sum(losses) / 2) < 1e-5 * max(1.0, abs(sum(losses)))
+
+
+def test_one_worker_returns_its_own_loss_and_leaves_gradients_alone() -> None:
+    from tasks.train.loop import average_gradients
+
+    model = torch.nn.Linear(3, 2)
+    model(torch.ones(1, 3)).sum().backward()
+    before = [q.grad.clone() for q in model.parameters()]
+    assert average_gradients(model, 1, torch.tensor(2.5)) == 2.5
+    assert average_gradients(model, 1) is None
+    assert all(torch.equal(a, q.grad) for a, q in zip(before, model.parameters(), strict=True))

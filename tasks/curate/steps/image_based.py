@@ -56,12 +56,20 @@ class ImageBased(Step[ImageBasedParams]):
 
 
 def image_based(rows: pa.Table, target: np.ndarray, k: int, seed: int) -> StepResult:
-    """k-means of the rows' image embeddings; a cluster is kept when it is some target's nearest."""
+    """k-means of the rows' image embeddings; a cluster is kept when it is some target's nearest.
+
+    Fitted in uid order (when rows carry uids), as SemDeDup: the pool's physical row order,
+    which LanceDB's merges change, must not change the clusters, and the streamed path
+    (tasks/curate/streamimage.py) fits on the same array."""
     img, mask = embeddings(rows, "image_emb")
     reasons = missing_embedding_reasons(mask)
     score = np.full(rows.num_rows, np.nan)
     if len(img):
-        centroids = spherical_kmeans(img, k, seed)
+        fit = img
+        if "uid" in rows.column_names:
+            uids = rows.column("uid").filter(pa.array(mask)).to_pylist()
+            fit = img[np.argsort(np.array(uids), kind="stable")]
+        centroids = spherical_kmeans(fit, k, seed)
         wanted = set(nearest(target, centroids).tolist())
         clusters = nearest(img, centroids)
         score[mask] = clusters

@@ -12,14 +12,17 @@ Per step and sample:
    zoom-out view unmasked (under inference_mode, in bf16 where the hardware has native bf16
    matmuls: only the ranking of blocks is read; the forward stops once the last block's attention
    row is recorded unless the BYOL term needs the embedding); its CLS -> patch attention is
-   averaged over heads and over ALL blocks.
+   averaged over heads and over ALL blocks, read from the same softmax product each block uses
+   (`masking.AttentionRecorder`: one in-projection per block, no second key projection).
 3. Masks. For each online view the map is cut to its box, resized to the patch grid, pooled to 2x2
    patch blocks, and the top `N - int(N * mask_ratio)` blocks are kept (`masking.select_patches`).
    The mask applies at any ratio > 0 (the release only masks with ratio > 0 and its default is 0,
    so by default it trains unmasked; our default ratio is 0.5).
 4. Loss: `0.5 * L(view1, text) + 0.5 * L(view2, text)`, the text tower run once per step (on the
    batch's used columns, `tasks.clip.texttrim`) and shared by both views, with the run's loss (CLIP or
-   SigLIP), plus the optional self-supervised terms (weights default 0):
+   SigLIP), plus the optional self-supervised terms (weights default 0). Both online views go
+   through ONE image-tower forward whose stem embeds only their kept patches
+   (`embed_kept_patches`). The optional terms:
    `aclip.simclr_weight * NT-Xent(z1, z2; tau = aclip.simclr_temperature)` over the two online
    views' normalised image embeddings of this worker's batch, and
    `aclip.byol_weight * mean_v (2 - 2 cos(z_v, sg(e)))`, z_v an online view's normalised image
@@ -31,6 +34,8 @@ A-CLIP cannot accumulate micro-batches (params refuse accum_steps > 1).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -65,6 +70,54 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
     n = len(z1)
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
     return F.cross_entropy(sim, target)
+
+
+@contextmanager
+def embed_kept_patches(visual: Any, keep: Tensor | None) -> Iterator[None]:
+    """While open, the ViT's patch embedding embeds only the patches `keep` lists.
+
+    Why: the online views keep half of their patches, yet open_clip's stem convolves every patch
+    (and back-propagates into conv1 from all of them) before the patch-dropout slot drops half.
+    A stride = kernel convolution is one linear map per patch, so the kept patches are cut out of
+    the pixels (`unfold`, one gather), embedded with conv1's weight as a matrix, and scattered into
+    a zero grid of conv1's output shape; the dropped positions are never read (PatchKeep gathers
+    `keep` after the position embedding), so the kept tokens are the same numbers up to float
+    rounding (a matmul instead of the convolution kernel) at half of conv1's forward and weight
+    gradient. A stem that is not such a plain patch convolution runs unchanged.
+    """
+    conv = visual.conv1
+    plain = (
+        keep is not None
+        and isinstance(conv, torch.nn.Conv2d)
+        and conv.stride == conv.kernel_size
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+    )
+    if not plain:
+        yield
+        return
+    assert keep is not None
+
+    def forward(images: Tensor) -> Tensor:
+        bsz, chans, height, width = images.shape
+        ph, pw = conv.kernel_size
+        gh, gw = height // ph, width // pw
+        if gh * ph != height or gw * pw != width:
+            raise ValueError(f"image {height}x{width} is not a whole number of {ph}x{pw} patches")
+        patches = images.unfold(2, ph, ph).unfold(3, pw, pw)  # (B, C, gh, gw, ph, pw)
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(bsz, gh * gw, chans * ph * pw)
+        kept = torch.gather(patches, 1, keep[..., None].expand(-1, -1, patches.shape[-1]))
+        embedded = F.linear(kept, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+        grid = embedded.new_zeros(bsz, gh * gw, conv.out_channels)
+        grid = grid.scatter(1, keep[..., None].expand(-1, -1, conv.out_channels), embedded)
+        return grid.permute(0, 2, 1).view(bsz, conv.out_channels, gh, gw)  # a view, no copy
+
+    conv.forward = forward
+    try:
+        yield
+    finally:
+        conv.__dict__.pop("forward", None)
 
 
 def map_autocast(device: Any) -> Any:
@@ -147,9 +200,11 @@ class AClipObjective(ObjectiveBase):
         # both online views in ONE image-tower forward of 2B samples (same kept-patch count per
         # view): bigger matmuls and half the per-call overhead of two forwards, same numbers
         crops = torch.cat([crop_resize(images, box) for box in boxes])
-        self.keeper.keep = None if keeps[0] is None else torch.cat(keeps)  # type: ignore[arg-type]
+        keep = None if keeps[0] is None else torch.cat(keeps)  # type: ignore[arg-type]
+        self.keeper.keep = keep
         try:
-            both = model.encode_image(crops, normalize=True)
+            with embed_kept_patches(model.visual, keep):
+                both = model.encode_image(crops, normalize=True)
         finally:
             self.keeper.keep = None
         views = list(both.split(bsz))
