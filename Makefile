@@ -53,7 +53,7 @@ system-packages:
 	fi
 
 demo: setup
-	$(PY) -m flows.pipeline $(ARGS)
+	$(PY) -m flows.pipeline --jobs 2 $(ARGS)
 	@echo "done: outputs under data/, metrics under metrics/, runs in mlflow.db (mlflow ui --backend-store-uri sqlite:///mlflow.db)"
 
 test: setup

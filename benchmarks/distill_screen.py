@@ -14,8 +14,12 @@ library's functions). Absolute values differ from the stage's (no augmentation, 
 order); use it to rank levers, then measure the winner with benchmarks/train_distill.py.
 Usage: .venv/bin/python benchmarks/distill_screen.py --root /tmp/clone --cache /tmp/x/cache.pt \
          --variants '{"kd": {"mode": "mobileclip", "w0": 0.0}}' --seeds 0 1 2
-Variant keys: mode (off | mobileclip | affinity), w0, w1, lr, warmup, steps, batch, wd, teachers
-(model folders under --root), types (txt, rec), tscale (0 = own), sscale (affinity).
+Variant keys: mode (off | mobileclip | affinity), w0, w1, lr, warmup (default steps // 10, as
+train_distill.py), steps, batch, wd, teachers (model folders under --root), types (txt, rec),
+tscale (0 = own), sscale (affinity). Seeds run outer, variants inner, so a screen cut short still
+holds paired seeds; `--baseline NAME` prints each variant's paired difference against NAME with
+its standard error, `--out FILE` keeps the per-seed values, `--model` picks the student (the cache
+holds its pixels: one cache per student).
 """
 
 from __future__ import annotations
@@ -45,9 +49,9 @@ EVAL_SETS = (
 )
 
 
-def build_cache(root: Path) -> dict[str, Any]:
+def build_cache(root: Path, student_model: str = "clipmill-tiny-vit") -> dict[str, Any]:
     """Everything the runs share, computed once: student pixels and tokens, teacher embeddings,
-    eval pixels and tokens."""
+    eval pixels and tokens (pixels at `student_model`'s size, so one cache per student)."""
     from open_clip.model import get_model_preprocess_cfg
 
     from tasks.clip import load_clip, make_transforms
@@ -62,7 +66,7 @@ def build_cache(root: Path) -> dict[str, Any]:
         pick_caption_field,
     )
 
-    student, s_pre, s_tok = load_clip("random:clipmill-tiny-vit")
+    student, s_pre, s_tok = load_clip(f"random:{student_model}")
     excluded = load_excluded(str(root / "data/decontaminate/flagged_uids.parquet"))
     samples = [
         s
@@ -77,6 +81,7 @@ def build_cache(root: Path) -> dict[str, Any]:
     has_rec = torch.tensor([f == "recaption" for f, _ in rec])
     pixels = torch.stack([decode_image(s, s_pre, None) for s in samples])
     cache: dict = {
+        "model": student_model,
         "pixels": pixels,
         "tok_txt": s_tok(txt),
         "tok_rec": s_tok(rec_txt),
@@ -186,9 +191,9 @@ def train(cache: dict[str, Any], seed: int, cfg: dict[str, Any]) -> dict[str, fl
     from tasks.train.loop import _no_decay
 
     steps, bs = cfg.get("steps", 40), cfg.get("batch", 32)
-    lr, warm = cfg.get("lr", 5e-4), cfg.get("warmup", 4)
+    lr, warm = cfg.get("lr", 5e-4), cfg.get("warmup", max(1, steps // 10))
     torch.manual_seed(seed)
-    model, _, _ = load_clip("random:clipmill-tiny-vit")
+    model, _, _ = load_clip(f"random:{cache.get('model', 'clipmill-tiny-vit')}")
     model.train()
     named = [(n, q) for n, q in model.named_parameters() if q.requires_grad]
     opt = torch.optim.AdamW(
@@ -205,7 +210,8 @@ def train(cache: dict[str, Any], seed: int, cfg: dict[str, Any]) -> dict[str, fl
     )
     n = len(cache["pixels"])
     g = torch.Generator().manual_seed(seed)
-    order = torch.cat([torch.randperm(n, generator=g) for _ in range(3)])
+    # as many passes as the run needs (400 steps x 64 is ~12 passes over the 2.2k pairs)
+    order = torch.cat([torch.randperm(n, generator=g) for _ in range(steps * bs // n + 2)])
     teachers = cfg.get("teachers", TEACHERS[:1])
     mode = cfg.get("mode", "off")
     types = cfg.get("types", ["txt"])
@@ -249,6 +255,29 @@ def train(cache: dict[str, Any], seed: int, cfg: dict[str, Any]) -> dict[str, fl
     return evaluate(model, cache["evals"])
 
 
+def paired_summary(per_seed: dict[str, list[float]], baseline: str) -> dict[str, dict[str, float]]:
+    """Each variant against `baseline` seed by seed: ratio of the means, mean paired difference
+    and its standard error (stdev / sqrt(n)), seeds won; a lever counts only when the difference
+    stands clear of its standard error, not when one lucky seed lifts the mean."""
+    import statistics
+
+    base = per_seed[baseline]
+    out = {}
+    for name, vals in per_seed.items():
+        d = [v - b for v, b in zip(vals, base, strict=True)]
+        se = statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+        out[name] = {
+            "mean": statistics.mean(vals),
+            "stdev": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+            "ratio": statistics.mean(vals) / statistics.mean(base),
+            "diff": statistics.mean(d),
+            "diff_se": se,
+            "wins": sum(x > 0 for x in d),
+            "n": len(d),
+        }
+    return out
+
+
 def main() -> None:
     import argparse
 
@@ -258,22 +287,33 @@ def main() -> None:
     ap.add_argument("--variants", required=True, help="JSON {name: config}")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--model", default="clipmill-tiny-vit", help="student config (cache build)")
+    ap.add_argument("--baseline", default="", help="variant the others are paired against")
+    ap.add_argument("--out", type=Path, default=None, help="JSON file of per-seed values")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.cache.is_file():
         cache = torch.load(args.cache, weights_only=False)
     else:
-        cache = build_cache(args.root.resolve())
+        cache = build_cache(args.root.resolve(), args.model)
         torch.save(cache, args.cache)
-    for name, cfg in json.loads(args.variants).items():
-        vals = []
-        for seed in args.seeds:
+    variants = json.loads(args.variants)
+    per_seed: dict[str, list[float]] = {name: [] for name in variants}
+    for seed in args.seeds:  # seeds outer: a screen cut short still holds paired seeds
+        for name, cfg in variants.items():
             t = time.time()
             r = train(cache, seed, cfg)
-            vals.append(r["average"])
+            per_seed[name].append(r["average"])
             row = {"name": name, "seed": seed, **{k: round(v, 4) for k, v in r.items()}}
             print(json.dumps({**row, "s": round(time.time() - t)}), flush=True)
-        print(json.dumps({"name": name, "mean": sum(vals) / len(vals), "cfg": cfg}), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps({"per_seed": per_seed, "cfg": variants}, indent=1))
+    summary = paired_summary(per_seed, args.baseline) if args.baseline in per_seed else {}
+    for name, row in summary.items():
+        print(json.dumps({"vs": args.baseline, "name": name, **row}), flush=True)
+    if args.out:
+        out = {"per_seed": per_seed, "cfg": variants, "summary": summary}
+        args.out.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

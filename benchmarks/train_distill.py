@@ -4,10 +4,13 @@
                         teacher embeddings (distill.mode offline), baseline = steps/s running the
                         teacher every step (online); same student, shards, batch, steps, one run,
                         alternating rounds; ratio = ours / baseline (target >= 1.5)
-  distilled_vs_alone    ours = the online-distilled student's unweighted mean over the evaluate
+  distilled_vs_alone    ours = the distilled student's (--mode online, or offline from the reinforce
+                        stage's stored teacher embeddings) unweighted mean over the evaluate
                         suite's sets (scoreboard "average" row), baseline = the same student
-                        trained alone at equal steps; both the mean of the seeds;
-                        ratio = ours / baseline (target >= 1.5)
+                        trained alone at equal steps; both the mean of the seeds, with the
+                        paired difference's standard error and each side's CPU seconds;
+                        ratio = ours / baseline (target >= 1.5); the entry it replaces is kept
+                        as its `previous`
 
 Both run the real commands (`clipmill run train`, `clipmill run evaluate` restricted to the one
 student, heavy extras off) in a project root holding the demo's data (data/curate/shards,
@@ -15,6 +18,7 @@ data/decontaminate, data/sample, data/models/teacher, and data/reinforce for the
 `MEASURES` maps each key to its function, so benchmarks/train_methods.py can list them.
 Usage: .venv/bin/python benchmarks/train_distill.py --root /tmp/clone [--keys K ...]
        [--steps 60] [--seeds 0 1 2] [--online "distill.w0=0.0 distill.w1=1.0"] [--tag online]
+       [--mode online|offline] [--student "model=clipmill-tiny-vit batch_size=32"]
        [--reuse]  (--reuse + a --tag per lever: the student-alone runs are trained once)
 """
 
@@ -22,8 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -36,6 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "train_methods.json"
 ENV = {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "TOKENIZERS_PARALLELISM": "false"}
+COST: dict[str, dict[str, list[int]]] = {}  # run name -> CPU / wall seconds per seed
 EVAL_OFF = [
     "probe.enabled=false",
     "perception.enabled=false",
@@ -70,21 +77,29 @@ def train_and_eval(
     root: Path, name: str, seed: int, steps: int, extra: list[str], reuse: bool = False
 ) -> float:
     """Train one student, evaluate it alone; its scoreboard average (`reuse`: read the scoreboard
-    a previous run of the same protocol left in `root`, when there is one)."""
+    a previous run of the same protocol left in `root`, when there is one). The children's CPU
+    seconds and the wall time of both commands go to COST[name] (the cost of the recipe)."""
     board = root / f"data/evaluate/{name}-s{seed}/scoreboard.json"
     if reuse and board.is_file():
         return scoreboard_average(board)
     out = f"data/models/{name}-s{seed}"
     logs = root / "runs"
     logs.mkdir(exist_ok=True)
+    cpu0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     clipmill(
         root,
         "train",
         [f"seed={seed}", f"steps={steps}", f"output_dir={out}", "registered_model_name=", *extra],
         logs / f"{name}-s{seed}.train.log",
     )
+    cpu1, t1 = resource.getrusage(resource.RUSAGE_CHILDREN), time.time()
     ev = f"data/evaluate/{name}-s{seed}"
     clipmill(root, "evaluate", [f"models=[{out}]", f"output_dir={ev}", *EVAL_OFF], logs / "e.log")
+    cost = COST.setdefault(name, {"train_cpu_s": [], "train_wall_s": [], "eval_cpu_s": []})
+    cost["train_cpu_s"].append(round(cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime))
+    cost["train_wall_s"].append(round(t1 - t0))
+    cpu2 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cost["eval_cpu_s"].append(round(cpu2.ru_utime + cpu2.ru_stime - cpu1.ru_utime - cpu1.ru_stime))
     return scoreboard_average(root / ev / "scoreboard.json")
 
 
@@ -108,10 +123,12 @@ def distilled_vs_alone(args: argparse.Namespace) -> dict[str, Any]:
     for seed in args.seeds:  # interleaved, so a busy neighbour slows both alike
         base = common + args.student.split()
         alone.append(train_and_eval(args.root, "alone", seed, args.steps, base, args.reuse))
-        online = base + ["distill.mode=online", *args.online.split()]
-        distilled.append(train_and_eval(args.root, args.tag, seed, args.steps, online, args.reuse))
+        kd = base + [f"distill.mode={args.mode}", *args.online.split()]
+        distilled.append(train_and_eval(args.root, args.tag, seed, args.steps, kd, args.reuse))
     ours, base = statistics.mean(distilled), statistics.mean(alone)
+    diff = [d - a for d, a in zip(distilled, alone, strict=True)]
     sets = scoreboard_sets(args.root / f"data/evaluate/alone-s{args.seeds[0]}/scoreboard.json")
+    old = json.loads(RESULTS.read_text()).get("results", {}) if RESULTS.is_file() else {}
     return {
         "ours": ours,
         "baseline": base,
@@ -126,9 +143,14 @@ def distilled_vs_alone(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_per_seed": alone,
         "ours_stdev": statistics.pstdev(distilled),
         "baseline_stdev": statistics.pstdev(alone),
+        "paired_diff_mean": statistics.mean(diff),
+        "paired_diff_se": statistics.stdev(diff) / math.sqrt(len(diff)) if len(diff) > 1 else None,
+        "mode": args.mode,
         "online": args.online,
         "tag": args.tag,
         "student": args.student,
+        "cost": {k: v for k, v in COST.items() if k in ("alone", args.tag)},
+        **({"previous": old["distilled_vs_alone"]} if "distilled_vs_alone" in old else {}),
     }
 
 
@@ -255,6 +277,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="training steps per quality run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--online", default="distill.w0=0.0 distill.w1=1.0", help="distill overrides")
+    ap.add_argument(
+        "--mode", default="online", choices=["online", "offline"], help="distill.mode of ours"
+    )
     ap.add_argument("--student", default="", help="train overrides of both sides (model, batch)")
     ap.add_argument("--reuse", action="store_true", help="reuse scoreboards already in --root")
     ap.add_argument(
@@ -263,11 +288,15 @@ def main() -> None:
     ap.add_argument("--speed-steps", type=int, default=12, help="steps per speed run")
     ap.add_argument("--rounds", type=int, default=2, help="alternating speed rounds")
     ap.add_argument("--speed-overrides", default="", help="train overrides of the speed runs")
+    ap.add_argument("--out", type=Path, default=None, help="write here, not into the results")
     args = ap.parse_args()
     args.root = args.root.resolve()
     t0 = time.time()
     results = {key: MEASURES[key](args) for key in args.keys}
-    merge(results)
+    if args.out:  # look first; merge by hand with a load/dump of just these keys
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    else:
+        merge(results)
     print(json.dumps(results, indent=2), f"\n{time.time() - t0:.0f} s", file=sys.stderr)
 
 

@@ -6,6 +6,10 @@ scheduled run with nothing changed costs nothing. Prefect adds scheduling, retri
 Overrides never become the committed params: they run as `dvc exp run -S ...` (listed by
 `dvc exp show`, its name tagged on the MLflow runs) and the params files are put back as they were
 (flows/experiments.py).
+
+Without overrides the stages run as a DAG (flows/dag.py): each `dvc repro --single-item STAGE`
+starts once the stages it depends on (dvc.yaml's deps and outs) have finished, up to `jobs` at
+once, so the merge branch runs beside the main branch; `jobs=1` is the pipeline order.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run
 
+from flows.dag import DagRun, dvc_graph, run_dag, selected_upstream
 from flows.experiments import (
     EXPERIMENT_TAG,
     check_roundtrip,
@@ -91,19 +97,82 @@ def _read_metrics(stage: str) -> dict[str, Any]:
     return json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
 
 
+_CONSOLE = threading.Lock()  # one stage's line at a time on the flow's stdout
+
+
+def _copy_prefixed(stream: IO[bytes], prefix: str) -> None:
+    """Copy a stage's output to stdout line by line, each line led by `[stage] `, so the lines
+    of stages running side by side stay readable."""
+    out = getattr(sys.stdout, "buffer", None)
+    head = prefix.encode()
+    for line in iter(stream.readline, b""):
+        with _CONSOLE:
+            if out is not None:
+                out.write(head + line)
+                out.flush()
+            else:  # a text-only stdout (a test's capture)
+                sys.stdout.write((head + line).decode(errors="replace"))
+                sys.stdout.flush()
+
+
 @task(name="dvc-repro", retries=0)
-def repro_stage(stage: str, parent_run_id: str, force: bool = False) -> dict[str, Any]:
-    """One stage through DVC; DVC calls `clipmill run STAGE`, which tags the run door=prefect."""
+def repro_stage(
+    stage: str, parent_run_id: str, force: bool = False, prefix: bool = False
+) -> dict[str, Any]:
+    """One stage through DVC; DVC calls `clipmill run STAGE`, which tags the run door=prefect.
+
+    `--wait-for-lock`: a stage beside this one may hold DVC's repo lock while it checks or
+    commits (a few seconds); without the flag this `dvc` would fail after 3 s, even when it
+    has to take the lock back after a stage command that ran for an hour. `prefix`: the
+    stage's output is piped and its lines prefixed (stages run side by side); otherwise it
+    goes straight to the console, progress bars and all.
+    """
     logger = get_run_logger()
-    cmd = [_dvc(), "repro", "--single-item", stage] + (["--force"] if force else [])
+    cmd = [_dvc(), "--wait-for-lock", "repro", "--single-item", stage]
+    cmd += ["--force"] if force else []
     logger.info("running %s", " ".join(cmd))
-    # The stage's own progress bars and logs go straight to the console, as they happen.
-    proc = subprocess.run(cmd, cwd=get_settings().root, env=_stage_env(parent_run_id))
-    if proc.returncode != 0:
-        raise RuntimeError(
-            f"stage {stage!r} failed (dvc exit {proc.returncode}); its output is above"
-        )
+    root, env = get_settings().root, _stage_env(parent_run_id)
+    if prefix:
+        env["PYTHONUNBUFFERED"] = "1"  # a pipe would hold a stage's prints until it exits
+        with subprocess.Popen(
+            cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        ) as proc:
+            assert proc.stdout is not None
+            _copy_prefixed(proc.stdout, f"[{stage}] ")
+            code = proc.wait()
+    else:
+        code = subprocess.run(cmd, cwd=root, env=env).returncode
+    if code != 0:
+        raise RuntimeError(f"stage {stage!r} failed (dvc exit {code}); its output is above")
     return _read_metrics(stage)
+
+
+class PipelineFailed(RuntimeError):
+    """Stages failed (or were held back by a failure); `results` holds the finished ones'."""
+
+    def __init__(self, message: str, results: dict[str, dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.results = results
+
+
+def repro_graph(selected: list[str], parent_run_id: str, force: bool, jobs: int) -> DagRun:
+    """The selected stages as `dvc repro --single-item` tasks on dvc.yaml's graph, at most
+    `jobs` at once (flows/dag.py); every finished stage is committed to dvc.lock by DVC."""
+    upstream = selected_upstream(
+        dvc_graph(get_settings().root / "dvc.yaml"),
+        selected,
+        extra={name: get_stage(name).upstream for name in selected},
+    )
+    logger = get_run_logger()
+    prefix = jobs > 1
+
+    def submit(stage: str) -> Any:
+        return repro_stage.submit(stage, parent_run_id, force, prefix)
+
+    def on_event(stage: str, event: str) -> None:
+        logger.info("stage %s %s", stage, event)
+
+    return run_dag(selected, upstream, jobs, submit, on_event)
 
 
 @task(name="clipmill-run", retries=0)
@@ -200,12 +269,16 @@ def pipeline(
     push: bool = False,
     experiment: str | None = None,
     pull: bool = False,
+    jobs: int = 2,
 ) -> dict[str, dict[str, Any]]:
     """Run the selected stages (default: all, in pipeline order) under one MLflow parent run,
     optionally pulling their inputs from the DVC remote first (after the overrides are
     validated) and pushing the outputs after.
 
-    Without overrides each stage is a `dvc repro`; with overrides the stages run as one DVC
+    Without overrides each stage is a `dvc repro`, started as soon as the stages it depends on
+    have finished, at most `jobs` at once (1 = one after the other, in pipeline order). A
+    failed stage's downstream stages are not started; the others finish, and the flow then
+    fails naming the stage (PipelineFailed). With overrides the stages run as one DVC
     experiment (named `experiment`, or clipmill-<time>) and the params files stay as they were.
 
     With `CLIPMILL_DATA_ROOT` a bucket (s3://...) the data lives there, not in DVC's workspace:
@@ -222,6 +295,8 @@ def pipeline(
         raise ParamsError(
             f"unknown stage(s) {sorted(set(stages) - set(selected))}; known: {list(STAGES)}"
         )
+    if jobs < 1:
+        raise ParamsError(f"jobs must be >= 1, got {jobs}")
     overrides = {stage: values for stage, values in (overrides or {}).items() if values}
     validated = validate_overrides(selected, overrides)
     settings = get_settings()
@@ -256,8 +331,20 @@ def pipeline(
         elif exp_name:
             results = run_experiment(selected, set_params, exp_name, parent.info.run_id, force)
         else:
-            for name in selected:
-                results[name] = repro_stage(name, parent.info.run_id, force)
+            run = repro_graph(selected, parent.info.run_id, force, jobs)
+            results = {name: run.results[name] for name in selected if name in run.results}
+            # when each stage ran, in seconds since the first started: the overlap, on record
+            if run.times:
+                mlflow.log_metrics(
+                    {
+                        f"dag.{name}.{edge}_s": t
+                        for name, ts in run.times.items()
+                        for edge, t in zip(("start", "end"), ts, strict=True)
+                    }
+                )
+            if not run.ok:
+                mlflow.set_tag("clipmill.failed_stages", ",".join(run.failed))
+                raise PipelineFailed(f"pipeline failed: {run.summary()}", results)
         if push and not on_bucket:
             mlflow.set_tag("clipmill.dvc_remote", push_outputs())
     return results
@@ -273,6 +360,13 @@ def _parse_cli(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--push", action="store_true", help="dvc push the outputs afterwards")
     parser.add_argument(
         "--pull", action="store_true", help="dvc pull the stages' inputs from the remote first"
+    )
+    parser.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        default=2,
+        help="stages run at once, each when its upstream stages are done (1 = one by one)",
     )
     parser.add_argument(
         "-n",
@@ -299,10 +393,15 @@ def main(argv: list[str] | None = None) -> int:
             push=args.push,
             experiment=args.name,
             pull=args.pull,
+            jobs=args.jobs,
         )
     except ParamsError as exc:
         print(f"clipmill pipeline: error: {exc}", file=sys.stderr)
         return 2
+    except PipelineFailed as exc:  # what did finish is printed, then what did not
+        print(json.dumps(exc.results, indent=2, sort_keys=True, default=str))
+        print(f"clipmill pipeline: error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(results, indent=2, sort_keys=True, default=str))
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from pydantic import Field
 
 from tasks.base import StageParams
@@ -13,6 +15,9 @@ class ToyParams(StageParams):
     count: int = Field(default=3, ge=1, le=100)  # how many lines to write
     label: str = "toy"  # text written on every line
     fail: bool = False  # raise after writing, to test how a failed run is recorded
+    # seconds of "work" before writing (> 0: the metrics get the wall-clock start and end, so a
+    # test can see whether two stages overlapped)
+    sleep_s: float = Field(default=0.0, ge=0, le=60)
 
 
 def run(params: ToyParams) -> dict:
@@ -25,6 +30,10 @@ def run(params: ToyParams) -> dict:
     from tasks.tracking import log_figure
 
     engines = seen_engines()  # what the runner guarantees while a stage runs
+    started = time.time()
+    time.sleep(params.sleep_s)
+    ended = time.time()
+    timing = {"started_at": started, "ended_at": ended} if params.sleep_s > 0 else {}
     out = resolve_path(params.out_file)
     atomic_write_text(out, "".join(f"{params.label} {i}\n" for i in range(params.count)))
     fig, ax = plt.subplots()
@@ -33,7 +42,7 @@ def run(params: ToyParams) -> dict:
     plt.close(fig)
     if params.fail:
         raise ValueError("toy asked to fail")
-    return {"lines": params.count, "nested": {"ratio@1": 0.5}, **engines}
+    return {"lines": params.count, "nested": {"ratio@1": 0.5}, **engines, **timing}
 
 
 def seen_engines() -> dict[str, int]:

@@ -46,11 +46,11 @@ def hash_batch(batch: pa.Table, known: dict[str, tuple[str, str]] | None = None)
 
     `known` (sha256 -> (pHash, dHash), tasks/decontam/stored.py known_hashes) skips decoding
     the images whose bytes were hashed before: same bytes, same hashes."""
-    import imagehash
-
+    from tasks.decontam.fasthash import hash_greys
     from tasks.imaging.rgb import decode_rgb
 
     sha: list[str | None] = []
+    greys: dict[int, Any] = {}  # row -> its grey image, hashed together below
     ph: list[str | None] = []
     dh: list[str | None] = []
     reasons: list[str | None] = []
@@ -74,12 +74,15 @@ def hash_batch(batch: pa.Table, known: dict[str, tuple[str, str]] | None = None)
             dh.append(None)
             reasons.append("image_undecodable")
             continue
-        # both hashes start from the grey image: converted once here (each would convert the
-        # RGB image again; converting an "L" image is a plain copy), same hashes, bit for bit
-        grey = img.convert("L")
-        ph.append(hash_hex(imagehash.phash(grey)))
-        dh.append(hash_hex(imagehash.dhash(grey)))
+        # both hashes start from the grey image, converted once here; the batch's greys are
+        # hashed at once (fasthash: imagehash's pHash and dHash, bit for bit, in a third of
+        # the time) and filled in below
+        greys[len(ph)] = img.convert("L")
+        ph.append(None)
+        dh.append(None)
         reasons.append(None)
+    for i, (p, d) in zip(greys, hash_greys(list(greys.values())), strict=True):
+        ph[i], dh[i] = p, d
     return (
         batch.append_column("image_sha256", pa.array(sha, pa.string()))
         .append_column("phash", pa.array(ph, pa.string()))

@@ -98,19 +98,23 @@ def hash_items(
     view: View | None = None,
     label: str | None = None,
     known: dict[str, tuple[str, str]] | None = None,
+    processes: int | None = None,
 ) -> pa.Table:
     """uid, image_sha256, phash, dhash, image_reason (plus whatever the reader and view add) of
     every row the reader yields for the items, on the current Ray, one task per item
     (ReadAndHash); `view` maps a read row to the rows to hash instead (views.EvalView: the
     crawl's resize + encode, crops). `label` names the progress lines ("decontaminate: hashing
     eval images 1,000/11,695 ..."), counted in images read (a view's crops are not counted);
-    `known`: sha256 -> hashes not computed again (hashing.hash_batch)."""
+    `known`: sha256 -> hashes not computed again (hashing.hash_batch). `processes`: run the
+    same tasks on that many local processes instead of Ray (hash_local)."""
+    if not items:
+        return pa.table({"uid": pa.array([], pa.string())})
+    if processes is not None:
+        return hash_local(items, ReadAndHash(reader, view, known), processes, label)
     import ray
 
     from tasks.progress import Progress
 
-    if not items:
-        return pa.table({"uid": pa.array([], pa.string())})
     ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
     ds = ds.flat_map(ReadAndHash(reader, view, known))
     total = sum(len(item["uids"]) for item in items)
@@ -120,3 +124,52 @@ def hash_items(
             parts.append(part)
             progress.update(whole_images(part))
     return pa.concat_tables(parts, promote_options="permissive")
+
+
+def hash_local(
+    items: list[dict[str, Any]], task: ReadAndHash, processes: int, label: str | None = None
+) -> pa.Table:
+    """hash_items' tasks on a pool of local processes (or in this one for `processes` 1): one
+    task per item, as on Ray, without a Ray to boot (the decontaminate stage on one machine).
+
+    Rows come back in item order (Ray's come in the order tasks end); callers sort or regroup
+    them, so their outputs do not depend on it. Spawned workers: the runner's process holds
+    threads (MLflow), which forking would copy in whatever state they are."""
+    from tasks.progress import Progress
+
+    total = sum(len(item["uids"]) for item in items)
+    parts: list[pa.Table] = []
+    with Progress(label or "hashing images", total=total, unit="images") as progress:
+
+        def collect(rows: list[dict[str, Any]]) -> None:
+            part = pa.Table.from_pylist(rows) if rows else pa.table({})
+            parts.append(part)
+            progress.update(whole_images(part) if rows else 0)
+
+        if processes <= 1 or len(items) == 1:
+            for item in items:
+                collect(task(item))
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            workers = min(processes, len(items))
+            with ProcessPoolExecutor(
+                workers, mp_context=mp.get_context("spawn"), initializer=one_blas_thread
+            ) as pool:
+                for rows in pool.map(task, items):
+                    collect(rows)
+    parts = [p for p in parts if p.num_columns]
+    if not parts:
+        return pa.table({"uid": pa.array([], pa.string())})
+    return pa.concat_tables(parts, promote_options="permissive")
+
+
+def one_blas_thread() -> None:
+    """A local worker's BLAS on one thread, as Ray gives its one-CPU tasks (OMP_NUM_THREADS=1):
+    the pool already has a process per CPU, and idle BLAS threads spin on the others' cores
+    (tasks/decontam/fasthash.py multiplies small matrices)."""
+    import numpy  # noqa: F401  (its BLAS loaded first: threadpoolctl limits loaded libraries only)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1)

@@ -65,7 +65,13 @@ def eval_features(p: DecontaminateParams) -> pa.Table:
         prefixes=prefixes,
         chunk=p.compute.rows_per_block,
     )
-    hashed = hash_items(items, read_shard, view, "decontaminate: hashing eval images")
+    hashed = hash_items(
+        items,
+        read_shard,
+        view,
+        "decontaminate: hashing eval images",
+        processes=p.local_processes(),
+    )
     return with_eval_ids(copy_views(hashed, same_as, order))
 
 
@@ -122,7 +128,12 @@ def crawl_features(p: DecontaminateParams) -> pa.Table:
 
     shards = list_shards(resolve_path(p.paths.shards))  # any crawl layout
     items = shard_items(shards, p.compute.rows_per_block)
-    rows = hash_items(items, read_crawl_shard, label="decontaminate: hashing crawl images")
+    rows = hash_items(
+        items,
+        read_crawl_shard,
+        label="decontaminate: hashing crawl images",
+        processes=p.local_processes(),
+    )
     if rows.num_rows == 0:
         raise ValueError(f"decontaminate: the shards under {p.paths.shards} hold no image samples")
     return rows.sort_by("uid")

@@ -197,6 +197,9 @@ class EvaluateParams(StageParams):
         default_factory=dict
     )  # dataset -> scoreboard metric (default acc1 / mean_recall@1)
     output_dir: str = "data/evaluate"  # results JSON, scoreboard and plots
+    model_processes: int = Field(
+        default=1, ge=1, le=64
+    )  # models evaluated side by side, each in its own process of cpu_count / model_processes torch threads (stage.py: same numbers); 1 = one after the other in this process
     leakage_dir: str | None = None  # decontaminate's outputs, for leakage.json; None = no report
     figures: bool = True  # per-model figures (confusion, per-class recall, retrieval examples, scoreboard); scores are the same without
     embed: EmbedParams = Field(default_factory=EmbedParams)  # embedding computation

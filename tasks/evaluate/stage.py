@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -233,33 +234,159 @@ def _run(params: EvaluateParams) -> dict[str, Any]:
     metrics: dict[str, Any] = {"skipped_public_datasets": len(skipped)}
     leaks = _leak_report(params, out, [n for n in sets if n in params.datasets])
     rows: list[Row] = []
-    embedders: dict[str, Embedder] = {}
-    root = store_root(params)
     train_sets = probe_train_images(params, sets)
+    done = _evaluate_models(params, sets, out, train_sets)
     for ref in params.models:
-        emb = Embedder(load_model(ref), params.embed, root)
-        embedders[ref] = emb
-        metrics[emb.name], model_rows = evaluate_model(emb, sets, params, out, train_sets)
-        rows.extend(model_rows)
-        if emb.name in leaks:
-            metrics[emb.name]["leakage"] = leaks[emb.name]
-    for model, mean in scoreboard.means(rows).items():
-        metrics[model]["scoreboard_mean"] = mean
+        model = done[ref]
+        metrics[model.name] = model.metrics
+        rows.extend(model.rows)
+        if model.name in leaks:
+            metrics[model.name]["leakage"] = leaks[model.name]
+    for name, mean in scoreboard.means(rows).items():
+        metrics[name]["scoreboard_mean"] = mean
     scoreboard.attach(metrics, rows)
     atomic_write_json(out / "scoreboard.json", scoreboard.as_table(rows))
     scoreboard.log_table(rows)
     if params.figures:
         scoreboard.save_figures(rows, out)
     if params.membership.enabled:
-        from tasks.evaluate import membership
-
-        timing: dict[str, float] = {}
-        cpu: dict[str, float] = {}
-        with _timed(timing, "membership", cpu):
-            audits = membership.run_audits(params.membership, embedders, out, params.embed, root)
-        metrics["membership_seconds"] = timing["membership"]  # the audit of every target
-        metrics["membership_cpu_seconds"] = cpu["membership"]
-        for name, results in audits.items():  # membership, and membership_shift (labelled)
-            metrics.setdefault(name, {}).update(results)
+        _membership(params, out, done, metrics)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+@dataclass
+class ModelDone:
+    """One evaluated model: its metrics and scoreboard rows; its `Embedder` when it ran in this
+    process, else the membership audits of its targets, which ran beside it in its process."""
+
+    name: str
+    metrics: dict[str, Any]
+    rows: list[Row]
+    embedder: Embedder | None = None
+    audits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    audit_seconds: float = 0.0  # wall and CPU seconds of those audits
+    audit_cpu_seconds: float = 0.0
+
+
+def _evaluate_models(
+    params: EvaluateParams,
+    sets: dict[str, EvalSet],
+    out: Path,
+    train_sets: dict[str, EvalSet],
+) -> dict[str, ModelDone]:
+    """Every model of `params.models` by reference: one after the other in this process, or
+    `model_processes` at a time in spawned processes of `cpu_count // model_processes` torch
+    threads each. Every model's work is independent of the others' (own embeddings, own seeded
+    generators; the feature store is a pure cache that takes concurrent writers), so the numbers
+    are those of the sequential path, provided the kernels give the same bits on fewer threads
+    (tests/evaluate/test_parallel.py checks both paths agree)."""
+    workers = min(params.model_processes, len(params.models))
+    if workers <= 1:
+        done: dict[str, ModelDone] = {}
+        root = store_root(params)
+        stores: dict[str, Any] = {}  # each tower's feature store opened once for every model
+        for ref in params.models:
+            emb = Embedder(load_model(ref), params.embed, root, stores)
+            metrics, rows = evaluate_model(emb, sets, params, out, train_sets)
+            done[ref] = ModelDone(emb.name, metrics, rows, emb)
+        return done
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = mp.get_context("spawn")
+    init = (threads, os.getpid())
+    with ProcessPoolExecutor(workers, context, _init_worker, init) as pool:
+        futures = {
+            ref: pool.submit(_evaluate_in_worker, ref, params, sets, out, train_sets)
+            for ref in params.models
+        }
+        return {ref: f.result() for ref, f in futures.items()}
+
+
+def _init_worker(threads: int, parent: int) -> None:
+    """A model worker: `threads` torch threads, and a watchdog that ends it once the stage
+    process is gone (killed, its worker would otherwise go on evaluating for minutes, orphaned:
+    seen when a measuring run was stopped)."""
+    import os
+    import threading
+
+    import torch
+
+    torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+_WORKER_STORES: dict[str, Any] = {}  # a worker process's feature stores, for all its models
+
+
+def _evaluate_in_worker(
+    ref: str,
+    params: EvaluateParams,
+    sets: dict[str, EvalSet],
+    out: Path,
+    train_sets: dict[str, EvalSet],
+) -> ModelDone:
+    """One model in a worker process (`model_processes` > 1), with the membership audits whose
+    target it is (they reuse its embeddings, as in the sequential path); the linear probe's
+    workers are stopped before returning."""
+    from tasks.evaluate.linear_probe import release_workers
+
+    try:
+        emb = Embedder(load_model(ref), params.embed, store_root(params), _WORKER_STORES)
+        metrics, rows = evaluate_model(emb, sets, params, out, train_sets)
+        done = ModelDone(emb.name, metrics, rows)
+        mine = [t for t in params.membership.targets if t.model == ref]
+        if params.membership.enabled and mine:
+            from tasks.evaluate import membership
+
+            timing: dict[str, float] = {}
+            cpu: dict[str, float] = {}
+            p = params.membership.model_copy(update={"targets": mine})
+            with _timed(timing, "membership", cpu):
+                done.audits = membership.run_audits(
+                    p, {ref: emb}, out, params.embed, store_root(params)
+                )
+            done.audit_seconds, done.audit_cpu_seconds = timing["membership"], cpu["membership"]
+        return done
+    finally:
+        release_workers()
+
+
+def _membership(
+    params: EvaluateParams, out: Path, done: dict[str, ModelDone], metrics: dict[str, Any]
+) -> None:
+    """The membership audit of every target into `metrics`, in the targets' order: those a
+    worker process ran beside its model taken from it, the others run here (reusing the
+    embeddings of models evaluated in this process)."""
+    from tasks.evaluate import membership
+
+    metrics["membership_seconds"] = metrics["membership_cpu_seconds"] = 0.0  # keys' place
+    timing: dict[str, float] = {"membership": sum(d.audit_seconds for d in done.values())}
+    cpu: dict[str, float] = {"membership": sum(d.audit_cpu_seconds for d in done.values())}
+    ran = {r: d for r, d in done.items() if d.embedder is None}  # the workers' models
+    embedders = {r: d.embedder for r, d in done.items() if d.embedder is not None}
+    rest = [t for t in params.membership.targets if t.model not in ran]
+    audits: dict[str, dict[str, Any]] = {}
+    if rest:
+        p = params.membership.model_copy(update={"targets": rest})
+        with _timed(timing, "membership", cpu):
+            audits = membership.run_audits(p, embedders, out, params.embed, store_root(params))
+    from tasks.evaluate.loading import model_label
+
+    for target in params.membership.targets:
+        source = ran[target.model].audits if target.model in ran else audits
+        name = model_label(target.model)
+        if name in source:
+            for key, value in source[name].items():  # membership, and membership_shift
+                metrics.setdefault(name, {})[key] = value
+    metrics["membership_seconds"] = timing["membership"]  # the audit of every target
+    metrics["membership_cpu_seconds"] = cpu["membership"]

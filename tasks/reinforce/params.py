@@ -39,7 +39,7 @@ class ReinforceParams(StageParams):
     output_dir: str = "data/reinforce"  # manifest.json + parts/<fingerprint>/part-<shard>.parquet
     k: int = Field(default=4, ge=1, le=64)  # augmentations (views) stored per sample
     dtype: Literal["fp32", "fp16", "bf16"] = "fp16"  # storage of every embedding (read back as float32)
-    caption_fields: list[str] = ["txt", "recaption_long_positive", "recaption_long_negative"]  # sample member or JSON key per text_emb_<field>; missing on a sample = null
+    caption_fields: list[str] = ["txt", "recaption", "long_positive", "long_negative"]  # sample member or JSON key of the curated shards (curate writes recaption, long_positive, long_negative) per text_emb_<field>; missing on a sample = null
     seed: int = 0  # augmentation draws: one generator per (seed, uid)
     augment: AugmentParams = AugmentParams()  # how the boxes and flips are drawn
     batch_size: int = Field(default=64, ge=1)  # views (or captions) per teacher forward

@@ -76,6 +76,17 @@ class HQClipParams(ParamsSection):
     # fmt: on
 
 
+class HeadInitParams(ParamsSection):
+    """How the two projection heads start (tasks/train/headinit.py): random, or closed form (CCA or a text-space regression) from the training pairs' stored features."""
+
+    # fmt: off
+    method: Literal["random", "cca", "regress"] = "random"  # random = the model's own init (or the weights `pretrained` loads); cca = regularised CCA between image and text features; regress = text PCA + image ridge regression onto it (both need locked towers, stored features)
+    ridge: float = Field(default=1.0, ge=0)  # added to each covariance, times its mean eigenvalue (trace / d) (cca: both; regress: the image one); teacher, cca with no step: 0.01 0.198, 1 0.296, 10 0.266
+    center: bool = True  # centre the features first (and start the shared mean offset at zero: the heads have no bias)
+    power: float = Field(default=1.0, ge=0)  # cca only: canonical direction i weighted by its correlation ** power (0 = plain whitened CCA)
+    # fmt: on
+
+
 class TrainParams(StageParams):
     """Everything that changes what a training run computes; WHERE it runs comes from settings."""
 
@@ -126,6 +137,7 @@ class TrainParams(StageParams):
     distill: DistillParams = DistillParams()  # distillation from teachers (online or from the reinforced dataset)
     inherit: InheritParams = InheritParams()  # weight inheritance from a larger trained model
     hqclip: HQClipParams = HQClipParams()  # HQ-CLIP hard negatives and tag loss
+    head_init: HeadInitParams = HeadInitParams()  # random or data-driven (CCA, text-space regression) init of the projection heads (locked towers, stored features)
 
     # distribution and checkpoints
     num_workers: int = Field(default=0, ge=0, le=1024)  # Ray Train workers; 0 = local mode, no Ray
@@ -203,6 +215,14 @@ class TrainParams(StageParams):
                 f"aclip.enabled with loss {self.loss!r}: A-CLIP's views use a contrastive loss "
                 "(clip or siglip)"
             )
+        if self.head_init.method != "random" and not (
+            fully_locked_image and not self.train_augment and text_cached and self.feature_cache
+        ):
+            raise ValueError(
+                f"head_init.method {self.head_init.method!r}: computed from the stored features "
+                "of both frozen towers; needs lock_image and lock_text with nothing unlocked, "
+                "lock_text_freeze_layer_norm, train_augment false and feature_cache true"
+            )
         if self.aclip.momentum_start > self.aclip.momentum_end:
             raise ValueError(
                 f"aclip.momentum_start {self.aclip.momentum_start} > aclip.momentum_end "
@@ -231,4 +251,6 @@ class TrainParams(StageParams):
         }
         if self.shard_split and self.num_workers > 1:  # the workers' parts make the data order
             skip.discard("num_workers")
+        if self.head_init == HeadInitParams():  # the default: fingerprints of earlier runs kept
+            skip.add("head_init")
         return {k: v for k, v in self.model_dump(mode="json").items() if k not in skip}

@@ -71,11 +71,14 @@ class ReinforcedViews:
             embs = []
             for s, field in zip(samples, fields, strict=True):
                 text = recs[str(s["__key__"])].text_emb
-                emb = text.get(field) if text.get(field) is not None else text.get("txt")
+                # No fallback to the alt text's embedding: the student's caption IS this field's,
+                # so a teacher embedding of another text would pair unlike with unlike.
+                emb = text.get(field)
                 if emb is None:
                     raise DataError(
                         f"sample {s['__key__']}: the reinforced dataset {self.reader.root} stores "
-                        f"no embedding of caption field {field!r} (nor 'txt')"
+                        f"no embedding of caption field {field!r}; add it to the reinforce "
+                        "stage's caption_fields (params/reinforce.yaml) and rerun reinforce"
                     )
                 embs.append(torch.from_numpy(emb))
             out[f"teacher_text_emb:0:{c}"] = torch.stack(embs)

@@ -334,6 +334,8 @@ def finish(
         "total_params": summary["total_params"],
     }
     metrics.update(feature_cache_metrics(summary.get("feature_cache", {})))
+    # the heads' data-driven init (tasks/train/headinit.py): pairs, canonical correlations, seconds
+    metrics.update(summary.get("feature_cache", {}).get("head_init", {}))
     if mlflow.active_run():
         mlflow.set_tags(
             {

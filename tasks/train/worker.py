@@ -256,6 +256,10 @@ def train_worker(config: dict[str, Any]) -> None:
         cache_summary = total_counts(towers, world)
         if rank == 0:
             print(f"[train] feature cache: {cache_summary}", flush=True)
+    if start == 0 and p.head_init.method != "random":  # data-driven heads before step 0
+        from tasks.train.headinit import init_heads
+
+        cache_summary["head_init"] = init_heads(model, towers, p, world)
     _fetch_inputs(p)  # a node without the driver's data cache: from the bucket data root
     shards, exclude = list_shards(p.shards), load_excluded(p.exclude_uids)
     common: dict[str, Any] = dict(
