@@ -114,6 +114,20 @@ def stage_seconds(clone: Path) -> dict[str, float]:
     return out
 
 
+def finished_runs(clone: Path) -> list[tuple[str, int, int]]:
+    """(name, start ms, end ms) of every finished MLflow run in the clone, by start time."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{clone / 'mlflow.db'}?mode=ro", uri=True)
+    try:
+        return db.execute(
+            "SELECT name, start_time, end_time FROM runs WHERE end_time IS NOT NULL "
+            "ORDER BY start_time"
+        ).fetchall()
+    finally:
+        db.close()
+
+
 def stage_overheads(clone: Path, stages: dict[str, float]) -> dict[str, dict[str, float]]:
     """Where the time between stages went, per stage, from the clone's MLflow runs: `before`
     = seconds from the previous run's end (the pipeline run's start for the first) to this
@@ -121,16 +135,7 @@ def stage_overheads(clone: Path, stages: dict[str, float]) -> dict[str, dict[str
     opening), `in_run` = the run's seconds outside `run(params)` (Ray's stop, metrics), and
     `after_last` on the last stage = its run's end to the pipeline run's end (DVC's hashing
     and caching of its outputs)."""
-    import sqlite3
-
-    db = sqlite3.connect(f"file:{clone / 'mlflow.db'}?mode=ro", uri=True)
-    try:
-        runs = db.execute(
-            "SELECT name, start_time, end_time FROM runs WHERE end_time IS NOT NULL "
-            "ORDER BY start_time"
-        ).fetchall()
-    finally:
-        db.close()
+    runs = finished_runs(clone)
     pipeline = [r for r in runs if r[0] == "pipeline"]
     if not pipeline:
         return {}
@@ -159,16 +164,7 @@ def stage_union_seconds(clone: Path, stages: dict[str, float]) -> float | None:
     """Seconds of the pipeline run during which at least one stage's MLflow run was open: with
     stages running side by side (`--jobs 2`) the sum of stage times exceeds the wall clock, so
     the time outside every stage (process start, DVC, Prefect) is the wall minus this union."""
-    import sqlite3
-
-    db = sqlite3.connect(f"file:{clone / 'mlflow.db'}?mode=ro", uri=True)
-    try:
-        runs = db.execute(
-            "SELECT name, start_time, end_time FROM runs WHERE end_time IS NOT NULL "
-            "ORDER BY start_time"
-        ).fetchall()
-    finally:
-        db.close()
+    runs = finished_runs(clone)
     pipeline = [r for r in runs if r[0] == "pipeline"]
     if not pipeline:
         return None
