@@ -85,6 +85,35 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
             terminalreporter.write_line(f"  ... and {len(changed) - 50} more")
 
 
+# Folders that module-, class- and package-scoped fixtures made with `tmp_path_factory`, by
+# fixture: removed once the fixture's own teardown ran (servers stopped first), unless a test of
+# the module failed. With function folders removed as their tests pass (pyproject's retention
+# policy), a run holds at most the session fixtures' data plus one module's: CI's disk filled up
+# when every folder lived to the end of the session.
+_fixture_folders: dict[int, tuple[list[Path], int]] = {}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef, request):  # type: ignore[no-untyped-def]
+    if fixturedef.scope in ("function", "session"):
+        return (yield)
+    base = request.config._tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    failed_before = request.session.testsfailed
+    result = yield  # its dependencies were set up before this hook: only its own folders count
+    made = [path for path in base.iterdir() if path not in before]
+    if made:
+        _fixture_folders[id(fixturedef)] = (made, failed_before)
+    return result
+
+
+def pytest_fixture_post_finalizer(fixturedef, request) -> None:  # type: ignore[no-untyped-def]
+    folders, failed_before = _fixture_folders.pop(id(fixturedef), ([], 0))
+    if request.session.testsfailed == failed_before:
+        for folder in folders:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def session_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every test starts from the session's temporary root and MLflow store, whatever the test

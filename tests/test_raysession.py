@@ -12,6 +12,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from tasks import PROJECT_ROOT
 
 
@@ -99,6 +101,7 @@ def test_release_ray_shuts_down_while_the_caller_goes_on():
     assert "RETURNED True" in proc.stdout
 
 
+@pytest.mark.slow  # twenty seconds; the two shutdown paths above run by default
 def test_exit_after_session_leaves_no_ray_process_behind():
     """The CLI does not wait for Ray's graceful exit; its processes must still all go."""
     proc = _python(

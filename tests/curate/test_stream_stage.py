@@ -154,6 +154,7 @@ def _recaptioned(hand_pool, rescued: set[str]) -> None:
     )
 
 
+@pytest.mark.slow  # the unit-level equality (tests/curate/test_stream.py) runs by default
 @pytest.mark.parametrize(
     "caption", ["raw_else_synthetic", pytest.param("both", marks=pytest.mark.slow)]
 )
@@ -181,6 +182,7 @@ def test_stream_caption_choice_equals_memory(hand_pool, tmp_path, ray_session, c
         assert (tmp_path / out / "report" / "grid_kept_by_synthetic_caption.png").is_file()
 
 
+@pytest.mark.slow  # the unit-level equality (tests/curate/test_stream.py) runs by default
 def test_stream_image_based_equals_memory(hand_pool, tmp_path, ray_session):
     """DataComp's image-based filter streamed: the same k-means clusters (fitted in uid order
     in both), the same clusters kept."""
@@ -251,6 +253,7 @@ def test_stream_scratch_dir_on_shared_storage(hand_pool, tmp_path, ray_session):
     assert sorted(x.name for x in shared.iterdir()) == ["someone_elses.txt"]
 
 
+@pytest.mark.slow  # half a minute; the stream stage's equality runs by default (first test)
 def test_stream_features_equal_in_memory_features(tmp_path, ray_session):
     """Features computed by the streamed path's single pipeline (blocks of 7 rows, one actor
     pool for all of them) equal the in-memory path's on a fresh copy of the same pool: hashes,

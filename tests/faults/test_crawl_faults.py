@@ -179,6 +179,7 @@ def _start_until_shards(root: Path, door: str, shards: int) -> subprocess.Popen[
     raise AssertionError(f"{_door(door)}: Ray failed to start 3 times")
 
 
+@pytest.mark.slow  # over a minute per door; the stages' DVC and Prefect doors run by default
 @pytest.mark.parametrize("door", DOORS)
 def test_sigkill_under_a_dvc_door_then_the_same_door_resumes(
     tmp_path: Path, server: ThreadServer, door: str

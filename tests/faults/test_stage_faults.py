@@ -5,15 +5,17 @@ mid-run; a Ray worker killed mid-stage (the stages that use Ray, and train on Ra
 workers). Each result is compared with an uninterrupted run
 of the same stage (tests/faults/cases.py); the outcomes go to $CLIPMILL_RELIABILITY_LOG.
 
-By default seed 1 per stage runs through the CLI, through DVC for curate and merge, and through
-the Prefect flow for curate (every door in the default suite, which must stay under 30 minutes);
-seeds 2 and 3 and the other stages' DVC and Prefect cases are marked slow
-(`make reliability FAULTS_ARGS="-m ''"` runs them).
+By default seed 1 runs through the CLI for train and merge, through DVC for curate and merge, and
+through the Prefect flow for curate (every door in the default suite, which must stay under 30
+minutes), with SIGTERM for recaption, train and merge and a killed Ray worker for curate and
+recaption; seeds 2 and 3, the other stage-door pairs, SIGTERM on curate and the killed Ray Train
+worker are marked slow (`make reliability FAULTS_ARGS="-m ''"` runs them).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -43,33 +45,41 @@ RAY_WORKERS = {
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Reference]:
-    """Each stage's uninterrupted run, made once, on first use."""
+def references(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], Reference]]:
+    """Each stage's uninterrupted run, made once, on first use; removed with the module (a few
+    hundred MB each: kept to the session's end they filled CI's disk)."""
     made: dict[str, Reference] = {}
-
+    folders: list[Path] = []
     specs = {**SPECS, "train-ray": TRAIN_RAY}
 
     def get(stage: str) -> Reference:
         if stage not in made:
-            made[stage] = reference(specs[stage], tmp_path_factory.mktemp(f"{stage}_reference"))
+            folders.append(tmp_path_factory.mktemp(f"{stage}_reference"))
+            made[stage] = reference(specs[stage], folders[-1])
         return made[stage]
 
-    return get
+    yield get
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-# Stages whose Prefect-flow / DVC case is in the fast subset (about a minute each on an idle
-# machine; the others run under `-m slow`, with `make reliability`).
+# Stages whose CLI / DVC / Prefect-flow case is in the fast subset (half a minute to a minute
+# each; the others run under `-m slow`, with `make reliability`).
+CLI_FAST = ("train", "merge")
 PREFECT_FAST = ("curate",)
 DVC_FAST = ("curate", "merge")
 
 
 def _kill_cases() -> list[object]:
-    """Seed 1 through the CLI for every stage, through DVC for DVC_FAST and through the Prefect
+    """Seed 1 through the CLI for CLI_FAST, through DVC for DVC_FAST and through the Prefect
     flow for PREFECT_FAST (the flow's door is `dvc repro` per stage, under a Prefect flow run);
     the rest slow."""
     cases: list[object] = []
     for stage in STAGES:
-        cases.append((stage, "cli", 1))
+        if stage in CLI_FAST:
+            cases.append((stage, "cli", 1))
+        else:
+            cases.append(pytest.param(stage, "cli", 1, marks=SLOW))
         if stage in DVC_FAST:
             cases.append((stage, "dvc", 1))
         else:
@@ -93,7 +103,9 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(
     sigkill_case(SPECS[stage], door, seed, tmp_path, references(stage))
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize(
+    "stage", [pytest.param(s, marks=SLOW) if s == "curate" else s for s in STAGES]
+)
 def test_sigterm_stops_cleanly_then_rerun_completes(
     references: Callable[[str], Reference], tmp_path: Path, stage: str
 ) -> None:
@@ -109,6 +121,7 @@ def test_a_killed_ray_worker_is_retried_and_the_stage_completes(
     ray_worker_case(SPECS[stage], tmp_path, references(stage), RAY_WORKERS[stage])
 
 
+@SLOW  # over two minutes; Ray Train's resume on stored features runs by default (tests/train)
 def test_a_killed_ray_train_worker_resumes_from_the_last_checkpoint(
     references: Callable[[str], Reference], tmp_path: Path
 ) -> None:

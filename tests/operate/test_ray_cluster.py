@@ -394,15 +394,14 @@ def _pipeline(
 
 @pytest.fixture(scope="module")
 def one_node(s3: servers.Server, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The input on one node: a local Ray, as a plain `clipmill run` starts (first, before the
-    cluster's processes load the machine)."""
+    """The input on one node: a local Ray, as a plain `clipmill run` starts (only the slow
+    comparison below needs it: the default suite runs the two-node pipeline alone)."""
     ray_env = {"RAY_AUTH_MODE": "disabled"}
     return _pipeline(tmp_path_factory.mktemp("one-node"), s3, ray_env, None)
 
 
 @pytest.fixture(scope="module")
 def two_node(
-    one_node: dict[str, Any],
     cluster: RayCluster,
     s3: servers.Server,
     tmp_path_factory: pytest.TempPathFactory,
@@ -459,6 +458,7 @@ def test_crawl_and_curate_tasks_ran_on_both_nodes(two_node: dict[str, Any]) -> N
     assert {t["node_id"] for t in curate} == nodes, curate
 
 
+@pytest.mark.slow  # a second pipeline run (~45 s); the two-node run's own checks run by default
 def test_same_uids_and_decisions_as_one_node(
     two_node: dict[str, Any], one_node: dict[str, Any], s3: servers.Server
 ) -> None:

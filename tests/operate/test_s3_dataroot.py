@@ -112,6 +112,12 @@ def _project(root: Path, stages: tuple[str, ...]) -> Path:
     return project
 
 
+# The chain below runs sample -> crawl -> decontaminate on the bucket (a minute and a half):
+# slow. S3 runs by default in tests/operate/test_prefect_stack.py (DVC remote, MLflow artifacts)
+# and test_ray_cluster.py (shards read from the bucket); the refusals below need no chain.
+CHAIN = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory: pytest.TempPathFactory, s3: servers.Server) -> dict[str, Any]:
     """sample, crawl, then sample again, all with the data root in the bucket."""
@@ -134,6 +140,7 @@ def chain(tmp_path_factory: pytest.TempPathFactory, s3: servers.Server) -> dict[
     return out
 
 
+@CHAIN
 def test_sample_outputs_are_uploaded_to_the_bucket(chain: dict[str, Any]) -> None:
     """Every file the sample stage wrote is in the bucket with the same bytes (ETag = md5)."""
     cache, objects = chain["cache"], chain["sample_objects"]
@@ -144,6 +151,7 @@ def test_sample_outputs_are_uploaded_to_the_bucket(chain: dict[str, Any]) -> Non
     assert chain["sample"]["dataroot_skipped"] == 0
 
 
+@CHAIN
 def test_crawl_writes_shards_and_pool_straight_to_the_bucket(
     chain: dict[str, Any], s3: servers.Server
 ) -> None:
@@ -198,11 +206,13 @@ def _open_pool(endpoint: str) -> dict[str, list[Any]]:
                 os.environ[key] = value
 
 
+@CHAIN
 def test_the_project_data_folder_gets_nothing(chain: dict[str, Any]) -> None:
     project = chain["project"]
     assert not (project / "data").exists(), sorted((project / "data").rglob("*"))[:20]
 
 
+@CHAIN
 def test_crawl_read_its_inputs_from_the_cache_the_bucket_filled(chain: dict[str, Any]) -> None:
     """Crawl's deps (data/sample) were already in the cache with the manifest's ETags: every
     file skipped, none fetched again (another machine would have fetched them all)."""
@@ -211,6 +221,7 @@ def test_crawl_read_its_inputs_from_the_cache_the_bucket_filled(chain: dict[str,
     assert crawl["dataroot_download_skipped"] == len(chain["sample_objects"])
 
 
+@CHAIN
 def test_rerun_sends_only_the_files_whose_bytes_changed(chain: dict[str, Any]) -> None:
     before, after = chain["sample_files"], chain["sample_files_again"]
     assert set(before) == set(after)
@@ -227,6 +238,7 @@ def test_rerun_sends_only_the_files_whose_bytes_changed(chain: dict[str, Any]) -
             assert new[name]["modified"] == old[name]["modified"], key
 
 
+@CHAIN
 def test_mlflow_artifacts_go_to_the_bucket(chain: dict[str, Any], s3: servers.Server) -> None:
     """A SQLite tracking store with the data root in a bucket keeps its artifacts beside it."""
     keys = _objects(s3.url, f"{PREFIX}/mlartifacts/")

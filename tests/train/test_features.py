@@ -173,6 +173,7 @@ def test_a_different_caption_choice_changes_the_curve(
     assert _history(mixed) != pytest.approx(_history(alt), rel=1e-4, abs=1e-5)
 
 
+@pytest.mark.slow  # half a minute; two Ray Train workers run by default in test_distributed.py
 def test_two_ray_workers_and_resume_on_stored_features(
     tmp_path: Path, shards_dir: Path, store: Path, ray_session
 ) -> None:

@@ -64,6 +64,7 @@ def test_hqclip_resumes_exactly(
     assert same_weights(straight.output_dir, resumed.output_dir)
 
 
+@pytest.mark.slow  # half a minute; two Ray Train workers run by default in test_distributed.py
 def test_two_workers_equal_one_worker(tmp_path: Path, hq_shards: Path, ray_session) -> None:
     """Hard negatives and tag targets gathered across workers, the vocabulary broadcast from rank
     0: two Ray Train workers train what one worker does on the same global batch (a loss over
