@@ -5,7 +5,7 @@ mid-run; a Ray worker killed mid-stage (the stages that use Ray, and train on Ra
 workers). Each result is compared with an uninterrupted run
 of the same stage (tests/faults/cases.py); the outcomes go to $CLIPMILL_RELIABILITY_LOG.
 
-By default seed 1 runs through the CLI for train and merge, through DVC for curate and merge, and
+By default seed 1 runs through the CLI for train, through DVC for curate and merge, and
 through the Prefect flow for curate (every door in the default suite, which must stay under 30
 minutes), with SIGTERM for recaption, train and merge and a killed Ray worker for curate and
 recaption; seeds 2 and 3, the other stage-door pairs, SIGTERM on curate and the killed Ray Train
@@ -65,7 +65,7 @@ def references(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[s
 
 # Stages whose CLI / DVC / Prefect-flow case is in the fast subset (half a minute to a minute
 # each; the others run under `-m slow`, with `make reliability`).
-CLI_FAST = ("train", "merge")
+CLI_FAST = ("train",)
 PREFECT_FAST = ("curate",)
 DVC_FAST = ("curate", "merge")
 
