@@ -118,7 +118,7 @@ STAGES: dict[str, StageSpec] = {
             params_model="tasks.recaption.params:RecaptionParams",
             run_function="tasks.recaption.stage:run",
             code=("tasks/recaption", "tasks/clip", "tasks/imaging", "tasks/pool.py", *_COMMON),
-            upstream=("sample", "crawl", "teacher"),
+            upstream=("sample", "crawl", "decontaminate", "teacher"),
         ),
         StageSpec(
             name="curate",

@@ -38,7 +38,10 @@ PART_SCHEMA = pa.schema(
 
 def select_rows(pool: Any, p: RecaptionParams) -> pa.Table:
     """uid, text, shard of the downloaded rows to recaption (`select` section), sorted by crawl
-    shard then uid: a block then reads one or two shards instead of scanning every shard."""
+    shard then uid: a block then reads one or two shards instead of scanning every shard. Rows of
+    `select.exclude_uids` are left out: decontaminate flagged them, and no model trains on them."""
+    from tasks.io.uidlist import read_uid_list
+
     cols = ["uid", "text", "shard", "status", "width", "height"]
     t = pool.search().select(cols).limit(None).to_arrow()
     keep = pc.and_(pc.equal(t["status"], "success"), pc.is_valid(t["shard"]))
@@ -47,6 +50,11 @@ def select_rows(pool: Any, p: RecaptionParams) -> pa.Table:
         words = pc.list_value_length(pc.utf8_split_whitespace(pc.fill_null(t["text"], "")))
         keep = pc.and_(keep, pc.greater_equal(pc.fill_null(side, 0), p.select.min_side))
         keep = pc.and_(keep, pc.greater_equal(words, p.select.min_words))
+    excluded = read_uid_list(
+        p.select.exclude_uids, "select.exclude_uids", "run the decontaminate stage first"
+    )
+    if excluded:
+        keep = pc.and_(keep, pc.invert(pc.is_in(t["uid"], value_set=pa.array(sorted(excluded)))))
     rows = t.filter(pc.fill_null(keep, False)).select(["uid", "text", "shard"])
     rows = rows.sort_by([("shard", "ascending"), ("uid", "ascending")])
     if p.select.max_rows is not None:

@@ -34,6 +34,7 @@ class SelectParams(ParamsSection):
     min_side: int = Field(default=64, ge=0)  # px; shorter side of the stored image, as curate's basic.min_side
     min_words: int = Field(default=2, ge=0)  # words in the alt text, as curate's basic.min_words
     max_rows: int | None = Field(default=None, ge=1)  # first N selected rows in (shard, uid) order; None = all
+    exclude_uids: str | None = None  # parquet with a `uid` column (decontaminate's flagged_uids.parquet): eval copies no model trains on are not recaptioned; None = none
     # fmt: on
 
 

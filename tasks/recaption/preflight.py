@@ -76,6 +76,19 @@ def _coca(p: RecaptionParams) -> None:
     _model_folder("coca.model", p.coca.model, "backend coca (train it: clipmill run coca)")
 
 
+def _exclude_list(p: RecaptionParams) -> None:
+    """The flagged list must be readable: recaptioning without it would caption eval copies."""
+    from tasks.io.uidlist import UidListError, read_uid_list
+
+    try:
+        read_uid_list(p.select.exclude_uids, "select.exclude_uids")
+    except UidListError as exc:
+        raise ParamsError(
+            f"params/recaption.yaml: field 'select.exclude_uids': {exc} (run the decontaminate "
+            "stage first, or set it to null)"
+        ) from None
+
+
 # Backend name -> its check; a backend without one (B's coca adds its own) needs nothing checked.
 CHECKS: dict[str, Callable[[RecaptionParams], None]] = {
     "tagger": _tagger,
@@ -94,6 +107,7 @@ def preflight(p: RecaptionParams) -> None:
             check(p)
     if p.paths.teacher is not None:
         _model_folder("paths.teacher", p.paths.teacher, "the caption scores")
+    _exclude_list(p)
     if p.compute.min_actors > p.compute.max_actors:
         raise ParamsError(
             f"params/recaption.yaml: field 'compute.min_actors' = {p.compute.min_actors}: more "

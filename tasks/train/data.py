@@ -59,23 +59,12 @@ def load_excluded(spec: str | None) -> frozenset[str]:
     """The uids never trained on: the `uid` column of a parquet file (decontaminate's
     flagged_uids.parquet); empty for None. A missing or unreadable file is a DataError naming it:
     training on without the list would train on the eval copies it names."""
-    if spec is None:
-        return frozenset()
-    import pyarrow.parquet as pq
+    from tasks.io.uidlist import UidListError, read_uid_list
 
-    path = resolve_path(spec)
-    if not path.is_file():
-        raise DataError(
-            f"exclude_uids {spec!r}: file not found ({path}); run the decontaminate stage first"
-        )
     try:
-        schema = pq.read_schema(path)
-    except Exception as exc:
-        raise DataError(f"exclude_uids {spec!r}: not a parquet file ({exc})") from None
-    if "uid" not in schema.names:
-        raise DataError(f"exclude_uids {spec!r}: no `uid` column (columns: {schema.names})")
-    uids = pq.read_table(path, columns=["uid"]).column("uid").to_pylist()
-    return frozenset(str(u) for u in uids if u is not None)
+        return read_uid_list(spec, "exclude_uids", "run the decontaminate stage first")
+    except UidListError as exc:
+        raise DataError(str(exc)) from None
 
 
 _KEYS: dict[tuple[str, int, int], list[str]] = {}  # (path, size, mtime_ns) -> image sample keys

@@ -86,6 +86,7 @@ class RecapPool:
             "paths.out_dir": str(self.root / "recaption"),
             "paths.teacher": "random:clipmill-tiny",
             "paths.wordnet": str(self.wordnet),
+            "select.exclude_uids": str(self.root / "flagged_uids.parquet"),
             "tagger.vocabulary": "all",
             "tagger.pool_only": False,  # the tiny pool names too few nouns; pool_vocabulary is unit-tested
             "tagger.negative_min_rank": 3,
@@ -121,6 +122,7 @@ def _row(uid: str, text: str, size: int, shard: str | None, status: str = "succe
 def build_pool(root: Path, alts: list[str] | None = None) -> RecapPool:
     import lancedb
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from tasks.io.wds import write_tar
     from tasks.pool import POOL_SCHEMA
@@ -147,6 +149,10 @@ def build_pool(root: Path, alts: list[str] | None = None) -> RecapPool:
     rows.append(_row("yword", "cat", 96, "shards/00000.tar"))
     samples.append(("yword", {"jpg": image_bytes(98), "txt": b"cat"}))
     rows.append(_row("yfail", "a failed download", 96, None, status="http_404"))
+    # passes every cheap check, but decontaminate flagged it: not recaptioned
+    rows.append(_row("zflagged", "a red dog like an eval image", 96, "shards/00000.tar"))
+    samples.append(("zflagged", {"jpg": image_bytes(97), "txt": b"a red dog like an eval image"}))
+    pq.write_table(pa.table({"uid": ["zflagged"]}), root / "flagged_uids.parquet")
     crawl = root / "crawl"
     write_tar(crawl / "shards" / "00000.tar", samples)
     db = lancedb.connect(str(root / "lancedb"))

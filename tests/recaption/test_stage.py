@@ -58,7 +58,8 @@ def test_stage_end_to_end(recap_pool, mlflow_store, ray_session):
         )
     assert rows["xbroken"]["recaption_error"].startswith("undecodable_image")
     assert rows["xmissing"]["recaption_error"].startswith("missing_image")
-    for skipped in ("ysmall", "yword", "yfail"):  # cheap checks / failed download: not selected
+    # cheap checks, failed download, decontaminate's flagged list: not selected
+    for skipped in ("ysmall", "yword", "yfail", "zflagged"):
         assert (
             rows[skipped]["recaption_long_positive"] is None
             and rows[skipped]["recaption_error"] is None
@@ -117,6 +118,7 @@ def test_resume_recaptions_only_unfinished_blocks(recap_pool, mlflow_store, ray_
         ({"backends": ["openai"]}, "openai.base_url"),
         ({"paths.wordnet": "/no/wordnet.parquet"}, "paths.wordnet"),
         ({"compute.min_actors": 3, "compute.max_actors": 2}, "compute.min_actors"),
+        ({"select.exclude_uids": "/no/flagged_uids.parquet"}, "select.exclude_uids"),
     ],
 )
 def test_params_mistakes_stop_before_any_work(recap_pool, mlflow_store, overrides, field):
