@@ -277,10 +277,14 @@ def _recaption(tmp: Path, s3: servers.Server, cluster: RayCluster | None) -> dic
     fs.put(str(pool.crawl_dir) + "/", f"{base}/crawl", recursive=True)
     fs.put(pool.lance_uri + "/", f"{base}/lancedb", recursive=True)
     fs.put_file(str(pool.wordnet), f"{base}/sample/metadata/wordnet.parquet")
+    # select.exclude_uids (params default): decontaminate's list, read from the bucket
+    fs.put_file(
+        str(pool.root / "flagged_uids.parquet"), f"{base}/decontaminate/flagged_uids.parquet"
+    )
     root = _root(
         tmp,
         "recaption",
-        ["data/crawl", "data/sample/metadata"],
+        ["data/crawl", "data/decontaminate/flagged_uids.parquet", "data/sample/metadata"],
         [{"data/recaption": {"persist": True}}],
     )
     out = _drive(tmp, root, s3, "recaption", RECAPTION, cluster)

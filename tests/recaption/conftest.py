@@ -152,9 +152,9 @@ def build_pool(root: Path, alts: list[str] | None = None) -> RecapPool:
     # passes every cheap check, but decontaminate flagged it: not recaptioned
     rows.append(_row("zflagged", "a red dog like an eval image", 96, "shards/00000.tar"))
     samples.append(("zflagged", {"jpg": image_bytes(97), "txt": b"a red dog like an eval image"}))
-    pq.write_table(pa.table({"uid": ["zflagged"]}), root / "flagged_uids.parquet")
     crawl = root / "crawl"
     write_tar(crawl / "shards" / "00000.tar", samples)
+    pq.write_table(pa.table({"uid": ["zflagged"]}), root / "flagged_uids.parquet")
     db = lancedb.connect(str(root / "lancedb"))
     db.create_table("pool", pa.Table.from_pylist(rows, schema=POOL_SCHEMA))
     wordnet = write_wordnet(root / "wordnet.parquet")
