@@ -14,7 +14,7 @@ library's functions). Absolute values differ from the stage's (no augmentation, 
 order); use it to rank levers, then measure the winner with benchmarks/train_distill.py.
 Usage: .venv/bin/python benchmarks/distill_screen.py --root /tmp/clone --cache /tmp/x/cache.pt \
          --variants '{"kd": {"mode": "mobileclip", "w0": 0.0}}' --seeds 0 1 2
-Variant keys: mode (off | mobileclip | affinity), w0, w1, lr, warmup (default steps // 10, as
+Variant keys: mode (off | mobileclip | affinity | feature), w0, w1, fd, icl (feature), lr, warmup (default steps // 10, as
 train_distill.py), steps, batch, wd, teachers (model folders under --root), types (txt, rec),
 tscale (0 = own), sscale (affinity). Seeds run outer, variants inner, so a screen cut short still
 holds paired seeds; `--baseline NAME` prints each variant's paired difference against NAME with
@@ -187,7 +187,7 @@ def train(cache: dict[str, Any], seed: int, cfg: dict[str, Any]) -> dict[str, fl
     from open_clip.loss import ClipLoss
 
     from tasks.clip import load_clip
-    from tasks.train.distill import affinity_loss, mobileclip_loss
+    from tasks.train.distill import affinity_loss, feature_distill_loss, mobileclip_loss
     from tasks.train.loop import _no_decay
 
     steps, bs = cfg.get("steps", 40), cfg.get("batch", 32)
@@ -237,7 +237,20 @@ def train(cache: dict[str, Any], seed: int, cfg: dict[str, Any]) -> dict[str, fl
             t_img = [cache["teachers"][r]["img"][idx] for r in teachers]
             t_txt = [[cache["teachers"][r][t][idx] for r in teachers] for t in types]
             scales = [tscale or cache["teachers"][r]["scale"] for r in teachers]
-            if mode == "affinity":
+            if mode == "feature":
+                loss = feature_distill_loss(
+                    img,
+                    texts,
+                    scale,
+                    t_img,
+                    t_txt,
+                    scales,
+                    cfg.get("w0", 0.0),
+                    cfg.get("w1", 0.0),
+                    cfg.get("fd", 1.0),
+                    cfg.get("icl", 1.0),
+                )
+            elif mode == "affinity":
                 loss = sum(
                     affinity_loss(img, tx, cfg.get("sscale", 50.0), t_img, tt, scales)
                     for tx, tt in zip(texts, t_txt, strict=True)

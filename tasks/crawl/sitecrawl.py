@@ -1,4 +1,11 @@
-"""Site crawl from seed URLs: same-site links only, depth and page limits, robots.txt, per-host delay."""
+"""Site crawl from seed URLs: same-site links only, depth and page limits, robots.txt, per-host delay.
+
+Breadth first, one depth level at a time: the pages of a level are fetched side by side
+(`site.concurrency`), then handled in the order a one-page-at-a-time BFS would handle them. So
+refs, links, duplicate bodies and the page budget come out the same whatever the concurrency or the
+order fetches finish in; the crawl plan keeps an image's texts first seen first, so the order
+decides which alt text an image keeps.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ from urllib.parse import urlsplit
 
 from tasks.crawl.errors import CrawlError
 from tasks.crawl.extract_warc import refs_from_page
-from tasks.crawl.htmlimg import decode_html, parse_page
+from tasks.crawl.htmlimg import PageImages, decode_html, parse_page
 from tasks.crawl.http import fetch, make_session
 from tasks.crawl.params import HttpParams, PolicyParams, SiteParams
 from tasks.crawl.records import ImageRef
@@ -75,6 +82,13 @@ class _Politeness:
         await asyncio.sleep(slot - now)
 
 
+@dataclass
+class _Fetched:
+    final_url: str
+    digest: bytes | None  # sha1 of the body; None when it is not HTML
+    page: PageImages | None  # the parsed page; None when not HTML
+
+
 def _followable(url: str, hosts: set[str]) -> bool:
     parts = urlsplit(url)
     return parts.netloc.lower() in hosts and not parts.path.lower().endswith(SKIP_EXTENSIONS)
@@ -97,75 +111,73 @@ async def _crawl(
         except CrawlError as exc:
             result.note(exc)
     hosts = {h.lower() for h in allowed} or {urlsplit(s).netloc.lower() for s in clean}
-    queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
     seen: set[str] = set()
+    frontier: list[str] = []
     for seed in clean:
         if seed not in seen:
             seen.add(seed)
-            queue.put_nowait((seed, 0))
+            frontier.append(seed)
     polite = _Politeness()
-    budget = [cfg.max_pages]
+    left = cfg.max_pages  # page requests the budget still allows
     bodies: set[bytes] = set()  # "/" and "/index.html" are one page: parse each body once
+    gate = asyncio.Semaphore(cfg.concurrency)
 
     async with make_session(http, guard, cfg.concurrency) as session:
         robots = RobotsCache(session, guard, http) if policy.respect_robots_txt else None
 
-        async def visit(url: str, depth: int) -> None:
-            try:
-                if robots is not None and not await robots.allowed(url):
-                    raise CrawlError("robots_disallowed", url)
-                delay = max(
-                    cfg.politeness_delay_s, await robots.crawl_delay(url) if robots else 0.0
-                )
-                await polite.wait(urlsplit(url).netloc, delay)
-                resp = await fetch(session, guard, url, http)
-            except CrawlError as exc:  # robots.txt unreachable is reported as what it was
-                result.note(exc)
-                return
-            result.fetched += 1
+        async def get(url: str) -> _Fetched | CrawlError:
+            """The page parsed (bodies are not kept), or the CrawlError that stopped it."""
+            async with gate:
+                try:
+                    if robots is not None and not await robots.allowed(url):
+                        raise CrawlError("robots_disallowed", url)
+                    delay = max(
+                        cfg.politeness_delay_s, await robots.crawl_delay(url) if robots else 0.0
+                    )
+                    await polite.wait(urlsplit(url).netloc, delay)
+                    resp = await fetch(session, guard, url, http)
+                except CrawlError as exc:  # robots.txt unreachable is reported as what it was
+                    return exc
             ctype = resp.headers.get("Content-Type", "")
             if "html" not in ctype.lower():
-                return
-            digest = hashlib.sha1(resp.body).digest()
-            if digest in bodies:
-                result.errors["duplicate_page"] += 1
-                return
-            bodies.add(digest)
-            result.pages += 1
+                return _Fetched(resp.final_url, None, None)
             page = parse_page(decode_html(resp.body, ctype), resp.final_url)
-            page_url = canonical(resp.final_url)
-            result.refs.extend(
-                ImageRef(canonical(r.url), r.texts, page_url, r.language, "site")
-                for r in refs_from_page(page, resp.final_url, "site")
-            )
-            if depth >= cfg.max_depth or page.nofollow:
-                return
-            for found in page.links:
-                try:
-                    link = screen(found, guard.rules)  # user:password@ never followed
-                except CrawlError as exc:
-                    result.note(exc)
+            return _Fetched(resp.final_url, hashlib.sha1(resp.body).digest(), page)
+
+        depth = 0
+        while frontier and left > 0:
+            level, frontier = frontier[:left], []
+            left -= len(level)
+            for got in await asyncio.gather(*(get(url) for url in level)):
+                if isinstance(got, CrawlError):  # BFS order, whatever order fetches ended in
+                    result.note(got)
                     continue
-                if link not in seen and _followable(link, hosts):
-                    seen.add(link)
-                    queue.put_nowait((link, depth + 1))
-
-        async def worker() -> None:
-            while True:
-                url, depth = await queue.get()
-                try:
-                    if budget[0] > 0:
-                        budget[0] -= 1
-                        await visit(url, depth)
-                finally:
-                    queue.task_done()
-
-        workers = [asyncio.create_task(worker()) for _ in range(cfg.concurrency)]
-        await queue.join()
-        for w in workers:
-            w.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
-    if budget[0] <= 0:
+                result.fetched += 1
+                if got.digest is None or got.page is None:  # not HTML
+                    continue
+                if got.digest in bodies:
+                    result.errors["duplicate_page"] += 1
+                    continue
+                bodies.add(got.digest)
+                result.pages += 1
+                page_url = canonical(got.final_url)
+                result.refs.extend(
+                    ImageRef(canonical(r.url), r.texts, page_url, r.language, "site")
+                    for r in refs_from_page(got.page, got.final_url, "site")
+                )
+                if depth >= cfg.max_depth or got.page.nofollow:
+                    continue
+                for found in got.page.links:
+                    try:
+                        link = screen(found, guard.rules)  # user:password@ never followed
+                    except CrawlError as exc:
+                        result.note(exc)
+                        continue
+                    if link not in seen and _followable(link, hosts):
+                        seen.add(link)
+                        frontier.append(link)
+            depth += 1
+    if frontier:  # found but never fetched: the page budget ran out
         result.errors["page_limit_reached"] += 1
     return result
 

@@ -15,6 +15,16 @@ Pure functions on L2-normalised embeddings, so each can be checked by hand on a 
   `L_c = w0 * CLIP-CE_c + w1 * KD_c`; the loss is the mean over caption types.
 - TinyCLIP affinity mimicking: `L = KD` with the student's scale fixed (`distill.student_scale`,
   50 in TinyCLIP's runs) instead of its learnable one; no hard-label term.
+- CLIP-KD feature terms (Yang et al., CVPR 2024, "CLIP-KD"; `distill.loss: feature`), which need
+  the student's embedding width to equal every teacher's (no projection, so the student's own
+  space is the one evaluated). Per caption type c and teacher k, on unit vectors:
+  FD (feature distillation) `||I - I_k||^2 + ||T_c - T_{c,k}||^2`, mean over the batch;
+  ICL (interactive contrastive learning) `0.5 * (CE(s * I T_{c,k}^T, diag) + CE(s * T_c I_k^T, diag))`
+  with the student's learnable scale s: the student's image against the teacher's texts and its
+  text against the teacher's images. `L_c = w0 * CLIP-CE_c + w_fd * mean_k FD + w_icl * mean_k ICL
+  + w1 * KD_c` (KD as above, ensemble after the softmax); the loss is the mean over caption types.
+  Why: a per-sample regression target carries far more signal per step than the batch affinities
+  of a small batch, where the teacher's softmax is nearly one-hot on the diagonal.
 """
 
 from __future__ import annotations
@@ -71,20 +81,9 @@ def mobileclip_loss(
 ) -> Any:
     """`mean_c (w0 * CLIP-CE_c + w1 * KD_c)` over caption types c; `teacher_texts[c][k]` is teacher
     k's embedding of caption type c, `teacher_images[k]` teacher k's image embedding."""
-    if len(texts) != len(teacher_texts) or not texts:
-        raise ValueError(
-            f"mobileclip_loss: {len(texts)} student caption types, {len(teacher_texts)} teacher ones"
-        )
-    total = 0.0
-    for text, t_texts in zip(texts, teacher_texts, strict=True):
-        term = 0.0
-        if w0:
-            term = term + w0 * clip_ce(image, text, scale)
-        if w1:
-            p_i2t, p_t2i = teacher_probs(teacher_images, t_texts, teacher_scales)
-            term = term + w1 * kd_loss(image, text, scale, p_i2t, p_t2i)
-        total = total + term
-    return total / len(texts)
+    return feature_distill_loss(
+        image, texts, scale, teacher_images, teacher_texts, teacher_scales, w0, w1, 0.0, 0.0
+    )
 
 
 def affinity_loss(
@@ -98,3 +97,62 @@ def affinity_loss(
     """TinyCLIP affinity mimicking: KD alone, the student's logit scale fixed."""
     p_i2t, p_t2i = teacher_probs(teacher_images, teacher_texts, teacher_scales)
     return kd_loss(image, text, student_scale, p_i2t, p_t2i)
+
+
+def feature_distill_loss(
+    image: Any,
+    texts: Sequence[Any],
+    scale: Any,
+    teacher_images: Sequence[Any],
+    teacher_texts: Sequence[Sequence[Any]],
+    teacher_scales: Sequence[float],
+    w0: float,
+    w1: float,
+    w_fd: float,
+    w_icl: float,
+) -> Any:
+    """`mean_c (w0 CLIP-CE_c + w1 KD_c + w_fd FD_c + w_icl ICL_c)`: MobileCLIP's loss with CLIP-KD's
+    FD and ICL terms (module docstring); `teacher_texts[c][k]` is teacher k's embedding of caption
+    type c. FD and ICL compare embeddings directly, so they need equal widths."""
+    if len(texts) != len(teacher_texts) or not texts:
+        raise ValueError(
+            f"distillation loss: {len(texts)} student caption types, {len(teacher_texts)} teacher ones"
+        )
+    width = image.shape[-1]
+    for k, t in enumerate(teacher_images):
+        if (w_fd or w_icl) and t.shape[-1] != width:
+            raise ValueError(
+                f"distill.loss feature: the student's embeddings have {width} dimensions, "
+                f"teacher {k}'s {t.shape[-1]}; feature distillation compares them directly, so "
+                "pick a student with the teacher's embed_dim (or loss mobileclip / affinity)"
+            )
+    import torch
+    import torch.nn.functional as F
+
+    total: Any = 0.0
+    for text, t_texts in zip(texts, teacher_texts, strict=True):
+        term: Any = 0.0
+        if w0:
+            term = term + w0 * clip_ce(image, text, scale)
+        if w1:
+            p_i2t, p_t2i = teacher_probs(teacher_images, t_texts, teacher_scales)
+            term = term + w1 * kd_loss(image, text, scale, p_i2t, p_t2i)
+        if w_fd:
+            fd = sum(
+                (image - ti).pow(2).sum(-1).mean() + (text - tt).pow(2).sum(-1).mean()
+                for ti, tt in zip(teacher_images, t_texts, strict=True)
+            )
+            term = term + w_fd * fd / len(teacher_images)
+        if w_icl:
+            labels = torch.arange(image.shape[0], device=image.device)
+            icl = sum(
+                0.5
+                * (
+                    F.cross_entropy(scale * image @ tt.T, labels)
+                    + F.cross_entropy(scale * text @ ti.T, labels)
+                )
+                for ti, tt in zip(teacher_images, t_texts, strict=True)
+            )
+            term = term + w_icl * icl / len(teacher_images)
+        total = total + term
+    return total / len(texts)

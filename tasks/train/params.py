@@ -34,15 +34,17 @@ class AClipParams(ParamsSection):
 
 
 class DistillParams(ParamsSection):
-    """Distillation from teachers (tasks/train/distill.py, objectives/distill.py): TinyCLIP affinity mimicking or MobileCLIP's w0*CLIP + w1*KD."""
+    """Distillation from teachers (tasks/train/distill.py, objectives/distill.py): TinyCLIP affinity mimicking, MobileCLIP's w0*CLIP + w1*KD, or CLIP-KD's feature terms."""
 
     # fmt: off
     mode: Literal["off", "online", "offline"] = "off"  # online = teachers run every step; offline = stored embeddings of the reinforced dataset
-    loss: Literal["mobileclip", "affinity"] = "mobileclip"  # mobileclip: mean over caption types of w0*CLIP-CE + w1*KD; affinity: TinyCLIP, KD alone with a fixed student scale
+    loss: Literal["mobileclip", "affinity", "feature"] = "mobileclip"  # mobileclip: mean over caption types of w0*CLIP-CE + w1*KD; affinity: TinyCLIP, KD alone with a fixed student scale; feature: CLIP-KD's w_fd*FD + w_icl*ICL (+ w0*CLIP-CE + w1*KD), student embed_dim = teacher's
     teachers: list[str] = Field(default_factory=lambda: ["data/models/teacher"])  # online: model references load_clip reads (folder, models:/ URI, random:<cfg>); ensemble averaged after softmax
     teacher_logit_scale: float = Field(default=0.0, ge=0)  # scale of every teacher's softmax; 0 = each teacher's own learned scale (offline: manifest extra logit_scale, else 100)
     w0: float = Field(default=1.0, ge=0)  # weight of the student's own CLIP cross-entropy (mobileclip)
-    w1: float = Field(default=1.0, ge=0)  # weight of the KD term (mobileclip)
+    w1: float = Field(default=1.0, ge=0)  # weight of the KD term (mobileclip, feature)
+    w_fd: float = Field(default=1.0, ge=0)  # feature: weight of CLIP-KD's feature distillation, squared distance of the unit embeddings to the teacher's
+    w_icl: float = Field(default=1.0, ge=0)  # feature: weight of CLIP-KD's interactive contrastive term (student image vs teacher texts, student text vs teacher images)
     student_scale: float = Field(default=50.0, gt=0)  # affinity: the student's fixed logit scale (TinyCLIP: 50)
     caption_types: list[str] = Field(default_factory=list)  # caption fields each given its own loss term (missing on a sample: its picked caption); [] = the picked caption only
     reinforced_dir: str = "data/reinforce"  # offline: the reinforce stage's output (docs/CONTRACTS.md)

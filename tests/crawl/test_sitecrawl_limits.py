@@ -105,3 +105,58 @@ def test_crawl_delay_parsing(text: str, delay: float) -> None:
     from tasks.crawl.robots import crawl_delay_of
 
     assert crawl_delay_of(text, "clipmill") == delay
+
+
+FAN = 6  # /index.html links /f/0.html .. /f/5.html; page k answers after (FAN - k) * 60 ms
+ANSWERED: list[int] = []  # fan pages in the order the server answered them
+
+
+def _fan_app(server: ThreadServer) -> web.Application:
+    import asyncio
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.path == "/robots.txt":
+            return web.Response(text="User-agent: *\nAllow: /\n")
+        if request.path == "/index.html":
+            links = "".join(f'<a href="/f/{k}.html">{k}</a>' for k in range(FAN))
+            return web.Response(text=f"<html><body>{links}</body></html>", content_type="text/html")
+        k = int(request.path.rsplit("/", 1)[-1].split(".")[0])
+        await asyncio.sleep((FAN - k) * 0.06)  # the later a page is linked, the sooner it answers
+        ANSWERED.append(k)
+        body = (
+            f'<html><body><img src="/img/shared.jpg" alt="shared seen on {k}">'
+            f'<img src="/img/{k}.jpg" alt="own {k}"></body></html>'
+        )
+        return web.Response(text=body, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("GET", "/{tail:.*}", handle)
+    return app
+
+
+def test_refs_come_in_bfs_order_whatever_the_concurrency() -> None:
+    """Pages of one level are fetched side by side but handled in link order, so the refs (and
+    hence which alt text an image keeps: the crawl plan keeps the first) do not depend on
+    `site.concurrency` or on the order fetches end in. The pages here answer in reverse link
+    order, which a crawl emitting refs as pages finish would follow."""
+    server = ThreadServer(_fan_app)  # type: ignore[arg-type]
+    ANSWERED.clear()
+    try:
+        runs = {}
+        for concurrency in (1, FAN):
+            res = crawl_site(
+                SiteParams(concurrency=concurrency),
+                (server.base + "index.html",),
+                (),
+                PolicyParams(respect_robots_txt=True),
+                HTTP,
+                UrlGuard([server.base.rstrip("/")]),
+            )
+            runs[concurrency] = [(r.url.rsplit("/", 1)[-1], r.texts, r.page_url) for r in res.refs]
+    finally:
+        server.close()
+    assert runs[FAN] == runs[1]
+    assert runs[1][0][:2] == ("shared.jpg", ["shared seen on 0"])
+    assert len(runs[1]) == 2 * FAN
+    assert ANSWERED[:FAN] == list(range(FAN))  # one at a time: in link order
+    assert ANSWERED[FAN:] == list(reversed(range(FAN)))  # side by side: last linked first

@@ -14,6 +14,7 @@ import torch
 from tasks.train.distill import (
     affinity_loss,
     clip_ce,
+    feature_distill_loss,
     kd_loss,
     mobileclip_loss,
     teacher_probs,
@@ -73,3 +74,29 @@ def test_affinity_is_kd_with_a_fixed_student_scale() -> None:
 def test_mismatched_teachers_are_a_clear_error() -> None:
     with pytest.raises(ValueError, match="same number"):
         teacher_probs([EYE], [EYE, EYE], [LN3])
+
+
+def test_feature_distillation_fd_and_icl_by_hand() -> None:
+    # student image = text = EYE; teacher image EYE, teacher text SWAP.
+    # FD: images agree (0); each text row is sqrt(2) from its target: 2 per row, mean 2.
+    # ICL: student image vs teacher texts = SWAP logits (0, ln 3): -ln 1/4 = 1.386294;
+    #      student text vs teacher images = EYE logits: -ln 3/4 = 0.287682; half the sum 0.836988.
+    # w_fd 2, w_icl 3: 4 + 2.510964 = 6.510964.
+    loss = feature_distill_loss(EYE, [EYE], LN3, [EYE], [[SWAP]], [LN3], 0.0, 0.0, 2.0, 3.0)
+    assert float(loss) == pytest.approx(6.510964, abs=1e-5)
+    fd_only = feature_distill_loss(EYE, [EYE], LN3, [EYE], [[SWAP]], [LN3], 0.0, 0.0, 1.0, 0.0)
+    assert float(fd_only) == pytest.approx(2.0, abs=1e-6)
+    # two teachers: the second agrees everywhere (FD 0, ICL -ln 3/4), so each term is halved
+    # against the first: FD (2 + 0) / 2 = 1; ICL (0.836988 + 0.287682) / 2 = 0.562335
+    two = feature_distill_loss(
+        EYE, [EYE], LN3, [EYE, EYE], [[SWAP, EYE]], [LN3, LN3], 0.0, 0.0, 1.0, 1.0
+    )
+    assert float(two) == pytest.approx(1.0 + 0.562335, abs=1e-5)
+    # the CLIP-CE and KD terms are the mobileclip ones
+    with_ce = feature_distill_loss(EYE, [EYE], LN3, [EYE], [[EYE]], [LN3], 1.0, 0.0, 0.0, 0.0)
+    assert float(with_ce) == pytest.approx(-math.log(0.75), abs=1e-6)
+
+
+def test_feature_distillation_refuses_unequal_widths() -> None:
+    with pytest.raises(ValueError, match="embed_dim"):
+        feature_distill_loss(EYE, [EYE], LN3, [torch.eye(3)[:2]], [[EYE]], [LN3], 0, 0, 1, 1)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.tinymodel import save_tiny_model
+from tests.support.tinymodel import TINY_CFG, save_tiny_model
 
 from .conftest import tiny_params
 from .distill_support import interrupted_then_resumed, same_weights, write_hq_shards
@@ -22,6 +22,8 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "shards": write_hq_shards(root / "shards"),
         "teacher": save_tiny_model(root / "teacher", seed=1),
         "teacher2": save_tiny_model(root / "teacher2", seed=2),
+        # the student's width (clipmill-tiny-vit, 64): feature distillation compares directly
+        "teacher64": save_tiny_model(root / "teacher64", seed=3, cfg={**TINY_CFG, "embed_dim": 64}),
     }
 
 
@@ -109,3 +111,42 @@ def test_siglip_with_distillation_is_refused(tmp_path: Path, data: dict[str, Pat
     )
     with pytest.raises(Exception, match="distill.mode"):
         run(p)
+
+
+def test_feature_distillation_trains_and_fd_zero_icl_zero_kd_zero_is_plain_clip(
+    tmp_path: Path, data: dict[str, Path]
+) -> None:
+    """CLIP-KD's terms in a real run: on, they change what the student learns; with w_fd, w_icl
+    and w1 at 0 and w0 at 1 they reduce to the contrastive objective exactly (same batches)."""
+    from tasks.train.stage import run
+
+    off = tiny_params(tmp_path / "off", data["shards"], steps=4, train_augment=True)
+    run(off)
+    terms = {"w0": 1.0, "w1": 0.0, "w_fd": 0.0, "w_icl": 0.0}
+    plain = tiny_params(
+        tmp_path / "plain",
+        data["shards"],
+        steps=4,
+        train_augment=True,
+        distill={
+            "mode": "online",
+            "teachers": [str(data["teacher64"])],
+            "loss": "feature",
+            **terms,
+        },
+    )
+    run(plain)
+    assert same_weights(off.output_dir, plain.output_dir, atol=1e-5)  # type: ignore[attr-defined]
+    terms = {"w0": 0.0, "w1": 0.0, "w_fd": 1.0, "w_icl": 1.0}
+    on = plain.model_copy(  # type: ignore[attr-defined]
+        update={
+            "distill": plain.distill.model_copy(update=terms),  # type: ignore[attr-defined]
+            "run_root": str(tmp_path / "on" / "runs"),
+            "output_dir": str(tmp_path / "on" / "model"),
+        }
+    )
+    assert run(on)["steps"] == 4
+    assert not same_weights(off.output_dir, on.output_dir, atol=1e-4)  # type: ignore[attr-defined]
+    narrow = _params(tmp_path / "narrow", data, loss="feature")  # 32-wide teacher, 64-wide student
+    with pytest.raises(ValueError, match="embed_dim"):
+        run(narrow)

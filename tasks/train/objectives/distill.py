@@ -1,5 +1,6 @@
 """The distillation objective: online teachers run each step, or the reinforced dataset's stored
-embeddings; TinyCLIP affinity mimicking or MobileCLIP's `w0 * CLIP + w1 * KD` (tasks/train/distill.py).
+embeddings; TinyCLIP affinity mimicking, MobileCLIP's `w0 * CLIP + w1 * KD` or CLIP-KD's feature
+terms (tasks/train/distill.py).
 
 With several workers every feature set is gathered (open_clip's gather_features, with gradients
 for the student's) and each worker computes the loss over the global batch, as open_clip's
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tasks.clip.texttrim import clip_forward, encode_text
-from tasks.train.distill import affinity_loss, mobileclip_loss
+from tasks.train.distill import affinity_loss, feature_distill_loss
 from tasks.train.objectives.base import Batch, ObjectiveBase
 from tasks.train.params import TrainParams
 
@@ -121,8 +122,9 @@ class DistillObjective(ObjectiveBase):
                 affinity_loss(image, text, self.cfg.student_scale, t_img, tt, self.scales)
                 for text, tt in zip(texts, t_txt, strict=True)
             ) / len(texts)
-        else:
-            loss = mobileclip_loss(
+        else:  # mobileclip is the feature loss with CLIP-KD's two terms off
+            feature = self.cfg.loss == "feature"
+            loss = feature_distill_loss(
                 image,
                 texts,
                 out["logit_scale"],
@@ -131,6 +133,8 @@ class DistillObjective(ObjectiveBase):
                 self.scales,
                 self.cfg.w0,
                 self.cfg.w1,
+                self.cfg.w_fd if feature else 0.0,
+                self.cfg.w_icl if feature else 0.0,
             )
         self._terms = {"distill": float(loss.detach())}
         return loss
