@@ -23,8 +23,9 @@ Pure functions on L2-normalised embeddings, so each can be checked by hand on a 
   with the student's learnable scale s: the student's image against the teacher's texts and its
   text against the teacher's images. `L_c = w0 * CLIP-CE_c + w_fd * mean_k FD + w_icl * mean_k ICL
   + w1 * KD_c` (KD as above, ensemble after the softmax); the loss is the mean over caption types.
-  Why: a per-sample regression target carries far more signal per step than the batch affinities
-  of a small batch, where the teacher's softmax is nearly one-hot on the diagonal.
+  Why: a per-sample target says more than the affinities of a small batch, where the teacher's
+  softmax is nearly one-hot on the diagonal. Measured on the demo data, FD alone gained 1.17x over
+  training alone at 40 steps (README, train_methods.json), ICL lost.
 """
 
 from __future__ import annotations
